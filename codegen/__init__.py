@@ -1,0 +1,1 @@
+"""Schedule -> artifact pieces: the binary task table, the CUDA source, the cubin."""

@@ -1,0 +1,122 @@
+"""Schedule -> TaskTable: each task's regions become element offsets into the arenas."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.tasktable import ARGS, F_ARG0, NO_OFFSET, RECORD, TaskTable, Variant
+from tilert_compiler.ir.tasktable import F_KIND, F_LAYER, F_NPREF, F_NWAIT, F_PREF, F_SIGNAL, F_WAIT
+from tilert_compiler.ir.tile import Region, Schedule, Task
+
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return out[::-1]
+
+
+class _Offsets:
+    def __init__(self, sched: Schedule):
+        self.base = {n: off for n, _, off in sched.layout}
+        self.shape = {t.name: t.shape for t in sched.program.tensors}
+
+    def start(self, r: Region) -> int:
+        """Element offset of the region's first element; symbolic bounds count as 0 (the
+        kernel adds `pos` or `tok` times that dimension's stride)."""
+        off = self.base[r.tensor]
+        for (lo, _), stride in zip(r.box, _strides(self.shape[r.tensor])):
+            if isinstance(lo, int):
+                off += lo * stride
+        return off
+
+    def contiguous_span(self, r: Region) -> tuple[int, int]:
+        """(start, elements) of a region that is one contiguous run (a row block)."""
+        return self.start(r), r.numel()
+
+
+def variant_of(t: Task, consts: dict) -> Variant:
+    D, hd = consts["hidden"], consts["head_dim"]
+    k = t.kind
+    if k == OpKind.EMBED:
+        return Variant(k.value, (("D", D),))
+    if k == OpKind.QKV_ROPE_CACHE:
+        return Variant(k.value, (("K", D), ("HD", hd), ("QKN", int(consts["qk_norm"]))))
+    if k == OpKind.ATTENTION:
+        return Variant(k.value, (("HD", hd), ("S", consts["max_seq_len"])))
+    return Variant(k.value, (("K", t.reads[0].numel()),))
+
+
+def _args(t: Task, o: _Offsets) -> dict[str, int]:
+    k = t.kind
+    R, W, O = t.reads, t.weights, t.writes
+    if k == OpKind.EMBED:
+        return {"w_table": o.start(W[0]), "out": o.start(O[0]), "rows": O[0].numel()}
+    if k == OpKind.QKV_ROPE_CACHE:
+        kv = t.arg("is_kv")
+        n_mats = 2 if kv else 1
+        head_gamma = W[1 + n_mats] if len(W) > 1 + n_mats else None
+        return {
+            "x": o.start(R[0]),
+            "w_gamma": o.start(W[0]),
+            "w_a": o.start(W[1]),
+            "w_b": o.start(W[2]) if kv else NO_OFFSET,
+            "w_head_gamma": o.start(head_gamma) if head_gamma else NO_OFFSET,
+            "out_a": o.start(O[0]),
+            "out_b": o.start(O[1]) if kv else NO_OFFSET,
+            "is_kv": kv,
+        }
+    if k == OpKind.ATTENTION:
+        return {"q": o.start(R[0]), "k": o.start(R[1]), "v": o.start(R[2]), "out": o.start(O[0])}
+    rows = t.arg("rows")
+    if k == OpKind.LINEAR_RESIDUAL:
+        return {"x": o.start(R[0]), "w": o.start(W[0]), "residual": o.start(R[1]),
+                "out": o.start(O[0]), "rows": rows}
+    if k == OpKind.GATE_UP_SILU:
+        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w_gate": o.start(W[1]),
+                "w_up": o.start(W[2]), "out": o.start(O[0]), "rows": rows}
+    if k == OpKind.NORM_LINEAR:
+        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w": o.start(W[1]),
+                "out": o.start(O[0]), "rows": rows}
+    raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
+
+
+def serialize(sched: Schedule) -> TaskTable:
+    prog = sched.program
+    consts = dict(prog.consts)
+    o = _Offsets(sched)
+    variants: list[Variant] = []
+    index: dict[Variant, int] = {}
+    records = np.full((len(prog.tasks), RECORD), NO_OFFSET, dtype=np.int64)
+    waits: list[tuple[int, int]] = []
+    prefetch: list[tuple[int, int]] = []
+    for t in prog.tasks:
+        v = variant_of(t, consts)
+        if v not in index:
+            index[v] = len(variants)
+            variants.append(v)
+        rec = records[t.id]
+        rec[F_KIND], rec[F_LAYER], rec[F_SIGNAL] = index[v], t.layer, t.signal
+        rec[F_NWAIT], rec[F_WAIT] = len(t.waits), len(waits)
+        waits += list(t.waits)
+        regs = sched.prefetch[t.id] if sched.prefetch else ()
+        rec[F_NPREF], rec[F_PREF] = len(regs), len(prefetch)
+        prefetch += [o.contiguous_span(r) for r in regs]
+        args = _args(t, o)
+        assert tuple(args) == ARGS[v.kind], (v.kind, tuple(args))
+        for j, val in enumerate(args.values()):
+            rec[F_ARG0 + j] = val
+    sm_start = np.zeros(len(sched.sm_lists) + 1, dtype=np.int32)
+    for s, ids in enumerate(sched.sm_lists):
+        sm_start[s + 1] = sm_start[s] + len(ids)
+    sm_tasks = np.array([t for ids in sched.sm_lists for t in ids], dtype=np.int32)
+    return TaskTable(
+        records,
+        np.array(waits, dtype=np.int64).reshape(-1, 2),
+        np.array(prefetch, dtype=np.int64).reshape(-1, 2),
+        sm_start,
+        sm_tasks,
+        variants,
+    )

@@ -1,0 +1,172 @@
+"""compile(): model description -> CompiledModel (every stage kept, source, cubin, manifest)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tilert_compiler.codegen.cuda import KERNEL_NAME, emit_cuda, smem_bytes
+from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
+from tilert_compiler.codegen.serialize import serialize
+from tilert_compiler.ir.tasktable import TaskTable
+from tilert_compiler.ir.tile import Schedule
+from tilert_compiler.models.config import ModelConfig, load_config
+from tilert_compiler.models.rope import rope_inv_freq
+from tilert_compiler.options import Options, from_env
+from tilert_compiler.pipeline import STAGES, format_stage, run_pipeline
+from tilert_compiler.runtime.artifact import (
+    FORMAT_VERSION,
+    Artifact,
+    variants_to_json,
+    write_artifact,
+)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class CompiledModel:
+    config: ModelConfig
+    options: Options
+    stages: dict[str, Any]  # stage name -> IR after that stage
+    schedule: Schedule
+    table: TaskTable
+    source: str
+    cubin: bytes | None
+    resources: Resources | None
+    manifest: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def ir(self, stage: str = "layout") -> str:
+        """The IR after `stage` (one of STAGES) as text."""
+        if stage not in self.stages:
+            raise KeyError(f"no stage '{stage}'; stages: {', '.join(self.stages)}")
+        return format_stage(self.stages[stage])
+
+    def dump_ir(self, folder: str | os.PathLike) -> list[Path]:
+        """One numbered file per stage: 00-graph.tir, 01-fuse.tir, ..."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i, name in enumerate(self.stages):
+            p = folder / f"{i:02d}-{name}.tir"
+            p.write_text(self.ir(name))
+            out.append(p)
+        return out
+
+    @property
+    def artifact(self) -> Artifact:
+        return Artifact(self.manifest, self.table, self.source, self.cubin)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        return write_artifact(folder, self.artifact)
+
+    def interpret(self, token_ids, weights=None):
+        """Teacher-forced decode of `token_ids` from position 0 on the CPU interpreter.
+        Returns float32 logits [len(token_ids), vocab]."""
+        import torch
+
+        from tilert_compiler.models.weights import load_weights
+        from tilert_compiler.runtime.interpreter import Interpreter
+
+        if weights is None:
+            weights = load_weights(self.config)
+        it = Interpreter(self.artifact, weights)
+        return torch.stack([it.step(int(t), pos) for pos, t in enumerate(token_ids)])
+
+
+def compile(  # noqa: A001 - the verb users expect
+    source: str | os.PathLike | dict | ModelConfig,
+    target: str | None = None,
+    *,
+    options: Options | None = None,
+    overrides: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+    **option_kw: Any,
+) -> CompiledModel:
+    """Compile a model description (model.yaml path, dict, HF folder/config.json, bundled
+    name, or ModelConfig) into a CompiledModel. `target` overrides the arch ("sm_90a")."""
+    say = progress or (lambda _msg: None)
+    cfg = source if isinstance(source, ModelConfig) else load_config(source, overrides=overrides)
+    if target is not None:
+        cfg = replace(cfg, target=replace(cfg.target, arch=target))
+        load_config(cfg.to_dict())  # re-validate the arch
+    opts = from_env(options or Options())
+    if option_kw:
+        opts = opts.with_(**option_kw)
+    timings: dict[str, float] = {}
+    stages: dict[str, Any] = {}
+    t0 = time.perf_counter()
+
+    def on_stage(name: str, ir: Any) -> None:
+        nonlocal t0
+        stages[name] = ir
+        now = time.perf_counter()
+        timings[name] = now - t0
+        t0 = now
+        say(f"  {name:<9} {timings[name] * 1e3:8.1f} ms")
+
+    sched = run_pipeline(cfg, opts, on_stage)
+    table = serialize(sched)
+    inv_freq = [float(x) for x in rope_inv_freq(cfg)]
+    t = cfg.target
+    source_text = emit_cuda(sched, table, inv_freq, version=VERSION, arch=t.arch,
+                            threads=t.threads_per_block, smem_limit=t.smem_per_block)
+    timings["codegen"] = time.perf_counter() - t0
+    say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
+    cubin, resources, toolkit = None, None, None
+    if opts.nvcc and find_nvcc():
+        t1 = time.perf_counter()
+        cubin, resources, warnings = compile_cubin(source_text, t.arch, KERNEL_NAME)
+        if warnings:
+            raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
+        toolkit = nvcc_version(find_nvcc() or "nvcc")
+        timings["nvcc"] = time.perf_counter() - t1
+        say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
+    manifest = _manifest(cfg, opts, sched, table, inv_freq, source_text, resources, toolkit)
+    cm = CompiledModel(cfg, opts, stages, sched, table, source_text, cubin, resources, manifest,
+                       timings)
+    if opts.dump_ir:
+        cm.dump_ir(opts.dump_ir)
+    return cm
+
+
+def _manifest(cfg, opts, sched: Schedule, table: TaskTable, inv_freq, source, resources,
+              toolkit) -> dict:
+    decls = {d.name: d for d in sched.program.tensors}
+    t = cfg.target
+    return {
+        "format": FORMAT_VERSION,
+        "compiler_version": VERSION,
+        "model": cfg.name,
+        "config": cfg.to_dict(),
+        "options": {k: v for k, v in opts.__dict__.items() if k not in ("dump_ir", "cache_dir")},
+        "arch": t.arch,
+        "sms": t.sms,
+        "threads": t.threads_per_block,
+        "smem_bytes": smem_bytes(table, t.threads_per_block),
+        "kernel": KERNEL_NAME,
+        "variants": variants_to_json(table.variants),
+        "arenas": dict(sched.arena_sizes),
+        "tensors": [
+            {"name": n, "arena": a, "offset": off, "shape": list(decls[n].shape),
+             "storage": decls[n].storage.value}
+            for n, a, off in sched.layout
+        ],
+        "counters": len(sched.program.counters),
+        "tasks": len(sched.program.tasks),
+        "norm_eps": float(cfg.norm_eps),
+        "rope_inv_freq": inv_freq,
+        "wait_timeout_ms": opts.wait_timeout_ms,
+        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+        "toolkit": toolkit,
+        "resources": resources.to_dict() if resources else None,
+    }
+
+
+__all__ = ["STAGES", "CompiledModel", "compile"]

@@ -1,0 +1,36 @@
+"""Every compiler setting in one typed place; environment variables are read here only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Options:
+    l2_prefetch: bool = True  # passes.prefetch: bulk L2 prefetch of upcoming weights
+    context: int = 512  # cache length the cost model assumes for attention
+    dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
+    nvcc: bool = True  # build the cubin (off: source only, e.g. without a CUDA toolkit)
+    wait_timeout_ms: int = 1000  # bound on each dependency wait in the kernel
+    cache_dir: str | None = None  # compile cache (TILERT_CACHE_DIR); None disables it
+
+    def with_(self, **kw) -> Options:
+        known = {f.name for f in fields(self)}
+        unknown = set(kw) - known
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **kw)
+
+
+def from_env(base: Options | None = None) -> Options:
+    """Options with the TILERT_* environment variables applied."""
+    o = base or Options()
+    env = os.environ
+    if env.get("TILERT_DUMP_IR") and o.dump_ir is None:
+        o = replace(o, dump_ir=env["TILERT_DUMP_IR"])
+    if env.get("TILERT_CACHE_DIR") and o.cache_dir is None:
+        o = replace(o, cache_dir=env["TILERT_CACHE_DIR"])
+    if env.get("TILERT_NO_L2_PREFETCH"):
+        o = replace(o, l2_prefetch=False)
+    return o

@@ -1,0 +1,108 @@
+"""Graph level: one decode step as ops on whole tensors.
+
+A `Graph` is what a model family lowers to before anything is cut into tiles: the
+embedding lookup, every layer's norms, projections, RoPE, cache write, attention, MLP and
+residual adds, the final norm and the LM head. Fusion rewrites this level into fused ops
+(`OpKind` groups below) that map one-to-one onto task kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Storage(str, Enum):
+    WEIGHT = "weight"  # streamed from HBM once per step, bf16
+    ACT = "act"  # per-step activation, f32, written once per step
+    CACHE = "cache"  # KV cache, f32, one row written per step at `pos`
+    OUT = "out"  # logits, f32
+
+
+class OpKind(str, Enum):
+    # -- primitive ops (what a model family emits)
+    EMBED = "embed"  # out[hidden] = table[token]
+    RMSNORM = "rmsnorm"  # out = x * rsqrt(mean(x^2) + eps) * gamma
+    HEAD_RMSNORM = "head_rmsnorm"  # the same, per head of `head_dim` (qwen3 q/k norm)
+    LINEAR = "linear"  # out[N] = W[N, K] @ x[K]
+    ROPE = "rope"  # rotate-half rotary embedding at position `pos`
+    KV_WRITE = "kv_write"  # cache[head, pos, :] = k or v
+    ATTENTION = "attention"  # softmax(q k^T / sqrt(d)) v over cache rows [0, pos]
+    SILU_MUL = "silu_mul"  # out = silu(gate) * up
+    ADD = "add"  # out = a + b
+    # -- fused ops (what `passes.fuse` produces; each is one task kind)
+    QKV_ROPE_CACHE = "qkv_rope_cache"  # rmsnorm -> q/k/v linear -> [head norm] -> rope -> cache write
+    LINEAR_RESIDUAL = "linear_residual"  # out = residual + W @ x   (o-proj, down-proj)
+    GATE_UP_SILU = "gate_up_silu"  # rmsnorm -> gate/up linear -> silu(gate) * up
+    NORM_LINEAR = "norm_linear"  # rmsnorm -> linear   (LM head)
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    name: str
+    shape: tuple[int, ...]
+    storage: Storage
+    layer: int = -1  # -1: not per layer
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str  # unique, e.g. "L3.q_proj"
+    kind: OpKind
+    inputs: tuple[str, ...]  # tensor names, activations and weights
+    outputs: tuple[str, ...]
+    layer: int = -1
+    attrs: tuple[tuple[str, object], ...] = ()  # sorted (key, value) pairs: hashable, printable
+    fused: tuple[str, ...] = ()  # names of the primitive ops a fused op replaced
+
+    def attr(self, key: str, default: object = None) -> object:
+        return dict(self.attrs).get(key, default)
+
+
+def attrs(**kw: object) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(kw.items()))
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One decode step. `tensors` declares every buffer; `ops` is in topological order."""
+
+    model: str
+    tensors: tuple[TensorDecl, ...]
+    ops: tuple[Op, ...]
+    consts: tuple[tuple[str, object], ...] = field(default=())  # model scalars (eps, dims)
+
+    def tensor(self, name: str) -> TensorDecl:
+        return self._by_name()[name]
+
+    def const(self, key: str) -> object:
+        return dict(self.consts)[key]
+
+    def _by_name(self) -> dict[str, TensorDecl]:
+        return {t.name: t for t in self.tensors}
+
+
+def format_graph(g: Graph) -> str:
+    """Stable text form: one line per tensor, then one line per op."""
+    lines = [f"graph {g.model}"]
+    for k, v in g.consts:
+        lines.append(f"  const {k} = {v!r}")
+    for t in g.tensors:
+        shape = "x".join(str(d) for d in t.shape)
+        lines.append(f"  tensor {t.name} [{shape}] {t.storage.value}")
+    for op in g.ops:
+        a = " ".join(f"{k}={v!r}" for k, v in op.attrs)
+        fz = f" fused=({','.join(op.fused)})" if op.fused else ""
+        lines.append(
+            f"  {op.name} = {op.kind.value}({', '.join(op.inputs)}) -> ({', '.join(op.outputs)})"
+            + (f" {a}" if a else "")
+            + fz
+        )
+    return "\n".join(lines) + "\n"

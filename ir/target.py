@@ -1,0 +1,28 @@
+"""The hardware a program is compiled for, described as data (capabilities, not arch checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    arch: str = "sm_90a"  # nvcc code name; sm_90a enables wgmma/setmaxnreg
+    sms: int = 132  # streaming multiprocessors = persistent CTAs (one per SM)
+    smem_per_block: int = 227 * 1024  # usable dynamic shared memory per block, bytes
+    l2_bytes: int = 50 * 1024 * 1024
+    threads_per_block: int = 256  # 8 warps per CTA
+    hbm_bytes_per_s: float = 3.0e12  # measured copy bandwidth (read + write), the cost model's rate
+    sm_bytes_per_s: float = 60e9  # what one SM streams alone at best, caps a lone task's rate
+    task_overhead_s: float = 1.5e-6  # dependency handoff + pipeline fill per task
+
+    @property
+    def compute_capability(self) -> str:
+        """'90a' for sm_90a: the suffix nvcc's -gencode expects."""
+        return self.arch.removeprefix("sm_")
+
+
+KNOWN_ARCHS = ("sm_90", "sm_90a")
+
+# Defaults per arch: H100 SXM (132 SMs, 227 KB shared memory per block, 50 MB L2).
+DEFAULT_TARGET = Target()

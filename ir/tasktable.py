@@ -1,0 +1,87 @@
+"""The schedule level in binary form: the task table the kernel and the interpreter read.
+
+Tasks are data, task kinds are code. Every task is one record of `RECORD` int64 fields;
+`kind` indexes the artifact's variant list (a task kind specialised on static shapes).
+The per-kind argument slots are named in `ARGS`, the one place that defines them:
+
+  record: kind layer n_waits wait_at signal n_prefetch prefetch_at a0 .. a8
+  waits:    int64 pairs (counter, producers per step)
+  prefetch: int64 pairs (weight element offset, elements)
+  sm_start: int32[sms + 1], sm_tasks: int32[...]: SM s runs sm_tasks[sm_start[s]:sm_start[s+1]]
+
+Offsets in args are element offsets into the `weights` (bf16) or `act` (f32) arena.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RECORD = 16
+F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF = range(7)
+F_ARG0 = 7
+NO_OFFSET = -1
+
+# Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
+# everything else in the act arena, except counts (rows, is_kv, head).
+ARGS: dict[str, tuple[str, ...]] = {
+    "embed": ("w_table", "out", "rows"),
+    "qkv_rope_cache": ("x", "w_gamma", "w_a", "w_b", "w_head_gamma", "out_a", "out_b", "is_kv"),
+    "attention": ("q", "k", "v", "out"),
+    "linear_residual": ("x", "w", "residual", "out", "rows"),
+    "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
+    "norm_linear": ("x", "w_gamma", "w", "out", "rows"),
+}
+assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A task kind specialised on the static shapes its code is compiled for."""
+
+    kind: str
+    static: tuple[tuple[str, int], ...]  # e.g. (("K", 2048),)
+
+    def get(self, key: str) -> int:
+        return dict(self.static)[key]
+
+    @property
+    def label(self) -> str:
+        return self.kind + "".join(f"_{k}{v}" for k, v in self.static)
+
+
+@dataclass
+class TaskTable:
+    records: np.ndarray  # int64 [n_tasks, RECORD]
+    waits: np.ndarray  # int64 [n, 2]
+    prefetch: np.ndarray  # int64 [m, 2]
+    sm_start: np.ndarray  # int32 [sms + 1]
+    sm_tasks: np.ndarray  # int32 [n_tasks]
+    variants: list[Variant]
+
+    def args(self, i: int) -> dict[str, int]:
+        v = self.variants[int(self.records[i, F_KIND])]
+        names = ARGS[v.kind]
+        return {n: int(self.records[i, F_ARG0 + j]) for j, n in enumerate(names)}
+
+    def waits_of(self, i: int) -> list[tuple[int, int]]:
+        at, n = int(self.records[i, F_WAIT]), int(self.records[i, F_NWAIT])
+        return [(int(c), int(e)) for c, e in self.waits[at : at + n]]
+
+    def save(self, path) -> None:
+        np.savez(
+            path,
+            records=self.records,
+            waits=self.waits,
+            prefetch=self.prefetch,
+            sm_start=self.sm_start,
+            sm_tasks=self.sm_tasks,
+        )
+
+    @classmethod
+    def load(cls, path, variants: list[Variant]) -> TaskTable:
+        with np.load(path) as z:
+            return cls(
+                z["records"], z["waits"], z["prefetch"], z["sm_start"], z["sm_tasks"], variants
+            )

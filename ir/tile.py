@@ -1,0 +1,198 @@
+"""Tile level: the decode step cut into tasks.
+
+A `Task` is one unit of work for one SM: the regions of activations it reads, the weight
+regions it streams, the regions it writes, and (after `passes.deps`) the dependency
+counters it waits on and the one it signals. Bounds of a region are ints, or the step's
+symbols `pos` (the decoded position) and `tok` (the input token), plus an int offset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from tilert_compiler.ir.graph import OpKind
+
+# A bound is an int, or (symbol, offset) for `symbol + offset`.
+Bound = int | tuple[str, int]
+SYMBOLS = ("pos", "tok")
+
+
+def fmt_bound(b: Bound) -> str:
+    if isinstance(b, int):
+        return str(b)
+    sym, off = b
+    return sym if off == 0 else f"{sym}{off:+d}"
+
+
+def parse_bound(s: str) -> Bound:
+    s = s.strip()
+    m = re.fullmatch(r"(pos|tok)([+-]\d+)?", s)
+    if m:
+        return (m.group(1), int(m.group(2) or 0))
+    return int(s)
+
+
+@dataclass(frozen=True)
+class Region:
+    tensor: str
+    box: tuple[tuple[Bound, Bound], ...]  # [lo, hi) per dimension
+
+    def __str__(self) -> str:
+        dims = ", ".join(f"{fmt_bound(lo)}:{fmt_bound(hi)}" for lo, hi in self.box)
+        return f"{self.tensor}[{dims}]"
+
+    def numel(self) -> int:
+        """Elements covered, with symbolic extents counted as their int offset difference."""
+        n = 1
+        for lo, hi in self.box:
+            n *= _extent(lo, hi)
+        return n
+
+    def overlaps(self, other: Region) -> bool:
+        """Conservative: symbolic bounds overlap unless provably disjoint."""
+        if self.tensor != other.tensor:
+            return False
+        return all(_intervals_overlap(a, b) for a, b in zip(self.box, other.box))
+
+
+def _extent(lo: Bound, hi: Bound) -> int:
+    if isinstance(lo, int) and isinstance(hi, int):
+        return hi - lo
+    if isinstance(lo, tuple) and isinstance(hi, tuple) and lo[0] == hi[0]:
+        return hi[1] - lo[1]
+    return 1  # e.g. [0, pos+1): its size depends on the step; counted once
+
+
+def _intervals_overlap(a: tuple[Bound, Bound], b: tuple[Bound, Bound]) -> bool:
+    (alo, ahi), (blo, bhi) = a, b
+    if all(isinstance(x, int) for x in (alo, ahi, blo, bhi)):
+        return alo < bhi and blo < ahi
+    # Same symbol on both sides: compare offsets; an int against a symbol may overlap.
+    def lt(x: Bound, y: Bound) -> bool | None:
+        if isinstance(x, int) and isinstance(y, int):
+            return x < y
+        if isinstance(x, tuple) and isinstance(y, tuple) and x[0] == y[0]:
+            return x[1] < y[1]
+        if isinstance(x, int) and x == 0 and isinstance(y, tuple) and y[1] >= 1:
+            return True  # 0 < pos + k for k >= 1, as pos >= 0
+        return None
+
+    first, second = lt(alo, bhi), lt(blo, ahi)
+    return first is not False and second is not False
+
+
+def region(tensor: str, *dims: tuple[Bound, Bound]) -> Region:
+    return Region(tensor, tuple(dims))
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    kind: OpKind
+    op: str  # the fused op this task is a tile of
+    layer: int
+    reads: tuple[Region, ...]  # activations and cache rows (produced this step or earlier)
+    weights: tuple[Region, ...]  # weight regions streamed from HBM
+    writes: tuple[Region, ...]
+    args: tuple[tuple[str, int], ...] = ()  # kind-specific ints (head index, ...)
+    cost: int = 0  # bytes the task moves from memory (the cost model's input)
+    deps: tuple[int, ...] = ()  # ids of tasks that must finish first (after passes.deps)
+    waits: tuple[tuple[int, int], ...] = ()  # (counter id, tasks signalling it per step)
+    signal: int = -1  # counter this task increments when done
+
+    def arg(self, key: str) -> int:
+        return dict(self.args)[key]
+
+
+@dataclass(frozen=True)
+class Counter:
+    name: str
+    producers: int  # tasks that signal it per step
+
+
+@dataclass(frozen=True)
+class TileProgram:
+    model: str
+    tasks: tuple[Task, ...]  # in one global topological order (task id = index)
+    counters: tuple[Counter, ...] = ()
+    consts: tuple[tuple[str, object], ...] = ()
+    tensors: tuple = ()  # graph TensorDecls still in use, carried for layout
+
+    def with_tasks(self, tasks, **kw) -> TileProgram:
+        return replace(self, tasks=tuple(tasks), **kw)
+
+    def const(self, key: str) -> object:
+        return dict(self.consts)[key]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Schedule level: which SM runs which tasks, in what order, and what it prefetches."""
+
+    program: TileProgram
+    sm_lists: tuple[tuple[int, ...], ...]  # per SM: task ids in global order
+    predicted: tuple[tuple[float, float], ...]  # per task: (start, end) seconds, cost model
+    prefetch: tuple[tuple[Region, ...], ...] = ()  # per task: weights to pull into L2 first
+    layout: tuple[tuple[str, str, int], ...] = ()  # (tensor, arena, element offset)
+    arena_sizes: tuple[tuple[str, int], ...] = ()  # (arena, elements)
+    options: tuple[tuple[str, object], ...] = field(default=())
+
+    def sm_of(self) -> dict[int, int]:
+        return {t: sm for sm, ts in enumerate(self.sm_lists) for t in ts}
+
+    def offset(self, tensor: str) -> int:
+        return {n: off for n, _, off in self.layout}[tensor]
+
+
+# ---------------------------------------------------------------- text form
+
+
+def format_task(t: Task, sm: int | None = None, span: tuple[float, float] | None = None) -> str:
+    def regs(rs: tuple[Region, ...]) -> str:
+        return "(" + ", ".join(str(r) for r in rs) + ")"
+
+    parts = [
+        f"t{t.id} = {t.kind.value} {t.op} layer={t.layer}",
+        f"reads={regs(t.reads)}",
+        f"weights={regs(t.weights)}",
+        f"writes={regs(t.writes)}",
+        "args=(" + ", ".join(f"{k}={v}" for k, v in t.args) + ")",
+        f"cost={t.cost}",
+    ]
+    if t.deps:
+        parts.append("deps=(" + ", ".join(f"t{d}" for d in t.deps) + ")")
+    if t.waits:
+        parts.append("waits=(" + ", ".join(f"c{c}>={n}" for c, n in t.waits) + ")")
+    if t.signal >= 0:
+        parts.append(f"signal=c{t.signal}")
+    if sm is not None:
+        parts.append(f"sm={sm}")
+    if span is not None:
+        parts.append(f"at={span[0] * 1e6:.2f}us..{span[1] * 1e6:.2f}us")
+    return " ".join(parts)
+
+
+def format_program(p: TileProgram) -> str:
+    lines = [f"tile {p.model}"]
+    lines += [f"  const {k} = {v!r}" for k, v in p.consts]
+    lines += [f"  counter c{i} {c.name} producers={c.producers}" for i, c in enumerate(p.counters)]
+    lines += ["  " + format_task(t) for t in p.tasks]
+    return "\n".join(lines) + "\n"
+
+
+def format_schedule(s: Schedule) -> str:
+    p = s.program
+    lines = [f"schedule {p.model} sms={len(s.sm_lists)}"]
+    lines += [f"  option {k} = {v!r}" for k, v in s.options]
+    lines += [f"  buffer {n} {a} @{off}" for n, a, off in s.layout]
+    lines += [f"  counter c{i} {c.name} producers={c.producers}" for i, c in enumerate(p.counters)]
+    for sm, ts in enumerate(s.sm_lists):
+        lines.append(f"  sm {sm}: " + " ".join(f"t{t}" for t in ts))
+    sm_of = s.sm_of()
+    for t in p.tasks:
+        line = "  " + format_task(t, sm_of.get(t.id), s.predicted[t.id] if s.predicted else None)
+        if s.prefetch and s.prefetch[t.id]:
+            line += " prefetch=(" + ", ".join(str(r) for r in s.prefetch[t.id]) + ")"
+        lines.append(line)
+    return "\n".join(lines) + "\n"

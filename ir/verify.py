@@ -1,0 +1,137 @@
+"""Checks between passes. Each raises `VerifyError` naming the offending tasks.
+
+- coverage: every element of every tensor a step writes is written by exactly one task;
+- completion: the per-SM lists, run against their counters, finish (no deadlock);
+- ordering: every read happens after every write it overlaps (through counter waits or
+  the SM's own program order), so no task can read a value before it exists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tilert_compiler.ir.tile import Schedule, Task, TileProgram
+
+
+class VerifyError(ValueError):
+    pass
+
+
+def _grid_index(box, symbolic_dims: set[int]):
+    idx = []
+    for d, (lo, hi) in enumerate(box):
+        idx.append(slice(0, 1) if d in symbolic_dims else slice(lo, hi))
+    return tuple(idx)
+
+
+def verify_program(p: TileProgram) -> None:
+    shapes = {t.name: t.shape for t in p.tensors}
+    writers: dict[str, list[Task]] = {}
+    for t in p.tasks:
+        for r in t.writes:
+            writers.setdefault(r.tensor, []).append(t)
+    for name, ts in writers.items():
+        boxes = [(t, r) for t in ts for r in t.writes if r.tensor == name]
+        sym = {d for _, r in boxes for d, (lo, hi) in enumerate(r.box)
+               if not (isinstance(lo, int) and isinstance(hi, int))}
+        shape = tuple(1 if d in sym else n for d, n in enumerate(shapes[name]))
+        count = np.zeros(shape, dtype=np.int32)
+        for _, r in boxes:
+            count[_grid_index(r.box, sym)] += 1
+        if (count > 1).any():
+            at = tuple(int(i) for i in np.argwhere(count > 1)[0])
+            who = [f"t{t.id}" for t, r in boxes if _contains(r.box, at, sym)]
+            raise VerifyError(f"{name}{list(at)} is written by several tasks: {', '.join(who)}")
+        if (count == 0).any():
+            at = tuple(int(i) for i in np.argwhere(count == 0)[0])
+            raise VerifyError(f"{name}{list(at)} is written by no task (writers: {len(ts)})")
+
+
+def _contains(box, at, sym) -> bool:
+    return all(d in sym or lo <= i < hi for d, ((lo, hi), i) in enumerate(zip(box, at)))
+
+
+def _happens_before(s: Schedule) -> list[int]:
+    """Ancestor bitmask per task: what finished before it may start, through counter
+    waits and the SM's own order."""
+    tasks = s.program.tasks
+    producers: dict[int, list[int]] = {}
+    for t in tasks:
+        producers.setdefault(t.signal, []).append(t.id)
+    prev_on_sm: dict[int, int] = {}
+    for ids in s.sm_lists:
+        for a, b in zip(ids, ids[1:]):
+            prev_on_sm[b] = a
+    anc = [0] * len(tasks)
+    counter_mask: dict[int, int] = {}  # a counter's producers and all their ancestors
+    for t in tasks:  # global topological order: every predecessor has a lower id
+        m = 0
+        for c, _ in t.waits:
+            if c not in counter_mask:
+                cm = 0
+                for x in producers.get(c, []):
+                    if x >= t.id:
+                        raise VerifyError(f"t{t.id} waits on c{c}, signalled by later t{x}")
+                    cm |= anc[x] | (1 << x)
+                counter_mask[c] = cm
+            m |= counter_mask[c]
+        if t.id in prev_on_sm:
+            x = prev_on_sm[t.id]
+            m |= anc[x] | (1 << x)
+        anc[t.id] = m
+    return anc
+
+
+def verify_completes(s: Schedule) -> None:
+    tasks = s.program.tasks
+    count = [0] * len(s.program.counters)
+    head = [0] * len(s.sm_lists)
+    done = 0
+    while done < len(tasks):
+        progress = False
+        for sm, ids in enumerate(s.sm_lists):
+            while head[sm] < len(ids):
+                t = tasks[ids[head[sm]]]
+                if any(count[c] < n for c, n in t.waits):
+                    break
+                if t.signal >= 0:
+                    count[t.signal] += 1
+                head[sm] += 1
+                done += 1
+                progress = True
+        if not progress:
+            stuck = [
+                f"sm{sm} at t{ids[head[sm]]} (waits "
+                + ", ".join(f"c{c}={count[c]}/{n}" for c, n in tasks[ids[head[sm]]].waits
+                            if count[c] < n) + ")"
+                for sm, ids in enumerate(s.sm_lists) if head[sm] < len(ids)
+            ]
+            raise VerifyError("schedule deadlocks: " + "; ".join(stuck[:4]))
+
+
+def verify_ordering(s: Schedule) -> None:
+    tasks = s.program.tasks
+    anc = _happens_before(s)
+    writers: dict[str, list[Task]] = {}
+    for t in tasks:
+        for r in t.writes:
+            for w in writers.get(r.tensor, ()):
+                if not (anc[t.id] >> w.id) & 1 and any(r.overlaps(x) for x in w.writes):
+                    raise VerifyError(f"t{w.id} and t{t.id} write {r} with no order between them")
+        for r in t.reads:
+            for w in writers.get(r.tensor, ()):
+                if not (anc[t.id] >> w.id) & 1 and any(r.overlaps(x) for x in w.writes):
+                    raise VerifyError(f"t{t.id} reads {r} without waiting for its writer t{w.id}")
+        for r in t.writes:
+            writers.setdefault(r.tensor, []).append(t)
+
+
+def verify_schedule(s: Schedule) -> None:
+    listed = sorted(t for ids in s.sm_lists for t in ids)
+    if listed != list(range(len(s.program.tasks))):
+        raise VerifyError("every task must appear in exactly one SM list")
+    for sm, ids in enumerate(s.sm_lists):
+        if list(ids) != sorted(ids):
+            raise VerifyError(f"sm{sm} runs its tasks out of the global order")
+    verify_completes(s)
+    verify_ordering(s)

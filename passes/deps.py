@@ -1,0 +1,90 @@
+"""deps: tile program -> tile program with dependencies and counters.
+
+1. A task depends on every earlier task that writes a region overlapping one it reads.
+2. Dependencies implied by others (an ancestor of another dependency) are dropped.
+3. Each op's tasks are grouped into counters: the coarsest partition such that every
+   consumer's dependency set is a union of groups. A consumer that needs every tile of an
+   op waits on one counter; attention for one head waits only on that head's q and kv
+   tasks. Counters are monotonic across steps: a wait is `count >= step * producers`.
+"""
+
+from __future__ import annotations
+
+from tilert_compiler.ir.tile import Counter, Task, TileProgram
+
+
+def _direct_deps(tasks: tuple[Task, ...]) -> list[set[int]]:
+    writers: dict[str, list[Task]] = {}
+    deps: list[set[int]] = []
+    for t in tasks:
+        d: set[int] = set()
+        for r in t.reads:
+            for w in writers.get(r.tensor, ()):
+                if any(r.overlaps(wr) for wr in w.writes):
+                    d.add(w.id)
+        deps.append(d)
+        for wr in t.writes:
+            writers.setdefault(wr.tensor, []).append(t)
+    return deps
+
+
+def _reduce(deps: list[set[int]]) -> list[set[int]]:
+    """Transitive reduction, with ancestor sets as bitmasks (task ids ascend topologically)."""
+    anc: list[int] = []
+    out: list[set[int]] = []
+    for d in deps:
+        implied = 0
+        for x in d:
+            implied |= anc[x]
+        keep = {x for x in d if not (implied >> x) & 1}
+        mask = implied
+        for x in keep:
+            mask |= anc[x] | (1 << x)
+        anc.append(mask)
+        out.append(keep)
+    return out
+
+
+def _partition(members: list[int], needs: list[frozenset[int]]) -> list[list[int]]:
+    blocks = [list(members)]
+    for need in needs:
+        split: list[list[int]] = []
+        for b in blocks:
+            inside = [x for x in b if x in need]
+            outside = [x for x in b if x not in need]
+            split += [s for s in (inside, outside) if s]
+        blocks = split
+    return blocks
+
+
+def deps(program: TileProgram) -> TileProgram:
+    tasks = program.tasks
+    reduced = _reduce(_direct_deps(tasks))
+    by_op: dict[str, list[int]] = {}
+    for t in tasks:
+        by_op.setdefault(t.op, []).append(t.id)
+    # What each consumer needs of each producer op.
+    needs: dict[str, set[frozenset[int]]] = {op: set() for op in by_op}
+    for d in reduced:
+        per_op: dict[str, set[int]] = {}
+        for x in d:
+            per_op.setdefault(tasks[x].op, set()).add(x)
+        for op, xs in per_op.items():
+            needs[op].add(frozenset(xs))
+    counters: list[Counter] = []
+    signal: dict[int, int] = {}
+    for op, members in by_op.items():
+        blocks = _partition(members, sorted(needs[op], key=sorted))
+        for b in blocks:
+            name = op if len(blocks) == 1 else f"{op}#{tasks[b[0]].id}"
+            for x in b:
+                signal[x] = len(counters)
+            counters.append(Counter(name, len(b)))
+    out = []
+    for t, d in zip(tasks, reduced):
+        waits = sorted({signal[x] for x in d})
+        out.append(
+            Task(**{**t.__dict__, "deps": tuple(sorted(d)), "signal": signal[t.id],
+                    "waits": tuple((c, counters[c].producers) for c in waits)})
+        )
+    return program.with_tasks(out, counters=tuple(counters))
