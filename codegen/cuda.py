@@ -37,8 +37,16 @@ def smem_bytes(table: TaskTable, threads: int) -> int:
     return 4 * max((smem_floats(v, threads) for v in table.variants), default=0)
 
 
-def emit_cuda(sched: Schedule, table: TaskTable, inv_freq: list[float], *, version: str,
-              arch: str, threads: int, smem_limit: int) -> str:
+def emit_cuda(
+    sched: Schedule,
+    table: TaskTable,
+    inv_freq: list[float],
+    *,
+    version: str,
+    arch: str,
+    threads: int,
+    smem_limit: int,
+) -> str:
     need = smem_bytes(table, threads)
     if need > smem_limit:
         worst = max(table.variants, key=lambda v: smem_floats(v, threads))

@@ -39,7 +39,9 @@ def nvcc_version(nvcc: str) -> str:
     return m.group(2) if m else out.strip().splitlines()[-1]
 
 
-def compile_cubin(source: str, arch: str, kernel: str, nvcc: str | None = None) -> tuple[bytes, Resources, str]:
+def compile_cubin(
+    source: str, arch: str, kernel: str, nvcc: str | None = None
+) -> tuple[bytes, Resources, str]:
     """Returns (cubin, resources, warnings). Raises NvccError with nvcc's output on failure."""
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
@@ -48,8 +50,21 @@ def compile_cubin(source: str, arch: str, kernel: str, nvcc: str | None = None) 
     with tempfile.TemporaryDirectory() as d:
         src, out = Path(d) / "kernel.cu", Path(d) / "kernel.cubin"
         src.write_text(source)
-        cmd = [nvcc, "-cubin", f"-gencode=arch=compute_{cc},code=sm_{cc}", "-O3", "-std=c++17",
-               "-Xptxas", "-v", "-Xptxas", "-warn-spills", "-lineinfo", "-o", str(out), str(src)]
+        cmd = [
+            nvcc,
+            "-cubin",
+            f"-gencode=arch=compute_{cc},code=sm_{cc}",
+            "-O3",
+            "-std=c++17",
+            "-Xptxas",
+            "-v",
+            "-Xptxas",
+            "-warn-spills",
+            "-lineinfo",
+            "-o",
+            str(out),
+            str(src),
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         log = r.stdout + r.stderr
         if r.returncode != 0:

@@ -5,8 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import OpKind
-from tilert_compiler.ir.tasktable import ARGS, F_ARG0, NO_OFFSET, RECORD, TaskTable, Variant
-from tilert_compiler.ir.tasktable import F_KIND, F_LAYER, F_NPREF, F_NWAIT, F_PREF, F_SIGNAL, F_WAIT
+from tilert_compiler.ir.tasktable import (
+    ARGS,
+    F_ARG0,
+    F_KIND,
+    F_LAYER,
+    F_NPREF,
+    F_NWAIT,
+    F_PREF,
+    F_SIGNAL,
+    F_WAIT,
+    NO_OFFSET,
+    RECORD,
+    TaskTable,
+    Variant,
+)
 from tilert_compiler.ir.tile import Region, Schedule, Task
 
 
@@ -27,7 +40,7 @@ class _Offsets:
         """Element offset of the region's first element; symbolic bounds count as 0 (the
         kernel adds `pos` or `tok` times that dimension's stride)."""
         off = self.base[r.tensor]
-        for (lo, _), stride in zip(r.box, _strides(self.shape[r.tensor])):
+        for (lo, _), stride in zip(r.box, _strides(self.shape[r.tensor]), strict=True):
             if isinstance(lo, int):
                 off += lo * stride
         return off
@@ -51,9 +64,9 @@ def variant_of(t: Task, consts: dict) -> Variant:
 
 def _args(t: Task, o: _Offsets) -> dict[str, int]:
     k = t.kind
-    R, W, O = t.reads, t.weights, t.writes
+    R, W, Out = t.reads, t.weights, t.writes
     if k == OpKind.EMBED:
-        return {"w_table": o.start(W[0]), "out": o.start(O[0]), "rows": O[0].numel()}
+        return {"w_table": o.start(W[0]), "out": o.start(Out[0]), "rows": Out[0].numel()}
     if k == OpKind.QKV_ROPE_CACHE:
         kv = t.arg("is_kv")
         n_mats = 2 if kv else 1
@@ -64,22 +77,38 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
             "w_a": o.start(W[1]),
             "w_b": o.start(W[2]) if kv else NO_OFFSET,
             "w_head_gamma": o.start(head_gamma) if head_gamma else NO_OFFSET,
-            "out_a": o.start(O[0]),
-            "out_b": o.start(O[1]) if kv else NO_OFFSET,
+            "out_a": o.start(Out[0]),
+            "out_b": o.start(Out[1]) if kv else NO_OFFSET,
             "is_kv": kv,
         }
     if k == OpKind.ATTENTION:
-        return {"q": o.start(R[0]), "k": o.start(R[1]), "v": o.start(R[2]), "out": o.start(O[0])}
+        return {"q": o.start(R[0]), "k": o.start(R[1]), "v": o.start(R[2]), "out": o.start(Out[0])}
     rows = t.arg("rows")
     if k == OpKind.LINEAR_RESIDUAL:
-        return {"x": o.start(R[0]), "w": o.start(W[0]), "residual": o.start(R[1]),
-                "out": o.start(O[0]), "rows": rows}
+        return {
+            "x": o.start(R[0]),
+            "w": o.start(W[0]),
+            "residual": o.start(R[1]),
+            "out": o.start(Out[0]),
+            "rows": rows,
+        }
     if k == OpKind.GATE_UP_SILU:
-        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w_gate": o.start(W[1]),
-                "w_up": o.start(W[2]), "out": o.start(O[0]), "rows": rows}
+        return {
+            "x": o.start(R[0]),
+            "w_gamma": o.start(W[0]),
+            "w_gate": o.start(W[1]),
+            "w_up": o.start(W[2]),
+            "out": o.start(Out[0]),
+            "rows": rows,
+        }
     if k == OpKind.NORM_LINEAR:
-        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w": o.start(W[1]),
-                "out": o.start(O[0]), "rows": rows}
+        return {
+            "x": o.start(R[0]),
+            "w_gamma": o.start(W[0]),
+            "w": o.start(W[1]),
+            "out": o.start(Out[0]),
+            "rows": rows,
+        }
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
 
 

@@ -115,8 +115,15 @@ def compile(  # noqa: A001 - the verb users expect
     table = serialize(sched)
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
     t = cfg.target
-    source_text = emit_cuda(sched, table, inv_freq, version=VERSION, arch=t.arch,
-                            threads=t.threads_per_block, smem_limit=t.smem_per_block)
+    source_text = emit_cuda(
+        sched,
+        table,
+        inv_freq,
+        version=VERSION,
+        arch=t.arch,
+        threads=t.threads_per_block,
+        smem_limit=t.smem_per_block,
+    )
     timings["codegen"] = time.perf_counter() - t0
     say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
     cubin, resources, toolkit = None, None, None
@@ -129,15 +136,17 @@ def compile(  # noqa: A001 - the verb users expect
         timings["nvcc"] = time.perf_counter() - t1
         say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
     manifest = _manifest(cfg, opts, sched, table, inv_freq, source_text, resources, toolkit)
-    cm = CompiledModel(cfg, opts, stages, sched, table, source_text, cubin, resources, manifest,
-                       timings)
+    cm = CompiledModel(
+        cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
+    )
     if opts.dump_ir:
         cm.dump_ir(opts.dump_ir)
     return cm
 
 
-def _manifest(cfg, opts, sched: Schedule, table: TaskTable, inv_freq, source, resources,
-              toolkit) -> dict:
+def _manifest(
+    cfg, opts, sched: Schedule, table: TaskTable, inv_freq, source, resources, toolkit
+) -> dict:
     decls = {d.name: d for d in sched.program.tensors}
     t = cfg.target
     return {
@@ -154,8 +163,13 @@ def _manifest(cfg, opts, sched: Schedule, table: TaskTable, inv_freq, source, re
         "variants": variants_to_json(table.variants),
         "arenas": dict(sched.arena_sizes),
         "tensors": [
-            {"name": n, "arena": a, "offset": off, "shape": list(decls[n].shape),
-             "storage": decls[n].storage.value}
+            {
+                "name": n,
+                "arena": a,
+                "offset": off,
+                "shape": list(decls[n].shape),
+                "storage": decls[n].storage.value,
+            }
             for n, a, off in sched.layout
         ],
         "counters": len(sched.program.counters),

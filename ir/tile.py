@@ -53,7 +53,7 @@ class Region:
         """Conservative: symbolic bounds overlap unless provably disjoint."""
         if self.tensor != other.tensor:
             return False
-        return all(_intervals_overlap(a, b) for a, b in zip(self.box, other.box))
+        return all(_intervals_overlap(a, b) for a, b in zip(self.box, other.box, strict=True))
 
 
 def _extent(lo: Bound, hi: Bound) -> int:
@@ -68,6 +68,7 @@ def _intervals_overlap(a: tuple[Bound, Bound], b: tuple[Bound, Bound]) -> bool:
     (alo, ahi), (blo, bhi) = a, b
     if all(isinstance(x, int) for x in (alo, ahi, blo, bhi)):
         return alo < bhi and blo < ahi
+
     # Same symbol on both sides: compare offsets; an int against a symbol may overlap.
     def lt(x: Bound, y: Bound) -> bool | None:
         if isinstance(x, int) and isinstance(y, int):

@@ -32,8 +32,12 @@ def verify_program(p: TileProgram) -> None:
             writers.setdefault(r.tensor, []).append(t)
     for name, ts in writers.items():
         boxes = [(t, r) for t in ts for r in t.writes if r.tensor == name]
-        sym = {d for _, r in boxes for d, (lo, hi) in enumerate(r.box)
-               if not (isinstance(lo, int) and isinstance(hi, int))}
+        sym = {
+            d
+            for _, r in boxes
+            for d, (lo, hi) in enumerate(r.box)
+            if not (isinstance(lo, int) and isinstance(hi, int))
+        }
         shape = tuple(1 if d in sym else n for d, n in enumerate(shapes[name]))
         count = np.zeros(shape, dtype=np.int32)
         for _, r in boxes:
@@ -48,7 +52,9 @@ def verify_program(p: TileProgram) -> None:
 
 
 def _contains(box, at, sym) -> bool:
-    return all(d in sym or lo <= i < hi for d, ((lo, hi), i) in enumerate(zip(box, at)))
+    return all(
+        d in sym or lo <= i < hi for d, ((lo, hi), i) in enumerate(zip(box, at, strict=True))
+    )
 
 
 def _happens_before(s: Schedule) -> list[int]:
@@ -60,7 +66,7 @@ def _happens_before(s: Schedule) -> list[int]:
         producers.setdefault(t.signal, []).append(t.id)
     prev_on_sm: dict[int, int] = {}
     for ids in s.sm_lists:
-        for a, b in zip(ids, ids[1:]):
+        for a, b in zip(ids, ids[1:], strict=False):
             prev_on_sm[b] = a
     anc = [0] * len(tasks)
     counter_mask: dict[int, int] = {}  # a counter's producers and all their ancestors
@@ -102,9 +108,12 @@ def verify_completes(s: Schedule) -> None:
         if not progress:
             stuck = [
                 f"sm{sm} at t{ids[head[sm]]} (waits "
-                + ", ".join(f"c{c}={count[c]}/{n}" for c, n in tasks[ids[head[sm]]].waits
-                            if count[c] < n) + ")"
-                for sm, ids in enumerate(s.sm_lists) if head[sm] < len(ids)
+                + ", ".join(
+                    f"c{c}={count[c]}/{n}" for c, n in tasks[ids[head[sm]]].waits if count[c] < n
+                )
+                + ")"
+                for sm, ids in enumerate(s.sm_lists)
+                if head[sm] < len(ids)
             ]
             raise VerifyError("schedule deadlocks: " + "; ".join(stuck[:4]))
 

@@ -81,10 +81,16 @@ def deps(program: TileProgram) -> TileProgram:
                 signal[x] = len(counters)
             counters.append(Counter(name, len(b)))
     out = []
-    for t, d in zip(tasks, reduced):
+    for t, d in zip(tasks, reduced, strict=True):
         waits = sorted({signal[x] for x in d})
         out.append(
-            Task(**{**t.__dict__, "deps": tuple(sorted(d)), "signal": signal[t.id],
-                    "waits": tuple((c, counters[c].producers) for c in waits)})
+            Task(
+                **{
+                    **t.__dict__,
+                    "deps": tuple(sorted(d)),
+                    "signal": signal[t.id],
+                    "waits": tuple((c, counters[c].producers) for c in waits),
+                }
+            )
         )
     return program.with_tasks(out, counters=tuple(counters))

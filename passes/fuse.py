@@ -78,7 +78,11 @@ def _fuse_gate_up(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str]] |
     if len(linears) != 2 or any(op.kind != OpKind.LINEAR for op in linears):
         return None
     mul = uses.only_consumer(linears[0].outputs[0])
-    if mul is None or mul.kind != OpKind.SILU_MUL or uses.only_consumer(linears[1].outputs[0]) != mul:
+    if (
+        mul is None
+        or mul.kind != OpKind.SILU_MUL
+        or uses.only_consumer(linears[1].outputs[0]) != mul
+    ):
         return None
     gate = next(op for op in linears if op.outputs[0] == mul.inputs[0])
     up = next(op for op in linears if op.outputs[0] == mul.inputs[1])

@@ -44,8 +44,17 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
         cost = sum(r.numel() for r in weights) * W_BYTES
         cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
         tasks.append(
-            Task(len(tasks), kind, op.name, op.layer, tuple(reads), tuple(weights),
-                 tuple(writes), tuple(args.items()), cost)
+            Task(
+                len(tasks),
+                kind,
+                op.name,
+                op.layer,
+                tuple(reads),
+                tuple(weights),
+                tuple(writes),
+                tuple(args.items()),
+                cost,
+            )
         )
 
     for op in graph.ops:
@@ -64,11 +73,21 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
             for h in range(heads):
                 w = [_vec(gamma, 0, d), _rows(wq, h * hd, (h + 1) * hd, d)]
                 w += [_vec(head_norms[0], 0, hd)] if head_norms else []
-                add(op.kind, op, [_vec(x, 0, d)], w, [_vec(q, h * hd, (h + 1) * hd)],
-                    head=h, is_kv=0)
+                add(
+                    op.kind,
+                    op,
+                    [_vec(x, 0, d)],
+                    w,
+                    [_vec(q, h * hd, (h + 1) * hd)],
+                    head=h,
+                    is_kv=0,
+                )
             for g in range(kv_heads):
-                w = [_vec(gamma, 0, d), _rows(wk, g * hd, (g + 1) * hd, d),
-                     _rows(wv, g * hd, (g + 1) * hd, d)]
+                w = [
+                    _vec(gamma, 0, d),
+                    _rows(wk, g * hd, (g + 1) * hd, d),
+                    _rows(wv, g * hd, (g + 1) * hd, d),
+                ]
                 w += [_vec(head_norms[1], 0, hd)] if head_norms else []
                 row = (("pos", 0), ("pos", 1))
                 writes = [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
@@ -84,8 +103,15 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                 hist = (0, ("pos", 1))
                 reads = [_vec(q, h * hd, (h + 1) * hd)]
                 reads += [region(c, (g, g + 1), hist, (0, hd)) for c in (kc, vc)]
-                add(op.kind, op, reads, [], [_vec(out, h * hd, (h + 1) * hd)],
-                    cost_extra=2 * context * hd * A_BYTES, head=h)
+                add(
+                    op.kind,
+                    op,
+                    reads,
+                    [],
+                    [_vec(out, h * hd, (h + 1) * hd)],
+                    cost_extra=2 * context * hd * A_BYTES,
+                    head=h,
+                )
         elif op.kind in (OpKind.LINEAR_RESIDUAL, OpKind.NORM_LINEAR, OpKind.GATE_UP_SILU):
             x = op.inputs[0]
             (out,) = op.outputs
@@ -99,11 +125,16 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                 elif op.kind == OpKind.NORM_LINEAR:
                     weights = [_vec(op.inputs[1], 0, k), _rows(op.inputs[2], lo, hi, k)]
                 else:
-                    weights = [_vec(op.inputs[1], 0, k), _rows(op.inputs[2], lo, hi, k),
-                               _rows(op.inputs[3], lo, hi, k)]
+                    weights = [
+                        _vec(op.inputs[1], 0, k),
+                        _rows(op.inputs[2], lo, hi, k),
+                        _rows(op.inputs[3], lo, hi, k),
+                    ]
                 add(op.kind, op, reads, weights, [_vec(out, lo, hi)], row0=lo, rows=hi - lo)
         else:
-            raise TileError(f"op {op.name}: kind '{op.kind.value}' has no task kind; run fuse first")
+            raise TileError(
+                f"op {op.name}: kind '{op.kind.value}' has no task kind; run fuse first"
+            )
     live = {r.tensor for t in tasks for r in t.reads + t.weights + t.writes}
     return TileProgram(
         model=graph.model,

@@ -1,10 +1,10 @@
 """The artifact on disk: what the compiler writes and the runtime loads.
 
-  manifest.json   config, target, kernel name, variants, arenas, tensor layout, versions
-  tasks.npz       the task table (ir.tasktable)
-  kernel.cu       the generated source
-  kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
-  resources.txt   ptxas's report: registers, spills, shared memory
+manifest.json   config, target, kernel name, variants, arenas, tensor layout, versions
+tasks.npz       the task table (ir.tasktable)
+kernel.cu       the generated source
+kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
+resources.txt   ptxas's report: registers, spills, shared memory
 """
 
 from __future__ import annotations
@@ -87,9 +87,10 @@ def write_artifact(path: str | os.PathLike, art: Artifact) -> Path:
 def _merge_back(old: Path, new: Path) -> None:
     """Keep what the user put beside the artifact (e.g. ir/ dumps), drop our old files."""
     for entry in old.iterdir():
-        if entry.name not in (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES) and not (
-            new / entry.name
-        ).exists():
+        if (
+            entry.name not in (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES)
+            and not (new / entry.name).exists()
+        ):
             entry.rename(new / entry.name)
     shutil.rmtree(old)
 

@@ -115,7 +115,7 @@ class Interpreter:
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
         heads = [a["w_a"], a["w_b"]] if a["is_kv"] else [a["w_a"]]
         outs = [a["out_a"], a["out_b"]] if a["is_kv"] else [a["out_a"]]
-        for j, (w_at, out_at) in enumerate(zip(heads, outs)):
+        for j, (w_at, out_at) in enumerate(zip(heads, outs, strict=True)):
             y = self._mat(w_at, HD, K) @ xn
             if j == 0:  # q, or k: head norm then rope; v goes to the cache as is
                 if s["QKN"]:

@@ -1,0 +1,151 @@
+"""tilert-compile: the command line.
+
+    tilert-compile                         # bundled llama-3.2-1b -> build/llama-3.2-1b/
+    tilert-compile models/bundled/qwen3-8b.yaml -o out/ --dump-ir
+    tilert-compile path/to/hf_model_dir/
+
+After compiling it runs the result: on a GPU machine it loads the kernel, checks a few
+steps and times one; without a GPU it interprets a few tokens on the CPU. Bad input is
+one line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "llama-3.2-1b"
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tilert-compile",
+        description="Compile a decoder LLM description into one persistent CUDA kernel.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"model.yaml, HF config.json or folder, or a bundled name (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("-o", "--out", help="artifact folder (default: build/<model name>/)")
+    p.add_argument("--target", help="GPU arch, e.g. sm_90a (default: the description's)")
+    p.add_argument("--sms", type=int, help="SM count to schedule for (default: the description's)")
+    p.add_argument("--max-seq-len", type=int, help="KV-cache capacity in tokens")
+    p.add_argument(
+        "--dump-ir",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="write every stage's IR (default DIR: <out>/ir/)",
+    )
+    p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
+    p.add_argument("--no-l2-prefetch", action="store_true", help="switch the L2 prefetch pass off")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=4,
+        help="tokens to run after compiling (interpreted on CPU, or on the GPU)",
+    )
+    p.add_argument("--no-run", action="store_true", help="compile only")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    say = (lambda *_: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    try:
+        return _run(args, say)
+    except KeyboardInterrupt:
+        print("tilert-compile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user-facing errors: one line, no traceback
+        from tilert_compiler.errors import USER_ERRORS
+
+        if isinstance(e, USER_ERRORS):
+            print(f"tilert-compile: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+def _run(args, say) -> int:
+    import tilert_compiler as tc
+    from tilert_compiler.models.config import describe
+
+    overrides: dict = {}
+    if args.sms is not None:
+        overrides.setdefault("target", {})["sms"] = args.sms
+    if args.target is not None:
+        overrides.setdefault("target", {})["arch"] = args.target
+    if args.max_seq_len is not None:
+        overrides["max_seq_len"] = args.max_seq_len
+    cfg = tc.load_config(args.model, overrides=overrides or None)
+    out = Path(args.out) if args.out else Path("build") / cfg.name
+    say(f"compiling {describe(cfg)}")
+    t0 = time.perf_counter()
+    cm = tc.compile(cfg, progress=say, nvcc=not args.no_nvcc, l2_prefetch=not args.no_l2_prefetch)
+    cm.save(out)
+    if args.dump_ir is not None:
+        ir_dir = Path(args.dump_ir) if args.dump_ir else out / "ir"
+        files = cm.dump_ir(ir_dir)
+        say(f"IR dumps: {len(files)} files in {ir_dir}/")
+    r = cm.resources
+    res = (
+        (
+            f"{r.registers} registers, {r.spill_stores + r.spill_loads} spill bytes, "
+            f"{cm.manifest['smem_bytes']} B dynamic smem"
+        )
+        if r
+        else "no cubin (--no-nvcc)"
+    )
+    say(
+        f"wrote {out}/ in {time.perf_counter() - t0:.1f} s: {cm.manifest['tasks']} tasks, "
+        f"{cm.manifest['counters']} counters, {res}"
+    )
+    if args.no_run or args.tokens <= 0:
+        return 0
+    return _run_tokens(cm, out, args.tokens, say)
+
+
+def _run_tokens(cm, out: Path, n: int, say) -> int:
+    import torch
+
+    from tilert_compiler.models.weights import load_weights
+
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, cm.config.vocab, (n,), generator=gen).tolist()
+    ws = cm.config.weights
+    say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
+    weights = load_weights(cm.config)
+    if torch.cuda.is_available() and cm.cubin is not None:
+        from tilert_compiler.runtime.gpu import GpuModel
+
+        m = GpuModel(out, weights=weights)
+        preds = [int(m.step(t, p).argmax()) for p, t in enumerate(prompt)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        iters = 50
+        start.record()
+        for _ in range(iters):
+            m.launch(prompt[-1], n - 1)
+        end.record()
+        m.check()
+        ms = start.elapsed_time(end) / iters
+        print(
+            f"GPU: next-token argmax {preds}; {ms:.3f} ms/step at pos {n - 1} "
+            f"({1e3 / ms:.0f} tokens/s) on {torch.cuda.get_device_name()}"
+        )
+        return 0
+    say(f"no GPU: interpreting {n} tokens on the CPU (float32 reference of the task table)")
+    t0 = time.perf_counter()
+    logits = cm.interpret(prompt, weights=weights)
+    dt = (time.perf_counter() - t0) / n
+    print(f"CPU interpreter: next-token argmax {logits.argmax(-1).tolist()} ({dt:.2f} s/token)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

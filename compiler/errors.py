@@ -1,0 +1,8 @@
+"""The errors that mean 'your input is wrong' (one line, exit 2), as opposed to our bugs."""
+
+from tilert_compiler.codegen.cuda import CodegenError
+from tilert_compiler.models.config import ConfigError
+from tilert_compiler.passes.tile import TileError
+from tilert_compiler.runtime.artifact import ArtifactError
+
+USER_ERRORS = (ConfigError, ArtifactError, CodegenError, TileError)

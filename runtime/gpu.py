@@ -1,0 +1,189 @@
+"""The GPU runtime: load an artifact's cubin through the CUDA driver API, hold weights, KV
+cache and activations as torch CUDA tensors, launch one persistent kernel per step.
+
+Needs torch and cuda-bindings only. The kernel spin-waits across CTAs, so every CTA must
+be resident at once: it is launched cooperatively (the driver refuses a grid that cannot
+be co-resident) after an occupancy check that names the problem.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
+from tilert_compiler.runtime.interpreter import pack_weights
+
+ERROR_WORDS = 8
+_ERR_NAMES = {1: "dependency wait timed out", 2: "unknown task kind in the task table"}
+
+
+class KernelError(RuntimeError):
+    """The kernel stopped itself (bounded wait expired, bad table) and said where."""
+
+
+class _Params(ctypes.Structure):
+    # Mirrors tilert::Params in the kernel template, field for field.
+    _fields_ = [
+        ("tasks", ctypes.c_void_p),
+        ("waits", ctypes.c_void_p),
+        ("prefetch", ctypes.c_void_p),
+        ("sm_start", ctypes.c_void_p),
+        ("sm_tasks", ctypes.c_void_p),
+        ("w", ctypes.c_void_p),
+        ("act", ctypes.c_void_p),
+        ("counters", ctypes.c_void_p),
+        ("error", ctypes.c_void_p),
+        ("token", ctypes.c_int),
+        ("pos", ctypes.c_int),
+        ("epoch", ctypes.c_uint),
+        ("pad", ctypes.c_uint),
+        ("timeout_ns", ctypes.c_ulonglong),
+    ]
+
+
+def _check(result, what: str):
+    from cuda.bindings import driver
+
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        _, name = driver.cuGetErrorName(err)
+        raise RuntimeError(f"{what} failed: {name.decode() if name else err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class GpuModel:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        weights: dict | None = None,
+        *,
+        device: int = 0,
+        timeout_ms: int | None = None,
+    ):
+        from cuda.bindings import driver
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device: use CompiledModel.interpret on the CPU")
+        self.art: Artifact = load_artifact(path, need_cubin=True)
+        m = self.art.manifest
+        torch.cuda.set_device(device)
+        self.device = torch.device("cuda", device)
+        props = torch.cuda.get_device_properties(device)
+        want = m["arch"].removeprefix("sm_").rstrip("a")
+        have = f"{props.major}{props.minor}"
+        if have != want:
+            raise ArtifactError(
+                f"{path}: built for {m['arch']}, this GPU is sm_{have} ({props.name}); "
+                "recompile with --target for this GPU"
+            )
+        if props.multi_processor_count < m["sms"]:
+            raise ArtifactError(
+                f"{path}: schedule needs {m['sms']} SMs, {props.name} has "
+                f"{props.multi_processor_count}; recompile with target sms: "
+                f"{props.multi_processor_count}"
+            )
+        if weights is None:
+            from tilert_compiler.models.config import ModelConfig
+            from tilert_compiler.models.weights import load_weights
+
+            weights = load_weights(ModelConfig.from_dict(m["config"]))
+        dev = self.device
+        self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
+        self.act = torch.full((m["arenas"]["act"],), float("nan"), device=dev)
+        t = self.art.table
+        self.records = torch.from_numpy(t.records).to(dev)
+        self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
+        self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
+        self.sm_start = torch.from_numpy(t.sm_start).to(dev)
+        self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
+        self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
+        self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
+        lg = self.art.tensor("logits")
+        self.logits = self.act[lg["offset"] : lg["offset"] + lg["shape"][0]]
+        self.vocab = lg["shape"][0]
+        self.max_seq_len = int(m["config"]["max_seq_len"])
+        self.timeout_ns = int((timeout_ms or m.get("wait_timeout_ms", 1000)) * 1e6)
+        self.epoch = 0
+        torch.cuda.synchronize()
+        self._module = _check(driver.cuModuleLoadData(self.art.cubin), "loading the cubin")
+        self._fn = _check(
+            driver.cuModuleGetFunction(self._module, m["kernel"].encode()),
+            f"finding kernel {m['kernel']}",
+        )
+        self.smem = int(m["smem_bytes"])
+        attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        _check(driver.cuFuncSetAttribute(self._fn, attr, self.smem), "raising dynamic smem")
+        per_sm = _check(
+            driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self._fn, m["threads"], self.smem),
+            "occupancy query",
+        )
+        if per_sm < 1:
+            raise KernelError(
+                f"the kernel cannot run one CTA of {m['threads']} threads with {self.smem} B "
+                "of shared memory per SM; recompile with a smaller max_seq_len"
+            )
+        self._params = _Params()
+        self._argv = (ctypes.c_void_p * 1)(ctypes.addressof(self._params))
+
+    # ------------------------------------------------------------ stepping
+    def launch(self, token: int, pos: int) -> None:
+        """Enqueue one decode step on the current stream; no synchronisation."""
+        from cuda.bindings import driver
+
+        if not 0 <= pos < self.max_seq_len:
+            raise ValueError(f"pos {pos} is outside the KV cache (max_seq_len {self.max_seq_len})")
+        if not 0 <= token < self.vocab:
+            raise ValueError(f"token {token} is outside the vocabulary (0..{self.vocab - 1})")
+        self.epoch += 1
+        p = self._params
+        p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
+        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
+        p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
+        p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
+        p.token, p.pos, p.epoch, p.timeout_ns = int(token), int(pos), self.epoch, self.timeout_ns
+        m = self.art.manifest
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        _check(
+            driver.cuLaunchCooperativeKernel(
+                self._fn,
+                m["sms"],
+                1,
+                1,
+                m["threads"],
+                1,
+                1,
+                self.smem,
+                stream,
+                ctypes.addressof(self._argv),
+            ),
+            "launching the persistent kernel",
+        )
+
+    def check(self) -> None:
+        """Synchronise and raise KernelError if the kernel reported one."""
+        torch.cuda.synchronize(self.device)
+        e = self.error.tolist()
+        if e[0]:
+            what = _ERR_NAMES.get(e[0], f"error {e[0]}")
+            self.error.zero_()
+            raise KernelError(
+                f"{what}: sm {e[1]}, task t{e[2]}, counter c{e[3]} = {e[4]}, expected >= {e[5]}"
+                f" (step {self.epoch}); the counters are now stale, call reset()"
+            )
+
+    def step(self, token: int, pos: int) -> torch.Tensor:
+        """One decode step; returns a copy of the float32 logits [vocab] on the GPU."""
+        self.launch(token, pos)
+        self.check()
+        return self.logits.clone()
+
+    def reset(self) -> None:
+        """Forget the cache and restart the counters (after an error, or a new sequence)."""
+        torch.cuda.synchronize(self.device)
+        self.counters.zero_()
+        self.error.zero_()
+        self.act.fill_(float("nan"))
+        self.epoch = 0

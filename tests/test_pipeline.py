@@ -1,0 +1,84 @@
+"""The pipeline on every bundled model: stages, invariants, and nvcc on the emitted kernel."""
+
+import re
+
+import pytest
+
+import tilert_compiler as tc
+from tilert_compiler.ir.verify import verify_program, verify_schedule
+from tilert_compiler.models import bundled_names
+from tilert_compiler.pipeline import STAGES
+
+BUNDLED = bundled_names()
+
+
+@pytest.fixture(scope="module", params=BUNDLED)
+def compiled(request):
+    return tc.compile(request.param)
+
+
+def test_bundled_models_are_the_ones_promised():
+    assert {"llama-3.2-1b", "qwen3-0.6b", "qwen3-8b", "tiny-llama", "tiny-qwen3"} <= set(BUNDLED)
+
+
+def test_every_output_element_is_written_by_exactly_one_task(compiled):
+    verify_program(compiled.stages["deps"])
+
+
+def test_reads_follow_writes_and_the_schedule_completes(compiled):
+    verify_schedule(compiled.schedule)
+
+
+def test_every_task_is_after_its_dependencies_in_its_global_order(compiled):
+    tasks = compiled.schedule.program.tasks
+    for t in tasks:
+        assert all(d < t.id for d in t.deps)
+    for ids in compiled.schedule.sm_lists:
+        assert list(ids) == sorted(ids)
+
+
+def test_one_global_kernel_that_compiles_clean_for_sm_90a(compiled):
+    src = compiled.source
+    assert len(re.findall(r"__global__", src)) == 1
+    assert compiled.cubin is not None and compiled.cubin[:4] == b"\x7fELF"
+    r = compiled.resources
+    assert r.spill_stores == 0 and r.spill_loads == 0, r.report
+    assert r.registers <= 255
+
+
+def test_kernel_code_does_not_grow_with_layers():
+    small = tc.compile("tiny-llama", overrides={"layers": 2}, nvcc=False)
+    big = tc.compile("tiny-llama", overrides={"layers": 12}, nvcc=False)
+    assert small.source.replace("2 layers", "") == big.source.replace("12 layers", "")
+    assert len(big.table.records) > len(small.table.records)
+
+
+def test_every_stage_is_kept_and_printable(compiled):
+    assert tuple(compiled.stages) == STAGES
+    for s in STAGES:
+        assert compiled.ir(s).strip()
+
+
+def test_fusion_leaves_only_fused_kinds(compiled):
+    kinds = {
+        line.split("=")[1].split("(")[0].strip()
+        for line in compiled.ir("fuse").splitlines()
+        if " = " in line and "(" in line and not line.strip().startswith("const")
+    }
+    assert kinds <= {
+        "embed",
+        "qkv_rope_cache",
+        "attention",
+        "linear_residual",
+        "gate_up_silu",
+        "norm_linear",
+    }
+
+
+def test_attention_waits_only_for_its_own_heads():
+    cm = tc.compile("tiny-llama", nvcc=False)
+    tasks = cm.schedule.program.tasks
+    att = next(t for t in tasks if t.kind.value == "attention" and t.arg("head") == 3)
+    producers = {tasks[d].op for d in att.deps}
+    assert producers == {"L0.qkv"}
+    assert len(att.deps) == 2  # its q head and its kv head, not all six QKV tasks
