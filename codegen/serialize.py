@@ -34,6 +34,14 @@ def _strides(shape: tuple[int, ...]) -> list[int]:
 class _Offsets:
     def __init__(self, sched: Schedule):
         self.base = {n: off for n, _, off in sched.layout}
+        # attention op -> its output and its split count (the last split holds the output)
+        self.attn_out: dict[str, str] = {}
+        self.splits: dict[str, int] = {}
+        for t in sched.program.tasks:
+            if t.kind == OpKind.ATTENTION_DECODE:
+                self.splits[t.op] = max(self.splits.get(t.op, 0), t.arg("split") + 1)
+                if len(t.writes) == 4:
+                    self.attn_out[t.op] = t.writes[3].tensor
         self.shape = {t.name: t.shape for t in sched.program.tensors}
 
     def start(self, r: Region) -> int:
@@ -45,20 +53,29 @@ class _Offsets:
                 off += lo * stride
         return off
 
+
+    def check_contiguous(self, t: Task, regions) -> None:
+        """Row blocks of stacked weights must be one run in the arena (layout keeps them so)."""
+        for a, b in zip(regions, regions[1:], strict=False):
+            if self.start(a) + a.numel() != self.start(b):
+                raise ValueError(f"task t{t.id}: {a} and {b} are not adjacent in the arena")
+
     def contiguous_span(self, r: Region) -> tuple[int, int]:
         """(start, elements) of a region that is one contiguous run (a row block)."""
         return self.start(r), r.numel()
 
 
-def variant_of(t: Task, consts: dict) -> Variant:
+def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
     D, hd = consts["hidden"], consts["head_dim"]
     k = t.kind
     if k == OpKind.EMBED:
         return Variant(k.value, (("D", D),))
-    if k == OpKind.QKV_ROPE_CACHE:
-        return Variant(k.value, (("K", D), ("HD", hd), ("QKN", int(consts["qk_norm"]))))
-    if k == OpKind.ATTENTION:
-        return Variant(k.value, (("HD", hd), ("S", consts["max_seq_len"])))
+    if k == OpKind.ATTENTION_DECODE:
+        H, KV = consts["heads"], consts["kv_heads"]
+        splits = o.splits[t.op]
+        return Variant(k.value, (("HD", hd), ("G", H // KV), ("H", H), ("KV", KV),
+                                 ("S", consts["max_seq_len"]), ("NSPLIT", splits),
+                                 ("QKN", int(consts["qk_norm"]))))
     return Variant(k.value, (("K", t.reads[0].numel()),))
 
 
@@ -67,48 +84,34 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
     R, W, Out = t.reads, t.weights, t.writes
     if k == OpKind.EMBED:
         return {"w_table": o.start(W[0]), "out": o.start(Out[0]), "rows": Out[0].numel()}
-    if k == OpKind.QKV_ROPE_CACHE:
-        kv = t.arg("is_kv")
-        n_mats = 2 if kv else 1
-        head_gamma = W[1 + n_mats] if len(W) > 1 + n_mats else None
+    if k == OpKind.ATTENTION_DECODE:
+        # Whole-tensor bases: the kernel indexes heads and splits from `head` and `split`.
+        qkv, kc, vc = R[0].tensor, R[3].tensor, R[4].tensor
+        part = Out[0].tensor
+        out = o.attn_out[t.op]
         return {
-            "x": o.start(R[0]),
-            "w_gamma": o.start(W[0]),
-            "w_a": o.start(W[1]),
-            "w_b": o.start(W[2]) if kv else NO_OFFSET,
-            "w_head_gamma": o.start(head_gamma) if head_gamma else NO_OFFSET,
-            "out_a": o.start(Out[0]),
-            "out_b": o.start(Out[1]) if kv else NO_OFFSET,
-            "is_kv": kv,
+            "qkv": o.base[qkv],
+            "w_q_gamma": o.start(W[0]) if W else NO_OFFSET,
+            "w_k_gamma": o.start(W[1]) if W else NO_OFFSET,
+            "k_cache": o.base[kc],
+            "v_cache": o.base[vc],
+            "part": o.base[part],
+            "out": o.base[out],
+            "head": t.arg("head"),
+            "split": t.arg("split"),
+            "arrive": t.arg("arrive"),
         }
-    if k == OpKind.ATTENTION:
-        return {"q": o.start(R[0]), "k": o.start(R[1]), "v": o.start(R[2]), "out": o.start(Out[0])}
     rows = t.arg("rows")
     if k == OpKind.LINEAR_RESIDUAL:
-        return {
-            "x": o.start(R[0]),
-            "w": o.start(W[0]),
-            "residual": o.start(R[1]),
-            "out": o.start(Out[0]),
-            "rows": rows,
-        }
+        return {"x": o.start(R[0]), "w": o.start(W[0]), "residual": o.start(R[1]),
+                "out": o.start(Out[0]), "rows": rows}
     if k == OpKind.GATE_UP_SILU:
-        return {
-            "x": o.start(R[0]),
-            "w_gamma": o.start(W[0]),
-            "w_gate": o.start(W[1]),
-            "w_up": o.start(W[2]),
-            "out": o.start(Out[0]),
-            "rows": rows,
-        }
+        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w_gate": o.start(W[1]),
+                "w_up": o.start(W[2]), "out": o.start(Out[0]), "rows": rows}
     if k == OpKind.NORM_LINEAR:
-        return {
-            "x": o.start(R[0]),
-            "w_gamma": o.start(W[0]),
-            "w": o.start(W[1]),
-            "out": o.start(Out[0]),
-            "rows": rows,
-        }
+        o.check_contiguous(t, W[1:])
+        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w": o.start(W[1]),
+                "out": o.start(Out[0]), "rows": rows}
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
 
 
@@ -122,7 +125,7 @@ def serialize(sched: Schedule) -> TaskTable:
     waits: list[tuple[int, int]] = []
     prefetch: list[tuple[int, int]] = []
     for t in prog.tasks:
-        v = variant_of(t, consts)
+        v = variant_of(t, consts, o)
         if v not in index:
             index[v] = len(variants)
             variants.append(v)

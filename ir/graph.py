@@ -31,12 +31,10 @@ class OpKind(str, Enum):
     SILU_MUL = "silu_mul"  # out = silu(gate) * up
     ADD = "add"  # out = a + b
     # -- fused ops (what `passes.fuse` produces; each is one task kind)
-    QKV_ROPE_CACHE = (
-        "qkv_rope_cache"  # rmsnorm -> q/k/v linear -> [head norm] -> rope -> cache write
-    )
+    NORM_LINEAR = "norm_linear"  # rmsnorm -> linear over row-stacked weights (QKV, LM head)
+    ATTENTION_DECODE = "attention_decode"  # [head norm] -> rope -> cache write -> attention
     LINEAR_RESIDUAL = "linear_residual"  # out = residual + W @ x   (o-proj, down-proj)
     GATE_UP_SILU = "gate_up_silu"  # rmsnorm -> gate/up linear -> silu(gate) * up
-    NORM_LINEAR = "norm_linear"  # rmsnorm -> linear   (LM head)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Tasks are data, task kinds are code. Every task is one record of `RECORD` int64 
 `kind` indexes the artifact's variant list (a task kind specialised on static shapes).
 The per-kind argument slots are named in `ARGS`, the one place that defines them:
 
-  record: kind layer n_waits wait_at signal n_prefetch prefetch_at a0 .. a8
+  record: kind layer n_waits wait_at signal n_prefetch prefetch_at a0 .. a12
   waits:    int64 pairs (counter, producers per step)
   prefetch: int64 pairs (weight element offset, elements)
   sm_start: int32[sms + 1], sm_tasks: int32[...]: SM s runs sm_tasks[sm_start[s]:sm_start[s+1]]
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RECORD = 16
+RECORD = 20
 F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF = range(7)
 F_ARG0 = 7
 NO_OFFSET = -1
@@ -27,8 +27,8 @@ NO_OFFSET = -1
 # everything else in the act arena, except counts (rows, is_kv, head).
 ARGS: dict[str, tuple[str, ...]] = {
     "embed": ("w_table", "out", "rows"),
-    "qkv_rope_cache": ("x", "w_gamma", "w_a", "w_b", "w_head_gamma", "out_a", "out_b", "is_kv"),
-    "attention": ("q", "k", "v", "out"),
+    "attention_decode": ("qkv", "w_q_gamma", "w_k_gamma", "k_cache", "v_cache", "part", "out",
+                         "head", "split", "arrive"),
     "linear_residual": ("x", "w", "residual", "out", "rows"),
     "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
     "norm_linear": ("x", "w_gamma", "w", "out", "rows"),

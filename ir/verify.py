@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tilert_compiler.ir.graph import Storage
 from tilert_compiler.ir.tile import Schedule, Task, TileProgram
 
 
@@ -28,8 +29,15 @@ def verify_program(p: TileProgram) -> None:
     shapes = {t.name: t.shape for t in p.tensors}
     writers: dict[str, list[Task]] = {}
     for t in p.tasks:
-        for r in t.writes:
-            writers.setdefault(r.tensor, []).append(t)
+        for name in dict.fromkeys(r.tensor for r in t.writes):  # once per task: no double count
+            writers.setdefault(name, []).append(t)
+    # A tensor no task writes would pass the per-writer counts below unseen.
+    for decl in p.tensors:
+        if decl.storage != Storage.WEIGHT and decl.name not in writers:
+            readers = [f"t{t.id}" for t in p.tasks if any(r.tensor == decl.name for r in t.reads)]
+            raise VerifyError(
+                f"{decl.name} is written by no task (read by {', '.join(readers[:4]) or 'none'})"
+            )
     for name, ts in writers.items():
         boxes = [(t, r) for t in ts for r in t.writes if r.tensor == name]
         sym = {
@@ -115,12 +123,20 @@ def verify_completes(s: Schedule) -> None:
                 for sm, ids in enumerate(s.sm_lists)
                 if head[sm] < len(ids)
             ]
-            raise VerifyError("schedule deadlocks: " + "; ".join(stuck[:4]))
+            raise VerifyError(
+                f"schedule deadlocks, {len(stuck)} of {len(s.sm_lists)} SMs stuck: "
+                + "; ".join(stuck[:4])
+                + ("; ..." if len(stuck) > 4 else "")
+            )
 
 
 def verify_ordering(s: Schedule) -> None:
     tasks = s.program.tasks
     anc = _happens_before(s)
+    arrival: dict[int, list[int]] = {}
+    for t in tasks:
+        if "arrive" in dict(t.args):
+            arrival.setdefault(t.arg("arrive"), []).append(t.id)
     writers: dict[str, list[Task]] = {}
     for t in tasks:
         for r in t.writes:
@@ -129,18 +145,39 @@ def verify_ordering(s: Schedule) -> None:
                     raise VerifyError(f"t{w.id} and t{t.id} write {r} with no order between them")
         for r in t.reads:
             for w in writers.get(r.tensor, ()):
-                if not (anc[t.id] >> w.id) & 1 and any(r.overlaps(x) for x in w.writes):
-                    raise VerifyError(f"t{t.id} reads {r} without waiting for its writer t{w.id}")
+                if not any(r.overlaps(x) for x in w.writes):
+                    continue
+                # An output combined by the last arriving task of a group may come from any
+                # task of the group: the reader must wait for all of them.
+                group = arrival.get(dict(w.args).get("arrive", -1), [w.id])
+                for x in group:
+                    if not (anc[t.id] >> x) & 1:
+                        raise VerifyError(
+                            f"t{t.id} reads {r} without waiting for its writer t{x}"
+                            + (f" (of t{w.id}'s arrival group)" if x != w.id else "")
+                        )
         for r in t.writes:
             writers.setdefault(r.tensor, []).append(t)
 
 
 def verify_schedule(s: Schedule) -> None:
-    listed = sorted(t for ids in s.sm_lists for t in ids)
-    if listed != list(range(len(s.program.tasks))):
-        raise VerifyError("every task must appear in exactly one SM list")
+    n = len(s.program.tasks)
+    seen: dict[int, int] = {}
     for sm, ids in enumerate(s.sm_lists):
-        if list(ids) != sorted(ids):
-            raise VerifyError(f"sm{sm} runs its tasks out of the global order")
+        for t in ids:
+            if not 0 <= t < n:
+                raise VerifyError(f"sm{sm} lists t{t}, which does not exist ({n} tasks)")
+            if t in seen:
+                raise VerifyError(f"t{t} is listed on sm{seen[t]} and again on sm{sm}")
+            seen[t] = sm
+    if len(seen) != n:
+        missing = next(t for t in range(n) if t not in seen)
+        raise VerifyError(f"t{missing} is on no SM's list")
+    # Completion first: a deadlock is the failure worth naming (the stuck SMs), and an
+    # out-of-order list is only its usual cause.
     verify_completes(s)
+    for sm, ids in enumerate(s.sm_lists):
+        for a, b in zip(ids, ids[1:], strict=False):
+            if a > b:
+                raise VerifyError(f"sm{sm} runs t{a} before t{b}, out of the global order")
     verify_ordering(s)

@@ -1,6 +1,7 @@
 """deps: tile program -> tile program with dependencies and counters.
 
-1. A task depends on every earlier task that writes a region overlapping one it reads.
+1. A task depends on every earlier task that writes a region overlapping one it reads
+   (and on every task of that writer's arrival group, see passes.tile.ARRIVE).
 2. Dependencies implied by others (an ancestor of another dependency) are dropped.
 3. Each op's tasks are grouped into counters: the coarsest partition such that every
    consumer's dependency set is a union of groups. A consumer that needs every tile of an
@@ -15,6 +16,12 @@ from tilert_compiler.ir.tile import Counter, Task, TileProgram
 
 def _direct_deps(tasks: tuple[Task, ...]) -> list[set[int]]:
     writers: dict[str, list[Task]] = {}
+    # Tasks sharing an arrival counter write their combined output through whichever of
+    # them arrives last: depending on one of them means depending on all of them.
+    arrival: dict[int, list[int]] = {}
+    for t in tasks:
+        if "arrive" in dict(t.args):
+            arrival.setdefault(t.arg("arrive"), []).append(t.id)
     deps: list[set[int]] = []
     for t in tasks:
         d: set[int] = set()
@@ -22,6 +29,8 @@ def _direct_deps(tasks: tuple[Task, ...]) -> list[set[int]]:
             for w in writers.get(r.tensor, ()):
                 if any(r.overlaps(wr) for wr in w.writes):
                     d.add(w.id)
+                    if "arrive" in dict(w.args):
+                        d.update(arrival[w.arg("arrive")])
         deps.append(d)
         for wr in t.writes:
             writers.setdefault(wr.tensor, []).append(t)
@@ -71,7 +80,7 @@ def deps(program: TileProgram) -> TileProgram:
             per_op.setdefault(tasks[x].op, set()).add(x)
         for op, xs in per_op.items():
             needs[op].add(frozenset(xs))
-    counters: list[Counter] = []
+    counters: list[Counter] = list(program.counters)  # the tile pass's arrival counters
     signal: dict[int, int] = {}
     for op, members in by_op.items():
         blocks = _partition(members, sorted(needs[op], key=sorted))

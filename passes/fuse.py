@@ -1,7 +1,8 @@
 """fuse: graph -> graph. Rewrites primitive op chains into the fused ops the kernel runs.
 
 Patterns, matched on structure (op kinds and single-consumer chains), not on names:
-  rmsnorm -> {linear -> [head_rmsnorm] -> rope -> [kv_write]} x3      => qkv_rope_cache
+  rmsnorm -> {linear -> [head_rmsnorm] -> rope -> [kv_write]} x3 -> attention
+                                           => norm_linear (stacked qkv) + attention_decode
   rmsnorm -> {linear, linear} -> silu_mul                             => gate_up_silu
   linear -> add (the linear's only consumer)                          => linear_residual
   rmsnorm -> linear (the norm's only consumer)                        => norm_linear
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tilert_compiler.ir.graph import Graph, Op, OpKind, attrs
+from tilert_compiler.ir.graph import Graph, Op, OpKind, Storage, TensorDecl, attrs
 
 
 class _Uses:
@@ -39,7 +40,12 @@ def _chain(uses: _Uses, start: Op) -> list[Op]:
         chain.append(nxt)
 
 
-def _fuse_qkv(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str]] | None:
+def _fuse_qkv(ops: list[Op], uses: _Uses, norm: Op) -> tuple[list[Op], set[str]] | None:
+    """rmsnorm -> q/k/v linears -> [head norms] -> ropes -> cache writes -> attention becomes
+    one norm_linear over the row-stacked [Wq; Wk; Wv] (so its row blocks spread over every
+    SM) and one attention_decode that does the per-head work: q/k head norm, RoPE, the
+    cache write and split-KV attention. The per-head epilogue moves into attention because
+    a head's q/k norm needs the whole head, which a row block need not hold."""
     linears = uses.consumers.get(norm.outputs[0], [])
     if len(linears) != 3 or any(op.kind != OpKind.LINEAR for op in linears):
         return None
@@ -55,25 +61,36 @@ def _fuse_qkv(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str]] | Non
     if set(roles) != {"q", "k", "v"}:
         return None
     q, k, v = roles["q"], roles["k"], roles["v"]
-    head_norms = [op for op in q + k if op.kind == OpKind.HEAD_RMSNORM]
-    x, gamma = norm.inputs
-    inputs = [x, gamma, q[0].inputs[1], k[0].inputs[1], v[0].inputs[1]]
-    inputs += [op.inputs[1] for op in head_norms]
+    att = uses.only_consumer(q[-1].outputs[0])
+    kc, vc = k[-1].outputs[0], v[-1].outputs[0]
+    if att is None or att.kind != OpKind.ATTENTION or att.inputs[1:] != (kc, vc):
+        return None
+    head_norms = [op.inputs[1] for op in q + k if op.kind == OpKind.HEAD_RMSNORM]
     rope = next(op for op in q if op.kind == OpKind.ROPE)
-    fused_ops = [norm] + q + k + v
-    op = Op(
-        name=norm.name.rsplit(".", 1)[0] + ".qkv" if "." in norm.name else "qkv",
-        kind=OpKind.QKV_ROPE_CACHE,
-        inputs=tuple(inputs),
-        outputs=(q[-1].outputs[0], k[-1].outputs[0], v[-1].outputs[0]),
+    x, gamma = norm.inputs
+    prefix = norm.name.rsplit(".", 1)[0] + "." if "." in norm.name else ""
+    qkv = f"qkv.{norm.layer}" if norm.layer >= 0 else "qkv"
+    proj = Op(
+        name=prefix + "qkv_proj",
+        kind=OpKind.NORM_LINEAR,
+        inputs=(x, gamma, q[0].inputs[1], k[0].inputs[1], v[0].inputs[1]),
+        outputs=(qkv,),
+        layer=norm.layer,
+        fused=(norm.name, q[0].name, k[0].name, v[0].name),
+    )
+    attention = Op(
+        name=att.name,
+        kind=OpKind.ATTENTION_DECODE,
+        inputs=(qkv, kc, vc, *head_norms),
+        outputs=(att.outputs[0], kc, vc),
         layer=norm.layer,
         attrs=attrs(head_dim=rope.attr("head_dim"), qk_norm=bool(head_norms)),
-        fused=tuple(o.name for o in fused_ops),
+        fused=tuple(o.name for o in q[1:] + k[1:] + v[1:] + [att]),
     )
-    return op, {o.name for o in fused_ops}
+    return [proj, attention], {o.name for o in [norm, att] + q + k + v}
 
 
-def _fuse_gate_up(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str]] | None:
+def _fuse_gate_up(ops: list[Op], uses: _Uses, norm: Op) -> tuple[list[Op], set[str]] | None:
     linears = uses.consumers.get(norm.outputs[0], [])
     if len(linears) != 2 or any(op.kind != OpKind.LINEAR for op in linears):
         return None
@@ -94,10 +111,10 @@ def _fuse_gate_up(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str]] |
         layer=norm.layer,
         fused=(norm.name, gate.name, up.name, mul.name),
     )
-    return op, {norm.name, gate.name, up.name, mul.name}
+    return [op], {norm.name, gate.name, up.name, mul.name}
 
 
-def _fuse_linear_residual(ops: list[Op], uses: _Uses, lin: Op) -> tuple[Op, set[str]] | None:
+def _fuse_linear_residual(ops: list[Op], uses: _Uses, lin: Op) -> tuple[list[Op], set[str]] | None:
     add = uses.only_consumer(lin.outputs[0])
     if add is None or add.kind != OpKind.ADD:
         return None
@@ -110,10 +127,10 @@ def _fuse_linear_residual(ops: list[Op], uses: _Uses, lin: Op) -> tuple[Op, set[
         layer=lin.layer,
         fused=(lin.name, add.name),
     )
-    return op, {lin.name, add.name}
+    return [op], {lin.name, add.name}
 
 
-def _fuse_norm_linear(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str]] | None:
+def _fuse_norm_linear(ops: list[Op], uses: _Uses, norm: Op) -> tuple[list[Op], set[str]] | None:
     lin = uses.only_consumer(norm.outputs[0])
     if lin is None or lin.kind != OpKind.LINEAR:
         return None
@@ -125,7 +142,7 @@ def _fuse_norm_linear(ops: list[Op], uses: _Uses, norm: Op) -> tuple[Op, set[str
         layer=lin.layer,
         fused=(norm.name, lin.name),
     )
-    return op, {norm.name, lin.name}
+    return [op], {norm.name, lin.name}
 
 
 # (root op kind, rule), tried in this order: larger patterns first.
@@ -139,10 +156,10 @@ _RULES = (
 
 def fuse(graph: Graph) -> Graph:
     ops = list(graph.ops)
+    shapes = {t.name: t for t in graph.tensors}
     for root_kind, rule in _RULES:
         uses = _Uses(ops)
-        out: list[Op] = []
-        replaced: dict[str, Op] = {}  # fused op, placed where its last member stood
+        replaced: dict[str, list[Op]] = {}  # fused ops, placed where their last member stood
         gone: set[str] = set()
         for op in ops:
             if op.kind == root_kind and op.name not in gone:
@@ -152,12 +169,18 @@ def fuse(graph: Graph) -> Graph:
                     gone |= members
                     last = max(i for i, o in enumerate(ops) if o.name in members)
                     replaced[ops[last].name] = fused
+        out: list[Op] = []
         for op in ops:
             if op.name in replaced:
-                out.append(replaced[op.name])
+                out += replaced[op.name]
             elif op.name not in gone:
                 out.append(op)
         ops = out
+    tensors = dict(shapes)
+    for op in ops:  # tensors the rewrites introduced (the stacked qkv vector)
+        if op.kind == OpKind.NORM_LINEAR and op.outputs[0] not in tensors:
+            rows = sum(shapes[w].shape[0] for w in op.inputs[2:])
+            tensors[op.outputs[0]] = TensorDecl(op.outputs[0], (rows,), Storage.ACT, op.layer)
     live = {t for op in ops for t in op.inputs + op.outputs}
-    tensors = tuple(t for t in graph.tensors if t.name in live)
-    return replace(graph, ops=tuple(ops), tensors=tensors)
+    ordered = [t for t in tensors.values() if t.name in live]
+    return replace(graph, ops=tuple(ops), tensors=tuple(ordered))

@@ -1,18 +1,23 @@
 """tile: fused graph -> tile program. Cuts every op into tasks sized from the target.
 
-Row-parallel ops (projections, LM head) are cut into contiguous row blocks, about one
-block per SM per op, so one op can fill the chip; QKV is cut per head, because q/k norm
-and RoPE need a whole head; attention is one task per query head. Each task records the
-regions it reads, streams and writes, and its cost in bytes moved.
+Row-parallel ops (QKV, projections, LM head) are cut into contiguous row blocks, about
+one block per SM per op, so one op can fill the chip. Attention is cut per kv head and
+per split of the cache (flash-decoding), so it fills the chip too; the last split of a
+kv head to finish combines the partials. Each task records the regions it reads,
+streams and writes, and its cost in bytes moved.
 """
 
 from __future__ import annotations
 
-from tilert_compiler.ir.graph import Graph, OpKind
+from tilert_compiler.ir.graph import Graph, OpKind, Storage, TensorDecl
 from tilert_compiler.ir.target import Target
-from tilert_compiler.ir.tile import Region, Task, TileProgram, region
+from tilert_compiler.ir.tile import Counter, Region, Task, TileProgram, region
 
 W_BYTES = 2  # bf16 weights
+# Split attention: each (kv head, split) task writes a partial (o, max, sum) per q head;
+# the split of a kv head that arrives last (counted on its ARRIVE counter) combines them.
+ARRIVE = "arrive:"
+ARRIVE_PART = "attn_part."
 A_BYTES = 4  # f32 activations and cache
 
 
@@ -38,6 +43,8 @@ def _rows(name: str, lo: int, hi: int, k: int) -> Region:
 def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
     """`context`: the cache length the cost model assumes for attention."""
     tasks: list[Task] = []
+    counters: list[Counter] = []  # arrival counters of split attention (see ARRIVE)
+    part_decls: list[TensorDecl] = []  # split-attention partials, one tensor per layer
     shape = {t.name: t.shape for t in graph.tensors}
 
     def add(kind, op, reads, weights, writes, cost_extra=0, **args) -> None:
@@ -64,54 +71,37 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
             for lo, hi in _row_blocks(d, target, align=256):
                 tok_row = (("tok", 0), ("tok", 1))
                 add(op.kind, op, [], [region(table, tok_row, (lo, hi))], [_vec(out, lo, hi)])
-        elif op.kind == OpKind.QKV_ROPE_CACHE:
-            x, gamma, wq, wk, wv, *head_norms = op.inputs
-            q, kc, vc = op.outputs
-            hd = int(op.attr("head_dim"))
-            d = shape[x][0]
-            heads, kv_heads = shape[wq][0] // hd, shape[wk][0] // hd
-            for h in range(heads):
-                w = [_vec(gamma, 0, d), _rows(wq, h * hd, (h + 1) * hd, d)]
-                w += [_vec(head_norms[0], 0, hd)] if head_norms else []
-                add(
-                    op.kind,
-                    op,
-                    [_vec(x, 0, d)],
-                    w,
-                    [_vec(q, h * hd, (h + 1) * hd)],
-                    head=h,
-                    is_kv=0,
-                )
-            for g in range(kv_heads):
-                w = [
-                    _vec(gamma, 0, d),
-                    _rows(wk, g * hd, (g + 1) * hd, d),
-                    _rows(wv, g * hd, (g + 1) * hd, d),
-                ]
-                w += [_vec(head_norms[1], 0, hd)] if head_norms else []
-                row = (("pos", 0), ("pos", 1))
-                writes = [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
-                add(op.kind, op, [_vec(x, 0, d)], w, writes, head=g, is_kv=1)
-        elif op.kind == OpKind.ATTENTION:
-            q, kc, vc = op.inputs
-            (out,) = op.outputs
+        elif op.kind == OpKind.ATTENTION_DECODE:
+            qkv, kc, vc, *head_norms = op.inputs
+            out = op.outputs[0]
             kv_heads, _, hd = shape[kc]
-            heads = shape[q][0] // hd
+            heads = shape[out][0] // hd
             group = heads // kv_heads
-            for h in range(heads):
-                g = h // group
-                hist = (0, ("pos", 1))
-                reads = [_vec(q, h * hd, (h + 1) * hd)]
-                reads += [region(c, (g, g + 1), hist, (0, hd)) for c in (kc, vc)]
-                add(
-                    op.kind,
-                    op,
-                    reads,
-                    [],
-                    [_vec(out, h * hd, (h + 1) * hd)],
-                    cost_extra=2 * context * hd * A_BYTES,
-                    head=h,
-                )
+            splits = attention_splits(target, kv_heads, context)
+            arrive0 = len(counters)
+            for g in range(kv_heads):
+                counters.append(Counter(f"{ARRIVE}{op.name}#{g}", splits))
+                for sp in range(splits):
+                    last = sp == splits - 1
+                    q_rows = _vec(qkv, g * group * hd, (g + 1) * group * hd)
+                    k_row = _vec(qkv, (heads + g) * hd, (heads + g + 1) * hd)
+                    v_row = _vec(qkv, (heads + kv_heads + g) * hd, (heads + kv_heads + g + 1) * hd)
+                    earlier = (0, ("pos", 0))  # rows of previous steps; this step's row is k_row
+                    reads = [q_rows, k_row, v_row]
+                    reads += [region(c, (g, g + 1), earlier, (0, hd)) for c in (kc, vc)]
+                    w = [_vec(n, 0, hd) for n in head_norms]
+                    part = region(f"{ARRIVE_PART}{op.layer}", (g, g + 1), (sp, sp + 1),
+                                  (0, group), (0, hd + 2))
+                    writes = [part]
+                    if last:  # the static home of this step's cache row and the combine
+                        row = (("pos", 0), ("pos", 1))
+                        writes += [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
+                        writes.append(_vec(out, g * group * hd, (g + 1) * group * hd))
+                    add(op.kind, op, reads, w, writes,
+                        cost_extra=2 * (context // splits) * hd * A_BYTES,
+                        head=g, split=sp, arrive=arrive0 + g)
+            part_decls.append(TensorDecl(f"{ARRIVE_PART}{op.layer}",
+                                         (kv_heads, splits, group, hd + 2), Storage.ACT, op.layer))
         elif op.kind in (OpKind.LINEAR_RESIDUAL, OpKind.NORM_LINEAR, OpKind.GATE_UP_SILU):
             x = op.inputs[0]
             (out,) = op.outputs
@@ -122,14 +112,12 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                 if op.kind == OpKind.LINEAR_RESIDUAL:
                     reads.append(_vec(op.inputs[2], lo, hi))
                     weights = [_rows(op.inputs[1], lo, hi, k)]
-                elif op.kind == OpKind.NORM_LINEAR:
-                    weights = [_vec(op.inputs[1], 0, k), _rows(op.inputs[2], lo, hi, k)]
+                elif op.kind == OpKind.NORM_LINEAR:  # rows of the stacked weights
+                    weights = [_vec(op.inputs[1], 0, k)] + _stacked_rows(
+                        op.inputs[2:], lo, hi, k, shape)
                 else:
-                    weights = [
-                        _vec(op.inputs[1], 0, k),
-                        _rows(op.inputs[2], lo, hi, k),
-                        _rows(op.inputs[3], lo, hi, k),
-                    ]
+                    weights = [_vec(op.inputs[1], 0, k), _rows(op.inputs[2], lo, hi, k),
+                               _rows(op.inputs[3], lo, hi, k)]
                 add(op.kind, op, reads, weights, [_vec(out, lo, hi)], row0=lo, rows=hi - lo)
         else:
             raise TileError(
@@ -139,6 +127,25 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
     return TileProgram(
         model=graph.model,
         tasks=tuple(tasks),
+        counters=tuple(counters),
         consts=graph.consts,
-        tensors=tuple(t for t in graph.tensors if t.name in live),
+        tensors=tuple(t for t in graph.tensors + tuple(part_decls) if t.name in live),
     )
+
+
+def attention_splits(target: Target, kv_heads: int, context: int) -> int:
+    """Split-KV factor: enough (kv head, split) tasks to cover the SMs, at least 16 cache
+    rows per split at the expected context."""
+    return max(1, min(target.sms // kv_heads, -(-context // 16)))
+
+
+def _stacked_rows(ws, lo: int, hi: int, k: int, shape) -> list[Region]:
+    """Rows [lo, hi) of the row-wise concatenation of the weight matrices `ws`."""
+    out, base = [], 0
+    for w in ws:
+        n = shape[w][0]
+        a, b = max(lo, base), min(hi, base + n)
+        if a < b:
+            out.append(_rows(w, a - base, b - base, k))
+        base += n
+    return out

@@ -110,27 +110,47 @@ class Interpreter:
         src = a["w_table"] + self.token * s["D"]
         self._act(a["out"], a["rows"])[:] = self.W[src : src + a["rows"]]
 
-    def _qkv_rope_cache(self, a: dict, s: dict) -> None:
-        K, HD = s["K"], s["HD"]
-        xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        heads = [a["w_a"], a["w_b"]] if a["is_kv"] else [a["w_a"]]
-        outs = [a["out_a"], a["out_b"]] if a["is_kv"] else [a["out_a"]]
-        for j, (w_at, out_at) in enumerate(zip(heads, outs, strict=True)):
-            y = self._mat(w_at, HD, K) @ xn
-            if j == 0:  # q, or k: head norm then rope; v goes to the cache as is
-                if s["QKN"]:
-                    y = self._rmsnorm(y, a["w_head_gamma"])
-                y = self._rope(y)
-            row = self.pos * HD if a["is_kv"] else 0
-            self._act(out_at + row, HD)[:] = y
-
-    def _attention(self, a: dict, s: dict) -> None:
-        HD, n = s["HD"], self.pos + 1
-        q = self._act(a["q"], HD)
-        k = self._act(a["k"], n * HD).view(n, HD)
-        v = self._act(a["v"], n * HD).view(n, HD)
-        p = torch.softmax((k @ q) * HD**-0.5, dim=0)
-        self._act(a["out"], HD)[:] = p @ v
+    def _attention_decode(self, a: dict, s: dict) -> None:
+        HD, G, H, KV, S, NS = s["HD"], s["G"], s["H"], s["KV"], s["S"], s["NSPLIT"]
+        g, sp, pos = a["head"], a["split"], self.pos
+        qkv = a["qkv"]
+        q = self._act(qkv + g * G * HD, G * HD).view(G, HD)
+        k_new = self._act(qkv + (H + g) * HD, HD)
+        v_new = self._act(qkv + (H + KV + g) * HD, HD)
+        if s["QKN"]:
+            q = torch.stack([self._rmsnorm(q[i], a["w_q_gamma"]) for i in range(G)])
+            k_new = self._rmsnorm(k_new, a["w_k_gamma"])
+        q = torch.stack([self._rope(q[i]) for i in range(G)])
+        k_new = self._rope(k_new)
+        kc, vc = a["k_cache"] + g * S * HD, a["v_cache"] + g * S * HD
+        last = sp == NS - 1
+        if last:  # this step's cache row
+            self._act(kc + pos * HD, HD)[:] = k_new
+            self._act(vc + pos * HD, HD)[:] = v_new
+        chunk = -(-pos // NS)
+        lo = min(sp * chunk, pos)
+        hi = min(lo + chunk, pos)
+        keys = self._act(kc + lo * HD, (hi - lo) * HD).view(-1, HD)  # earlier steps' rows
+        vals = self._act(vc + lo * HD, (hi - lo) * HD).view(-1, HD)
+        if last:
+            keys, vals = torch.cat([keys, k_new[None]]), torch.cat([vals, v_new[None]])
+        part = self._act(a["part"] + (g * NS + sp) * G * (HD + 2), G * (HD + 2)).view(G, HD + 2)
+        if len(keys):
+            scores = (q @ keys.T) * HD**-0.5  # [G, rows]
+            m = scores.max(dim=-1).values
+            p = torch.exp(scores - m[:, None])
+            part[:, :HD], part[:, HD], part[:, HD + 1] = p @ vals, m, p.sum(dim=-1)
+        else:  # an empty split: no mass
+            part[:, :HD], part[:, HD], part[:, HD + 1] = 0.0, float("-inf"), 0.0
+        # The last of g's splits to arrive combines (whichever it is, as on the GPU).
+        self.counters[a["arrive"]] += 1
+        if self.counters[a["arrive"]] == self.epoch * NS:
+            parts = self._act(a["part"] + g * NS * G * (HD + 2), NS * G * (HD + 2))
+            parts = parts.view(NS, G, HD + 2)
+            m = parts[:, :, HD].max(dim=0).values  # [G]
+            w = torch.exp(parts[:, :, HD] - m)  # [NS, G]
+            o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[:, None]
+            self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
     def _linear_residual(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]

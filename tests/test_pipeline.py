@@ -67,7 +67,7 @@ def test_fusion_leaves_only_fused_kinds(compiled):
     }
     assert kinds <= {
         "embed",
-        "qkv_rope_cache",
+        "attention_decode",
         "attention",
         "linear_residual",
         "gate_up_silu",
@@ -75,10 +75,28 @@ def test_fusion_leaves_only_fused_kinds(compiled):
     }
 
 
-def test_attention_waits_only_for_its_own_heads():
+def test_attention_waits_only_for_the_qkv_rows_of_its_own_heads():
     cm = tc.compile("tiny-llama", nvcc=False)
     tasks = cm.schedule.program.tasks
-    att = next(t for t in tasks if t.kind.value == "attention" and t.arg("head") == 3)
-    producers = {tasks[d].op for d in att.deps}
-    assert producers == {"L0.qkv"}
-    assert len(att.deps) == 2  # its q head and its kv head, not all six QKV tasks
+    qkv_tasks = [t for t in tasks if t.op == "L0.qkv_proj"]
+    att = next(t for t in tasks if t.kind.value == "attention_decode" and t.arg("head") == 1)
+    deps = [tasks[d] for d in att.deps]
+    assert {d.op for d in deps} == {"L0.qkv_proj"}
+    # q heads 2-3 and kv head 1 live in 4 of the 8 QKV row blocks; it waits for those only.
+    assert 0 < len(deps) < len(qkv_tasks)
+    rows = set()
+    for d in deps:
+        rows |= set(range(d.arg("row0"), d.arg("row0") + d.arg("rows")))
+    hd, heads, kv = 16, 4, 2
+    needed = set(range(2 * hd, 4 * hd)) | set(range((heads + 1) * hd, (heads + 2) * hd))
+    needed |= set(range((heads + kv + 1) * hd, (heads + kv + 2) * hd))
+    assert needed <= rows
+
+
+def test_every_split_of_attention_is_waited_for_by_the_o_projection():
+    cm = tc.compile("tiny-qwen3", nvcc=False)
+    tasks = cm.schedule.program.tasks
+    splits = {t.id for t in tasks if t.op == "L0.attention"}
+    o_proj = next(t for t in tasks if t.op == "L0.o_proj")
+    waited = {x.id for c, _ in o_proj.waits for x in tasks if x.signal == c}
+    assert splits <= waited  # the combine may be done by any split
