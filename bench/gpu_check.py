@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--time-only", action="store_true", help="skip the transformers referee")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -90,6 +91,14 @@ def main() -> None:
     tokens = torch.randint(0, cfg.vocab, (n,), generator=g)
 
     m = GpuModel(a.artifact, weights=weights)
+    if a.time_only:
+        extra = torch.randint(0, cfg.vocab, (a.time_pos,), generator=g).tolist()
+        for pos in range(a.time_pos):
+            m.launch(extra[pos], pos)
+        m.check()
+        ms = time_steps(m, extra[0], a.time_pos, a.iters)
+        print(f"TIME {a.artifact}: {ms:.3f} ms at pos {a.time_pos} ({cfg.name})")
+        return
     ours = []
     for pos, tok in enumerate(tokens.tolist()):
         logits = m.step(tok, pos)

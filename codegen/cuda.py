@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
+from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tasktable import F_ARG0, RECORD, TaskTable, Variant
 from tilert_compiler.ir.tile import Schedule
 
@@ -22,38 +24,80 @@ def template_args(v: Variant) -> str:
     return ", ".join(str(val) for _, val in v.static)
 
 
-def smem_floats(v: Variant, threads: int) -> int:
-    """Dynamic shared memory (in floats) a task kind needs, from its static shapes."""
+STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
+STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Thread roles and the shared-memory budget of the kernel."""
+
+    threads: int
+    consumers: int  # threads that run tasks; the rest (one warp) feed the weight ring
+    ring: bool
+    stage_bytes: int
+    stages: int
+    scratch_floats: int  # per-task scratch after the ring (input vector, partial sums)
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.stages * self.stage_bytes + 4 * self.scratch_floats
+
+
+def _rows_per_chunk(k: int, stage_bytes: int) -> int:
+    return max(1, stage_bytes // (2 * k))
+
+
+def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
+    """Dynamic shared memory (in floats) a task kind needs besides the ring."""
     if v.kind == "embed":
         return 0
     if v.kind == "attention_decode":
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
         chunk = -(-(v.get("S") - 1) // splits) + 1
-        return g * hd + 2 * hd + g * chunk
-    return v.get("K")
+        rows = max(2 * chunk * hd, splits * g * (hd + 2))  # cache rows, then the partials
+        return g * hd + 4 * hd + -(-g * chunk // 4) * 4 + rows
+    k = v.get("K")
+    rpc = _rows_per_chunk(k, stage_bytes)
+    split = 1 if rpc >= consumer_warps else consumer_warps // rpc
+    return k + split * v.get("R")  # input vector + per-K-slice row results
 
 
-def smem_bytes(table: TaskTable, threads: int) -> int:
-    return 4 * max((smem_floats(v, threads) for v in table.variants), default=0)
+def plan_kernel(table: TaskTable, target: Target, ring: bool) -> KernelPlan:
+    threads = target.threads_per_block
+    consumers = threads - 32 if ring else threads
+    kmax = max((v.get("K") for v in table.variants if "K" in dict(v.static)), default=8)
+    stage = max(STAGE_BYTES, -(-2 * kmax // 1024) * 1024)
+    scratch = max(scratch_floats(v, consumers // 32, stage) for v in table.variants)
+    room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
+    if room < 0:
+        worst = max(table.variants, key=lambda v: scratch_floats(v, consumers // 32, stage))
+        raise CodegenError(
+            f"task kind {worst.label} needs {4 * scratch} bytes of shared memory, the target "
+            f"allows {target.smem_per_block}; lower max_seq_len or use a larger target"
+        )
+    stages = room // stage if ring else 0
+    if ring and stages < 2:
+        raise CodegenError(
+            f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
+            "are left after the task scratch; compile with weight_ring off or a smaller model"
+        )
+    return KernelPlan(threads, consumers, ring, stage, stages, scratch)
 
 
 def emit_cuda(
     sched: Schedule,
     table: TaskTable,
+    plan: KernelPlan,
     inv_freq: list[float],
     *,
     version: str,
     arch: str,
-    threads: int,
-    smem_limit: int,
+    profile: bool = False,
+    fault_skip_signal: int = -1,
 ) -> str:
-    need = smem_bytes(table, threads)
-    if need > smem_limit:
-        worst = max(table.variants, key=lambda v: smem_floats(v, threads))
-        raise CodegenError(
-            f"task kind {worst.label} needs {need} bytes of shared memory, the target allows "
-            f"{smem_limit}; lower max_seq_len or pick a target with more shared memory"
-        )
+    """`profile`: record per task the global timer at wait start, run start and end (the
+    schedule and the task table are the same either way)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_TEMPLATES),
         undefined=jinja2.StrictUndefined,
@@ -66,13 +110,19 @@ def emit_cuda(
         version=version,
         model=sched.program.model,
         arch=arch,
-        threads=threads,
+        threads=plan.threads,
+        consumers=plan.consumers,
+        ring=plan.ring,
+        stages=plan.stages,
+        stage_bytes=plan.stage_bytes,
         record=RECORD,
         arg0=F_ARG0,
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),
         l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)),
+        profile=profile,
+        fault_skip_signal=fault_skip_signal,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,
     )

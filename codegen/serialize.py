@@ -11,9 +11,11 @@ from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_LAYER,
     F_NPREF,
+    F_NSTREAM,
     F_NWAIT,
     F_PREF,
     F_SIGNAL,
+    F_STREAM,
     F_WAIT,
     NO_OFFSET,
     RECORD,
@@ -34,6 +36,10 @@ def _strides(shape: tuple[int, ...]) -> list[int]:
 class _Offsets:
     def __init__(self, sched: Schedule):
         self.base = {n: off for n, _, off in sched.layout}
+        self.rows: dict[str, int] = {}  # GEMV op -> most rows one of its tasks produces
+        for t in sched.program.tasks:
+            if t.kind in GEMV_KINDS:
+                self.rows[t.op] = max(self.rows.get(t.op, 0), _rows_per_task(t))
         # attention op -> its output and its split count (the last split holds the output)
         self.attn_out: dict[str, str] = {}
         self.splits: dict[str, int] = {}
@@ -52,7 +58,6 @@ class _Offsets:
             if isinstance(lo, int):
                 off += lo * stride
         return off
-
 
     def check_contiguous(self, t: Task, regions) -> None:
         """Row blocks of stacked weights must be one run in the arena (layout keeps them so)."""
@@ -73,10 +78,19 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
     if k == OpKind.ATTENTION_DECODE:
         H, KV = consts["heads"], consts["kv_heads"]
         splits = o.splits[t.op]
-        return Variant(k.value, (("HD", hd), ("G", H // KV), ("H", H), ("KV", KV),
-                                 ("S", consts["max_seq_len"]), ("NSPLIT", splits),
-                                 ("QKN", int(consts["qk_norm"]))))
-    return Variant(k.value, (("K", t.reads[0].numel()),))
+        return Variant(
+            k.value,
+            (
+                ("HD", hd),
+                ("G", H // KV),
+                ("H", H),
+                ("KV", KV),
+                ("S", consts["max_seq_len"]),
+                ("NSPLIT", splits),
+                ("QKN", int(consts["qk_norm"])),
+            ),
+        )
+    return Variant(k.value, (("K", t.reads[0].numel()), ("R", o.rows[t.op])))
 
 
 def _args(t: Task, o: _Offsets) -> dict[str, int]:
@@ -103,16 +117,55 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
         }
     rows = t.arg("rows")
     if k == OpKind.LINEAR_RESIDUAL:
-        return {"x": o.start(R[0]), "w": o.start(W[0]), "residual": o.start(R[1]),
-                "out": o.start(Out[0]), "rows": rows}
+        return {
+            "x": o.start(R[0]),
+            "w": o.start(W[0]),
+            "residual": o.start(R[1]),
+            "out": o.start(Out[0]),
+            "rows": rows,
+        }
     if k == OpKind.GATE_UP_SILU:
-        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w_gate": o.start(W[1]),
-                "w_up": o.start(W[2]), "out": o.start(Out[0]), "rows": rows}
+        return {
+            "x": o.start(R[0]),
+            "w_gamma": o.start(W[0]),
+            "w_gate": o.start(W[1]),
+            "w_up": o.start(W[2]),
+            "out": o.start(Out[0]),
+            "rows": rows,
+        }
     if k == OpKind.NORM_LINEAR:
         o.check_contiguous(t, W[1:])
-        return {"x": o.start(R[0]), "w_gamma": o.start(W[0]), "w": o.start(W[1]),
-                "out": o.start(Out[0]), "rows": rows}
+        return {
+            "x": o.start(R[0]),
+            "w_gamma": o.start(W[0]),
+            "w": o.start(W[1]),
+            "out": o.start(Out[0]),
+            "rows": rows,
+        }
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
+
+
+GEMV_KINDS = (OpKind.NORM_LINEAR, OpKind.LINEAR_RESIDUAL, OpKind.GATE_UP_SILU)
+
+
+def _stream_entries(t: Task, o: _Offsets) -> list[tuple[int, int, int]]:
+    """The weight row blocks a GEMV task consumes, in order; adjacent blocks merge."""
+    if t.kind not in GEMV_KINDS:
+        return []
+    out: list[list[int]] = []
+    for r in t.weights:
+        if len(r.box) != 2:  # norm gammas are read directly, not streamed
+            continue
+        start, n, k = o.start(r), r.numel(), r.box[1][1]
+        if out and out[-1][0] + out[-1][1] == start and out[-1][2] == k:
+            out[-1][1] += n
+        else:
+            out.append([start, n, k])
+    return [tuple(e) for e in out]
+
+
+def _rows_per_task(t: Task) -> int:
+    return sum(r.box[0][1] - r.box[0][0] for r in t.weights if len(r.box) == 2)
 
 
 def serialize(sched: Schedule) -> TaskTable:
@@ -124,6 +177,7 @@ def serialize(sched: Schedule) -> TaskTable:
     records = np.full((len(prog.tasks), RECORD), NO_OFFSET, dtype=np.int64)
     waits: list[tuple[int, int]] = []
     prefetch: list[tuple[int, int]] = []
+    stream: list[tuple[int, int, int]] = []
     for t in prog.tasks:
         v = variant_of(t, consts, o)
         if v not in index:
@@ -136,6 +190,9 @@ def serialize(sched: Schedule) -> TaskTable:
         regs = sched.prefetch[t.id] if sched.prefetch else ()
         rec[F_NPREF], rec[F_PREF] = len(regs), len(prefetch)
         prefetch += [o.contiguous_span(r) for r in regs]
+        rows = _stream_entries(t, o)
+        rec[F_NSTREAM], rec[F_STREAM] = len(rows), len(stream)
+        stream += rows
         args = _args(t, o)
         assert tuple(args) == ARGS[v.kind], (v.kind, tuple(args))
         for j, val in enumerate(args.values()):
@@ -148,6 +205,7 @@ def serialize(sched: Schedule) -> TaskTable:
         records,
         np.array(waits, dtype=np.int64).reshape(-1, 2),
         np.array(prefetch, dtype=np.int64).reshape(-1, 2),
+        np.array(stream, dtype=np.int64).reshape(-1, 3),
         sm_start,
         sm_tasks,
         variants,

@@ -3,6 +3,10 @@
     tilert-compile                         # bundled llama-3.2-1b -> build/llama-3.2-1b/
     tilert-compile models/bundled/qwen3-8b.yaml -o out/ --dump-ir
     tilert-compile path/to/hf_model_dir/
+    tilert-compile tiny-llama --explain --pictures      # what the schedule does, pictured
+    tilert-compile --from-ir out/ir/04-schedule.tir     # compile an (edited) IR dump
+
+docs/inspecting.md explains dumps, --from-ir, --explain and the pictures.
 
 After compiling it runs the result: on a GPU machine it loads the kernel, checks a few
 steps and times one; without a GPU it interprets a few tokens on the CPU. Bad input is
@@ -28,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         nargs="?",
-        default=DEFAULT_MODEL,
-        help=f"model.yaml, HF config.json or folder, or a bundled name (default: {DEFAULT_MODEL})",
+        help=f"model.yaml, HF config.json or folder, or a bundled name (default: {DEFAULT_MODEL};"
+        " with --from-ir: the dump's own '# config:' line)",
     )
     p.add_argument("-o", "--out", help="artifact folder (default: build/<model name>/)")
     p.add_argument("--target", help="GPU arch, e.g. sm_90a (default: the description's)")
@@ -41,6 +45,33 @@ def _parser() -> argparse.ArgumentParser:
         const="",
         metavar="DIR",
         help="write every stage's IR (default DIR: <out>/ir/)",
+    )
+    p.add_argument(
+        "--from-ir",
+        metavar="FILE",
+        help="compile from a dumped (maybe edited) tile/deps/schedule/prefetch/layout IR file:"
+        " re-run the stages after it, verify, generate code (default -o: build/<model>-from-ir/)",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print per layer and op: tasks, bytes, SMs, roles, predicted time vs the floor"
+        " (implies --no-run)",
+    )
+    p.add_argument(
+        "--pictures",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="draw the schedule (per-SM Gantt, PNG+SVG) and a layer's dependency graph"
+        " (DOT+SVG) (default DIR: <out>/pictures/; needs matplotlib)",
+    )
+    p.add_argument(
+        "--pictures-layer",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the layer whose schedule is zoomed into and whose dependency graph is drawn",
     )
     p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
     p.add_argument("--no-l2-prefetch", action="store_true", help="switch the L2 prefetch pass off")
@@ -65,8 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # user-facing errors: one line, no traceback
         from tilert_compiler.errors import USER_ERRORS
+        from tilert_compiler.ir.parse import ParseError
+        from tilert_compiler.ir.verify import VerifyError
+        from tilert_compiler.pictures import PictureError
 
-        if isinstance(e, USER_ERRORS):
+        # A VerifyError on our own pipeline is a compiler bug (traceback); on an edited
+        # dump it is the user's edit breaking an invariant.
+        if args.from_ir and isinstance(e, VerifyError):
+            print(f"tilert-compile: error: VerifyError in {args.from_ir}: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if isinstance(e, (*USER_ERRORS, ParseError, PictureError)):
             print(f"tilert-compile: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise
@@ -83,16 +122,43 @@ def _run(args, say) -> int:
         overrides.setdefault("target", {})["arch"] = args.target
     if args.max_seq_len is not None:
         overrides["max_seq_len"] = args.max_seq_len
-    cfg = tc.load_config(args.model, overrides=overrides or None)
-    out = Path(args.out) if args.out else Path("build") / cfg.name
-    say(f"compiling {describe(cfg)}")
     t0 = time.perf_counter()
-    cm = tc.compile(cfg, progress=say, nvcc=not args.no_nvcc, l2_prefetch=not args.no_l2_prefetch)
+    if args.from_ir:
+        from tilert_compiler.driver import compile_from_ir
+
+        # Options the dump recorded hold unless a flag says otherwise.
+        kw = {"nvcc": False} if args.no_nvcc else {}
+        kw |= {"l2_prefetch": False} if args.no_l2_prefetch else {}
+        say(f"compiling from {args.from_ir}")
+        cm = compile_from_ir(
+            args.from_ir, args.model, overrides=overrides or None, progress=say, **kw
+        )
+        cfg = cm.config
+        out = Path(args.out) if args.out else Path("build") / f"{cfg.name}-from-ir"
+    else:
+        cfg = tc.load_config(args.model or DEFAULT_MODEL, overrides=overrides or None)
+        out = Path(args.out) if args.out else Path("build") / cfg.name
+        say(f"compiling {describe(cfg)}")
+        cm = tc.compile(
+            cfg, progress=say, nvcc=not args.no_nvcc, l2_prefetch=not args.no_l2_prefetch
+        )
     cm.save(out)
     if args.dump_ir is not None:
+        from tilert_compiler.dumps import write_dumps
+
         ir_dir = Path(args.dump_ir) if args.dump_ir else out / "ir"
-        files = cm.dump_ir(ir_dir)
-        say(f"IR dumps: {len(files)} files in {ir_dir}/")
+        files = write_dumps(cm, ir_dir)
+        say(f"IR dumps: {len(files)} files in {ir_dir}/ (edit one, then --from-ir FILE)")
+    if args.pictures is not None:
+        from tilert_compiler.pictures import write_pictures
+
+        pic_dir = Path(args.pictures) if args.pictures else out / "pictures"
+        files = write_pictures(cm.schedule, cfg.target, pic_dir, layer=args.pictures_layer)
+        say(f"pictures: {', '.join(f.name for f in files)} in {pic_dir}/")
+    if args.explain:
+        from tilert_compiler.explain import explain
+
+        print(explain(cm.schedule, cfg.target), end="")
     r = cm.resources
     res = (
         (
@@ -106,7 +172,7 @@ def _run(args, say) -> int:
         f"wrote {out}/ in {time.perf_counter() - t0:.1f} s: {cm.manifest['tasks']} tasks, "
         f"{cm.manifest['counters']} counters, {res}"
     )
-    if args.no_run or args.tokens <= 0:
+    if args.no_run or args.explain or args.tokens <= 0:
         return 0
     return _run_tokens(cm, out, args.tokens, say)
 

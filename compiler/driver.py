@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.codegen.cuda import KERNEL_NAME, emit_cuda, smem_bytes
+from tilert_compiler.codegen.cuda import KERNEL_NAME, emit_cuda, plan_kernel
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.serialize import serialize
 from tilert_compiler.ir.tasktable import TaskTable
@@ -112,30 +112,10 @@ def compile(  # noqa: A001 - the verb users expect
         say(f"  {name:<9} {timings[name] * 1e3:8.1f} ms")
 
     sched = run_pipeline(cfg, opts, on_stage)
-    table = serialize(sched)
-    inv_freq = [float(x) for x in rope_inv_freq(cfg)]
-    t = cfg.target
-    source_text = emit_cuda(
-        sched,
-        table,
-        inv_freq,
-        version=VERSION,
-        arch=t.arch,
-        threads=t.threads_per_block,
-        smem_limit=t.smem_per_block,
+    table, plan, inv_freq, source_text, cubin, resources, toolkit = _codegen(
+        cfg, opts, sched, timings, say
     )
-    timings["codegen"] = time.perf_counter() - t0
-    say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
-    cubin, resources, toolkit = None, None, None
-    if opts.nvcc and find_nvcc():
-        t1 = time.perf_counter()
-        cubin, resources, warnings = compile_cubin(source_text, t.arch, KERNEL_NAME)
-        if warnings:
-            raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
-        toolkit = nvcc_version(find_nvcc() or "nvcc")
-        timings["nvcc"] = time.perf_counter() - t1
-        say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
-    manifest = _manifest(cfg, opts, sched, table, inv_freq, source_text, resources, toolkit)
+    manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, source_text, resources, toolkit)
     cm = CompiledModel(
         cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
     )
@@ -144,8 +124,38 @@ def compile(  # noqa: A001 - the verb users expect
     return cm
 
 
+def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
+    """Schedule -> task table, kernel plan, CUDA source and (with nvcc) cubin."""
+    t0 = time.perf_counter()
+    table = serialize(sched)
+    plan = plan_kernel(table, cfg.target, ring=bool(dict(sched.options).get("weight_ring")))
+    inv_freq = [float(x) for x in rope_inv_freq(cfg)]
+    source = emit_cuda(
+        sched,
+        table,
+        plan,
+        inv_freq,
+        version=VERSION,
+        arch=cfg.target.arch,
+        profile=opts.profile,
+        fault_skip_signal=opts.fault_skip_signal,
+    )
+    timings["codegen"] = time.perf_counter() - t0
+    say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
+    cubin, resources, toolkit = None, None, None
+    if opts.nvcc and find_nvcc():
+        t1 = time.perf_counter()
+        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)
+        if warnings:
+            raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
+        toolkit = nvcc_version(find_nvcc() or "nvcc")
+        timings["nvcc"] = time.perf_counter() - t1
+        say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
+    return table, plan, inv_freq, source, cubin, resources, toolkit
+
+
 def _manifest(
-    cfg, opts, sched: Schedule, table: TaskTable, inv_freq, source, resources, toolkit
+    cfg, opts, sched: Schedule, table: TaskTable, plan, inv_freq, source, resources, toolkit
 ) -> dict:
     decls = {d.name: d for d in sched.program.tensors}
     t = cfg.target
@@ -158,7 +168,9 @@ def _manifest(
         "arch": t.arch,
         "sms": t.sms,
         "threads": t.threads_per_block,
-        "smem_bytes": smem_bytes(table, t.threads_per_block),
+        "smem_bytes": plan.smem_bytes,
+        "consumers": plan.consumers,
+        "weight_ring": {"stages": plan.stages, "stage_bytes": plan.stage_bytes},
         "kernel": KERNEL_NAME,
         "variants": variants_to_json(table.variants),
         "arenas": dict(sched.arena_sizes),
@@ -184,3 +196,32 @@ def _manifest(
 
 
 __all__ = ["STAGES", "CompiledModel", "compile"]
+
+
+def compile_from_ir(
+    path: str | os.PathLike,
+    source: str | os.PathLike | dict | ModelConfig | None = None,
+    *,
+    overrides: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+    **option_kw: Any,
+) -> CompiledModel:
+    """Compile from an IR dump (`--dump-ir`, maybe hand-edited): parse it, run the stages
+    after the one it was taken at, verify, generate code. The config is the dump's
+    `# config:` line unless `source` names a model (compiler/dumps.py)."""
+    from tilert_compiler.dumps import read_dump
+    from tilert_compiler.pipeline import resume_pipeline
+
+    say = progress or (lambda _msg: None)
+    d = read_dump(path, source, overrides)
+    cfg, opts = d.config, from_env(Options(**d.options)).with_(**option_kw)
+    stages: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sched = resume_pipeline(d.stage, d.ir, cfg, opts, stages.__setitem__)
+    timings["passes"] = time.perf_counter() - t0
+    say(f"  resumed after '{d.stage}': {', '.join(stages)} in {timings['passes'] * 1e3:.1f} ms")
+    # From here on, the same as compile() (codegen, nvcc, manifest).
+    table, plan, inv_freq, src, cubin, resources, toolkit = _codegen(cfg, opts, sched, timings, say)
+    manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, src, resources, toolkit)
+    return CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)

@@ -9,6 +9,10 @@ from dataclasses import dataclass, fields, replace
 @dataclass(frozen=True)
 class Options:
     l2_prefetch: bool = True  # passes.prefetch: bulk L2 prefetch of upcoming weights
+    weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
+    fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
+    fault_skip_signal: int = -1  # debug build: this task never signals (fault injection)
+    profile: bool = False  # kernel records per-task timestamps (runtime writes a trace)
     context: int = 512  # cache length the cost model assumes for attention
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
     nvcc: bool = True  # build the cubin (off: source only, e.g. without a CUDA toolkit)
@@ -33,4 +37,6 @@ def from_env(base: Options | None = None) -> Options:
         o = replace(o, cache_dir=env["TILERT_CACHE_DIR"])
     if env.get("TILERT_NO_L2_PREFETCH"):
         o = replace(o, l2_prefetch=False)
+    if env.get("TILERT_NO_WEIGHT_RING"):
+        o = replace(o, weight_ring=False)
     return o

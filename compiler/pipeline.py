@@ -29,12 +29,12 @@ def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
     on_stage("fuse", ir)
     ir = tile(ir, t, context=opts.context)  # needs fused kinds: one task kind per op kind
     on_stage("tile", ir)
-    ir = deps(ir)  # producers from regions, transitive reduction, counters
+    ir = deps(ir, fine=opts.fine_deps)  # producers from regions, reduction, counters
     verify_program(ir)  # coverage: each output element written by exactly one task
     on_stage("deps", ir)
     ir = schedule(ir, t)  # per-SM lists in one global topological order
     on_stage("schedule", ir)
-    ir = prefetch(ir, t, enabled=opts.l2_prefetch)  # L2 weight prefetch, per SM list
+    ir = prefetch(ir, t, enabled=opts.l2_prefetch, ring=opts.weight_ring)  # weight streaming
     on_stage("prefetch", ir)
     ir = layout(ir)  # arena offsets for every tensor
     verify_schedule(ir)  # deadlock freedom, ordering of every read after its write
@@ -53,3 +53,42 @@ def format_stage(ir: Any) -> str:
 
 
 STAGES = ("graph", "fuse", "tile", "deps", "schedule", "prefetch", "layout")
+
+
+# ---------------------------------------------------------------- resuming from a dump
+# The stages run_pipeline runs after `tile`, as (stage, pass) steps, so a parsed (maybe
+# hand-edited) dump can continue from where it was taken. tests/test_ir_text.py checks
+# that resuming from every stage gives what run_pipeline gives, so the two stay in step.
+RESUMABLE = ("tile", "deps", "schedule", "prefetch", "layout")
+_STEPS_AFTER: dict[str, tuple[str, Callable[[Any, Any, Any], Any]]] = {
+    "tile": ("deps", lambda ir, t, opts: deps(ir, fine=opts.fine_deps)),
+    "deps": ("schedule", lambda ir, t, opts: schedule(ir, t)),
+    "schedule": (
+        "prefetch",
+        lambda ir, t, opts: prefetch(ir, t, enabled=opts.l2_prefetch, ring=opts.weight_ring),
+    ),
+    "prefetch": ("layout", lambda ir, t, opts: layout(ir)),
+}
+
+
+def resume_pipeline(after: str, ir: Any, cfg, opts, on_stage: Callable[[str, Any], None]):
+    """Run the stages after stage `after` on `ir` and verify the result. The input may be
+    hand-edited, so everything is verified at the end, and what the passes assume (a task
+    depends only on earlier tasks) is checked before they run."""
+    from tilert_compiler.ir.verify import VerifyError
+
+    if after not in RESUMABLE:
+        raise ValueError(f"cannot resume after '{after}'; resumable: {', '.join(RESUMABLE)}")
+    program = ir.program if isinstance(ir, Schedule) else ir
+    for t in program.tasks:
+        later = [f"t{d}" for d in t.deps if d >= t.id]
+        if later:
+            raise VerifyError(f"t{t.id} depends on {', '.join(later)}, not earlier tasks")
+    on_stage(after, ir)
+    while after in _STEPS_AFTER:
+        after, step = _STEPS_AFTER[after]
+        ir = step(ir, cfg.target, opts)
+        on_stage(after, ir)
+    verify_program(ir.program)
+    verify_schedule(ir)
+    return ir

@@ -4,9 +4,11 @@ Tasks are data, task kinds are code. Every task is one record of `RECORD` int64 
 `kind` indexes the artifact's variant list (a task kind specialised on static shapes).
 The per-kind argument slots are named in `ARGS`, the one place that defines them:
 
-  record: kind layer n_waits wait_at signal n_prefetch prefetch_at a0 .. a12
+  record: kind layer n_waits wait_at signal n_prefetch prefetch_at n_stream stream_at a0..a10
   waits:    int64 pairs (counter, producers per step)
-  prefetch: int64 pairs (weight element offset, elements)
+  prefetch: int64 pairs (weight element offset, elements): L2 prefetch before the wait
+  stream:   int64 triples (weight element offset, elements, row length): the task's weight
+            rows in the order its GEMV consumes them (the ring producer copies these)
   sm_start: int32[sms + 1], sm_tasks: int32[...]: SM s runs sm_tasks[sm_start[s]:sm_start[s+1]]
 
 Offsets in args are element offsets into the `weights` (bf16) or `act` (f32) arena.
@@ -19,16 +21,26 @@ from dataclasses import dataclass
 import numpy as np
 
 RECORD = 20
-F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF = range(7)
-F_ARG0 = 7
+F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF, F_NSTREAM, F_STREAM = range(9)
+F_ARG0 = 9
 NO_OFFSET = -1
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).
 ARGS: dict[str, tuple[str, ...]] = {
     "embed": ("w_table", "out", "rows"),
-    "attention_decode": ("qkv", "w_q_gamma", "w_k_gamma", "k_cache", "v_cache", "part", "out",
-                         "head", "split", "arrive"),
+    "attention_decode": (
+        "qkv",
+        "w_q_gamma",
+        "w_k_gamma",
+        "k_cache",
+        "v_cache",
+        "part",
+        "out",
+        "head",
+        "split",
+        "arrive",
+    ),
     "linear_residual": ("x", "w", "residual", "out", "rows"),
     "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
     "norm_linear": ("x", "w_gamma", "w", "out", "rows"),
@@ -56,6 +68,7 @@ class TaskTable:
     records: np.ndarray  # int64 [n_tasks, RECORD]
     waits: np.ndarray  # int64 [n, 2]
     prefetch: np.ndarray  # int64 [m, 2]
+    stream: np.ndarray  # int64 [s, 3]
     sm_start: np.ndarray  # int32 [sms + 1]
     sm_tasks: np.ndarray  # int32 [n_tasks]
     variants: list[Variant]
@@ -75,6 +88,7 @@ class TaskTable:
             records=self.records,
             waits=self.waits,
             prefetch=self.prefetch,
+            stream=self.stream,
             sm_start=self.sm_start,
             sm_tasks=self.sm_tasks,
         )
@@ -83,5 +97,11 @@ class TaskTable:
     def load(cls, path, variants: list[Variant]) -> TaskTable:
         with np.load(path) as z:
             return cls(
-                z["records"], z["waits"], z["prefetch"], z["sm_start"], z["sm_tasks"], variants
+                z["records"],
+                z["waits"],
+                z["prefetch"],
+                z["stream"],
+                z["sm_start"],
+                z["sm_tasks"],
+                variants,
             )

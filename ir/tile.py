@@ -9,7 +9,8 @@ symbols `pos` (the decoded position) and `tok` (the input token), plus an int of
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
+from decimal import Decimal
 
 from tilert_compiler.ir.graph import OpKind
 
@@ -147,37 +148,104 @@ class Schedule:
 
 
 # ---------------------------------------------------------------- text form
+#
+# One line per task, every field in the text, so `ir.parse.parse(format_program(p)) == p`
+# and the same for schedules. Lines are `key=value` tokens in a fixed order (stable diffs);
+# `ir/parse.py` is the inverse and documents the grammar.
 
 
-def format_task(t: Task, sm: int | None = None, span: tuple[float, float] | None = None) -> str:
-    def regs(rs: tuple[Region, ...]) -> str:
-        return "(" + ", ".join(str(r) for r in rs) + ")"
+def format_us(seconds: float) -> str:
+    """Seconds as microseconds, exactly: repr's shortest round-trip digits with the decimal
+    point moved six places, so the text reads in us and parses back to the same float."""
+    return format(Decimal(repr(seconds)).scaleb(6), "f")
 
+
+def format_task_ids(ids: tuple[int, ...]) -> str:
+    """`t3, t7..t130`: ascending runs of three or more as ranges (a GEMV waits on every
+    tile of the op before it; 128 ids would fill a screen)."""
+    out, i = [], 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        if j - i >= 2:
+            out.append(f"t{ids[i]}..t{ids[j]}")
+            i = j + 1
+        else:
+            out.append(f"t{ids[i]}")
+            i += 1
+    return ", ".join(out)
+
+
+def format_regions(rs: tuple[Region, ...]) -> str:
+    return "(" + ", ".join(str(r) for r in rs) + ")"
+
+
+def format_task(
+    t: Task,
+    sm: int | None = None,
+    span: tuple[float, float] | None = None,
+    prefetch: tuple[Region, ...] | None = None,
+) -> str:
     parts = [
         f"t{t.id} = {t.kind.value} {t.op} layer={t.layer}",
-        f"reads={regs(t.reads)}",
-        f"weights={regs(t.weights)}",
-        f"writes={regs(t.writes)}",
+        f"reads={format_regions(t.reads)}",
+        f"weights={format_regions(t.weights)}",
+        f"writes={format_regions(t.writes)}",
         "args=(" + ", ".join(f"{k}={v}" for k, v in t.args) + ")",
         f"cost={t.cost}",
     ]
     if t.deps:
-        parts.append("deps=(" + ", ".join(f"t{d}" for d in t.deps) + ")")
+        parts.append(f"deps=({format_task_ids(t.deps)})")
     if t.waits:
         parts.append("waits=(" + ", ".join(f"c{c}>={n}" for c, n in t.waits) + ")")
     if t.signal >= 0:
         parts.append(f"signal=c{t.signal}")
+    parts += [f"{k}={v!r}" for k, v in extra_fields(t)]
     if sm is not None:
         parts.append(f"sm={sm}")
     if span is not None:
-        parts.append(f"at={span[0] * 1e6:.2f}us..{span[1] * 1e6:.2f}us")
+        parts.append(f"at={format_us(span[0])}us..{format_us(span[1])}us")
+    if prefetch is not None:
+        parts.append(f"prefetch={format_regions(prefetch)}")
     return " ".join(parts)
 
 
-def format_program(p: TileProgram) -> str:
-    lines = [f"tile {p.model}"]
-    lines += [f"  const {k} = {v!r}" for k, v in p.consts]
+# Fields with their own syntax; any other field (one a later pass adds) is printed
+# generically as `name=repr(value)` when it differs from its default, so it round-trips.
+PRINTED_FIELDS = {
+    "Task": frozenset("id kind op layer reads weights writes args cost deps waits signal".split()),
+    "TileProgram": frozenset("model tasks counters consts tensors".split()),
+    "Schedule": frozenset("program sm_lists predicted prefetch layout arena_sizes options".split()),
+}
+
+
+def extra_fields(obj: object) -> list[tuple[str, object]]:
+    known = PRINTED_FIELDS[type(obj).__name__]
+    out = []
+    for f in fields(obj):  # type: ignore[arg-type]
+        if f.name in known:
+            continue
+        value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if value != default:
+            out.append((f.name, value))
+    return out
+
+
+def _program_lines(p: TileProgram) -> list[str]:
+    """Everything of a program except its tasks, as indented lines."""
+    lines = [f"  const {k} = {v!r}" for k, v in p.consts]
+    for d in p.tensors:
+        shape = "x".join(str(n) for n in d.shape)
+        lines.append(f"  tensor {d.name} [{shape}] {d.storage.value} layer={d.layer}")
+    lines += [f"  field {k} = {v!r}" for k, v in extra_fields(p)]
     lines += [f"  counter c{i} {c.name} producers={c.producers}" for i, c in enumerate(p.counters)]
+    return lines
+
+
+def format_program(p: TileProgram) -> str:
+    lines = [f"tile {p.model}", *_program_lines(p)]
     lines += ["  " + format_task(t) for t in p.tasks]
     return "\n".join(lines) + "\n"
 
@@ -186,14 +254,15 @@ def format_schedule(s: Schedule) -> str:
     p = s.program
     lines = [f"schedule {p.model} sms={len(s.sm_lists)}"]
     lines += [f"  option {k} = {v!r}" for k, v in s.options]
+    lines += [f"  schedule-field {k} = {v!r}" for k, v in extra_fields(s)]
+    lines += _program_lines(p)
+    lines += [f"  arena {a} elements={n}" for a, n in s.arena_sizes]
     lines += [f"  buffer {n} {a} @{off}" for n, a, off in s.layout]
-    lines += [f"  counter c{i} {c.name} producers={c.producers}" for i, c in enumerate(p.counters)]
     for sm, ts in enumerate(s.sm_lists):
-        lines.append(f"  sm {sm}: " + " ".join(f"t{t}" for t in ts))
+        lines.append(f"  sm {sm}:" + "".join(f" t{t}" for t in ts))
     sm_of = s.sm_of()
     for t in p.tasks:
-        line = "  " + format_task(t, sm_of.get(t.id), s.predicted[t.id] if s.predicted else None)
-        if s.prefetch and s.prefetch[t.id]:
-            line += " prefetch=(" + ", ".join(str(r) for r in s.prefetch[t.id]) + ")"
-        lines.append(line)
+        span = s.predicted[t.id] if s.predicted else None
+        pf = s.prefetch[t.id] if s.prefetch else None
+        lines.append("  " + format_task(t, sm_of.get(t.id), span, pf))
     return "\n".join(lines) + "\n"

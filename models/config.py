@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,20 @@ from tilert_compiler.ir.target import KNOWN_ARCHS, Target
 FAMILIES = ("llama", "qwen3")
 DTYPES = ("bf16",)
 MAX_SEQ_LEN_LIMIT = 32768
+# Upper bounds far above any real decoder (llama-3.1-405b: hidden 16384, 126 layers, MLP
+# 53248; vocabularies reach 262144), so a typo such as an extra zero fails here at once
+# instead of after minutes of tiling or gigabytes of coverage counts.
+SIZE_LIMITS = {
+    "hidden": 1 << 16,
+    "layers": 1024,
+    "heads": 1024,
+    "kv_heads": 1024,
+    "intermediate": 1 << 18,
+    "vocab": 1 << 20,
+}
+MAX_SMS = 1024  # the schedule has one list per SM; GPUs today have at most ~150
+# Names become folder names (build/<name>/) and a comment in the CUDA source.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 
 
@@ -135,7 +150,50 @@ def load_config(
     raw, origin, base_dir, hf_names = _read_source(source)
     if overrides:
         raw = _merge(raw, overrides)
-    return _Validator(origin, base_dir, hf_names).model(raw)
+    cfg = _Validator(origin, base_dir, hf_names).model(raw)
+    if cfg.weights.path is not None:
+        _check_weight_headers(cfg)
+    return cfg
+
+
+def _check_weight_headers(cfg: ModelConfig) -> None:
+    """Names and shapes in the *.safetensors headers (no tensor data is read) against the
+    config, so weights for another model are refused before compiling, not after the
+    artifact is written. Mirrors the rules of `weights.load_weights`."""
+    from safetensors import safe_open
+
+    from tilert_compiler.models.weights import hf_weight_names  # weights.py imports us
+
+    expected = dict(hf_weight_names(cfg))
+    found: set[str] = set()
+    for file in sorted(Path(cfg.weights.path or "").glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own error type for a bad header
+            raise ConfigError(f"{file.name}: not a readable safetensors file ({e})") from None
+        for name, shape in shapes.items():
+            if (name == "lm_head.weight" and cfg.tie_embeddings) or name.endswith(
+                "rotary_emb.inv_freq"
+            ):
+                continue  # the tied head is the embedding; inv_freq is a recomputed buffer
+            if name not in expected:
+                raise ConfigError(
+                    f"{file.name}: tensor '{name}' is not a weight of {cfg.family} "
+                    f"'{cfg.name}' (a different model?)"
+                )
+            if tuple(shape) != expected[name]:
+                raise ConfigError(
+                    f"{file.name}: tensor '{name}' has shape {list(shape)}, the config needs "
+                    f"{list(expected[name])}"
+                )
+            found.add(name)
+    missing = [n for n in expected if n not in found]
+    if missing:
+        raise ConfigError(
+            f"{cfg.weights.path}: tensor '{missing[0]}' {list(expected[missing[0]])} is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
 
 
 def bundled_names() -> list[str]:
@@ -276,7 +334,11 @@ def _from_hf(hf: dict[str, Any], origin: str, folder: Path | None) -> dict[str, 
     family = hf.get("model_type")
     if family is None:
         archs = hf.get("architectures") or []
-        family = next((_HF_ARCHITECTURES[a] for a in archs if a in _HF_ARCHITECTURES), None)
+        archs = archs if isinstance(archs, list) else [archs]
+        family = next(
+            (_HF_ARCHITECTURES[a] for a in archs if isinstance(a, str) and a in _HF_ARCHITECTURES),
+            None,
+        )
     if family not in FAMILIES:
         raise fail("model_type", f"must be one of {', '.join(FAMILIES)} (got {_show(family)})")
     for key in ("attention_bias", "mlp_bias", "use_sliding_window"):
@@ -285,6 +347,8 @@ def _from_hf(hf: dict[str, Any], origin: str, folder: Path | None) -> dict[str, 
     if hf.get("hidden_act", "silu") != "silu":
         raise fail("hidden_act", f"must be 'silu' (got {_show(hf['hidden_act'])})")
     layer_types = hf.get("layer_types") or []
+    if not isinstance(layer_types, list):
+        raise fail("layer_types", f"must be a list (got {_show(layer_types)})")
     if any(t != "full_attention" for t in layer_types):
         raise fail("layer_types", "must all be 'full_attention': sliding windows are not supported")
 
@@ -316,7 +380,7 @@ def _from_hf(hf: dict[str, Any], origin: str, folder: Path | None) -> dict[str, 
         "rope": _hf_rope(hf, max_pos, fail),
         "norm_eps": get("rms_norm_eps"),
         "qk_norm": family == "qwen3",
-        "weights": {"path": str(folder)} if has_weights else {"random": 0},
+        "weights": {"path": str(folder.resolve())} if has_weights else {"random": 0},
         "max_seq_len": min(max_pos, _HF_MAX_SEQ_LEN) if isinstance(max_pos, int) else max_pos,
     }
 
@@ -325,14 +389,24 @@ def _hf_name(hf: dict[str, Any], folder: Path | None, family: str) -> str:
     # hub snapshots live in hash-named folders; `_name_or_path` holds the repo id when saved
     saved = hf.get("_name_or_path")
     if isinstance(saved, str) and saved.strip("/"):
-        return saved.rstrip("/").rsplit("/", 1)[-1]
-    return folder.name if folder is not None else family
+        return _safe_name(saved.rstrip("/").rsplit("/", 1)[-1])
+    return _safe_name(folder.name) if folder is not None else family
+
+
+def _safe_name(name: str) -> str:
+    """A folder or repo name as a model name (NAME_PATTERN): other characters become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", name).lstrip("._+-")[:128]
+    return name or "model"
 
 
 def _hf_rope(hf: dict[str, Any], max_pos: Any, fail: Any) -> dict[str, Any]:
     """Both rope forms: transformers<5 (`rope_theta` + `rope_scaling`) and transformers 5
     (`rope_parameters` holding theta too). Like transformers, `rope_scaling` wins if both."""
-    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    source = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    params = hf.get(source) or {}
+    if not isinstance(params, dict):
+        raise fail(source, f"must be a mapping (got {_show(params)})")
+    params = dict(params)
     theta = params.get("rope_theta", hf.get("rope_theta", _ROPE_THETA_DEFAULT))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
@@ -415,8 +489,10 @@ class _Validator:
             if key not in allowed:
                 hint = difflib.get_close_matches(str(key), allowed, n=1)
                 did_you_mean = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
+                # a key with a newline or control character is shown escaped: one line
+                shown = key if isinstance(key, str) and key.isprintable() else _show(key)
                 raise self.fail(
-                    f"{prefix}{key}",
+                    f"{prefix}{shown}",
                     f"is not a known field{did_you_mean} (allowed: {', '.join(allowed)})",
                 )
         for key in required:
@@ -466,21 +542,31 @@ class _Validator:
         required = tuple(k for k, req in _FIELDS.items() if req)
         self.fields(d, "", tuple(_FIELDS), required)
         name = d["name"]
-        if not isinstance(name, str) or not name.strip():
-            raise self.fail("name", f"must be a non-empty string (got {_show(name)})")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise self.fail(
+                "name",
+                "must be letters, digits and . _ + - (up to 128, not starting with a symbol) "
+                f"(got {_show(name)})",
+            )
         family = self.choice(d["family"], "family", FAMILIES)
-        hidden = self.int_(d["hidden"], "hidden")
-        layers = self.int_(d["layers"], "layers")
-        heads = self.int_(d["heads"], "heads")
-        kv_heads = self.int_(d["kv_heads"], "kv_heads")
+        hidden = self.int_(d["hidden"], "hidden", high=SIZE_LIMITS["hidden"])
+        layers = self.int_(d["layers"], "layers", high=SIZE_LIMITS["layers"])
+        heads = self.int_(d["heads"], "heads", high=SIZE_LIMITS["heads"])
+        kv_heads = self.int_(d["kv_heads"], "kv_heads", high=SIZE_LIMITS["kv_heads"])
         head_dim = self.int_(d["head_dim"], "head_dim", low=8, high=256)
-        intermediate = self.int_(d["intermediate"], "intermediate")
-        vocab = self.int_(d["vocab"], "vocab")
+        intermediate = self.int_(
+            d["intermediate"], "intermediate", high=SIZE_LIMITS["intermediate"]
+        )
+        vocab = self.int_(d["vocab"], "vocab", high=SIZE_LIMITS["vocab"])
         for field, value in (("hidden", hidden), ("intermediate", intermediate)):
             if value % 8:
                 raise self.fail(field, f"must be a multiple of 8 (got {value})")
-        if head_dim % 2:
-            raise self.fail("head_dim", f"must be even: RoPE rotates pairs (got {head_dim})")
+        if head_dim % 8:
+            raise self.fail(
+                "head_dim",
+                f"must be a multiple of 8: the kernel reads heads as 16-byte vectors and "
+                f"RoPE rotates pairs (got {head_dim})",
+            )
         if heads % kv_heads:
             raise self.fail("heads", f"({heads}) must be a multiple of 'kv_heads' ({kv_heads})")
         if family == "llama" and hidden % heads:
@@ -532,7 +618,9 @@ class _Validator:
         factor = self.float_(s["factor"], "rope.scaling.factor")
         low = self.float_(s["low_freq_factor"], "rope.scaling.low_freq_factor")
         high = self.float_(s["high_freq_factor"], "rope.scaling.high_freq_factor")
-        original = self.int_(s["original_max_position"], "rope.scaling.original_max_position")
+        original = self.int_(
+            s["original_max_position"], "rope.scaling.original_max_position", high=1 << 24
+        )
         if factor < 1:
             raise self.fail("rope.scaling.factor", f"must be >= 1 (got {factor:g})")
         if low <= 0:
@@ -551,7 +639,8 @@ class _Validator:
                 "weights", f"must set exactly one of 'random' or 'path' (got {_show(d)})"
             )
         if "random" in d:
-            return WeightsSpec(seed=self.int_(d["random"], "weights.random", low=0))
+            # torch.Generator seeds are unsigned 64-bit
+            return WeightsSpec(seed=self.int_(d["random"], "weights.random", low=0, high=2**64 - 1))
         raw = d["path"]
         if not isinstance(raw, str) or not raw:
             raise self.fail("weights.path", f"must be a folder path (got {_show(raw)})")
@@ -571,7 +660,7 @@ class _Validator:
             if key == "arch":
                 values[key] = self.choice(value, field, KNOWN_ARCHS)
             elif isinstance(default, int):
-                values[key] = self.int_(value, field)
+                values[key] = self.int_(value, field, high=MAX_SMS if key == "sms" else None)
             else:
                 values[key] = self.float_(value, field)
                 if values[key] <= 0:

@@ -66,7 +66,9 @@ def _partition(members: list[int], needs: list[frozenset[int]]) -> list[list[int
     return blocks
 
 
-def deps(program: TileProgram) -> TileProgram:
+def deps(program: TileProgram, fine: bool = True) -> TileProgram:
+    """`fine` off: one counter per op, so every consumer waits for all of a producer op's
+    tasks (the ablation baseline for fine-grained dependencies)."""
     tasks = program.tasks
     reduced = _reduce(_direct_deps(tasks))
     by_op: dict[str, list[int]] = {}
@@ -83,7 +85,7 @@ def deps(program: TileProgram) -> TileProgram:
     counters: list[Counter] = list(program.counters)  # the tile pass's arrival counters
     signal: dict[int, int] = {}
     for op, members in by_op.items():
-        blocks = _partition(members, sorted(needs[op], key=sorted))
+        blocks = _partition(members, sorted(needs[op], key=sorted)) if fine else [members]
         for b in blocks:
             name = op if len(blocks) == 1 else f"{op}#{tasks[b[0]].id}"
             for x in b:

@@ -15,7 +15,9 @@ from tilert_compiler.ir.tile import Region, Schedule
 from tilert_compiler.passes.tile import W_BYTES
 
 
-def prefetch(sched: Schedule, target: Target, enabled: bool = True) -> Schedule:
+def prefetch(sched: Schedule, target: Target, enabled: bool = True, ring: bool = True) -> Schedule:
+    """`enabled`: the L2 plan below. `ring`: the kernel also streams each SM's weight rows,
+    in task order, into a shared-memory ring ahead of the consumers (codegen sizes it)."""
     tasks = sched.program.tasks
     plan: list[tuple[Region, ...]] = [() for _ in tasks]
     if enabled:
@@ -37,7 +39,8 @@ def prefetch(sched: Schedule, target: Target, enabled: bool = True) -> Schedule:
                     j += 1
                 issued = j
                 plan[tid] = tuple(regs)
-    return replace(sched, prefetch=tuple(plan), options=sched.options + (("l2_prefetch", enabled),))
+    options = sched.options + (("l2_prefetch", enabled), ("weight_ring", ring))
+    return replace(sched, prefetch=tuple(plan), options=options)
 
 
 def _streamable(r: Region) -> bool:

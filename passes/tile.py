@@ -90,18 +90,37 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                     reads = [q_rows, k_row, v_row]
                     reads += [region(c, (g, g + 1), earlier, (0, hd)) for c in (kc, vc)]
                     w = [_vec(n, 0, hd) for n in head_norms]
-                    part = region(f"{ARRIVE_PART}{op.layer}", (g, g + 1), (sp, sp + 1),
-                                  (0, group), (0, hd + 2))
+                    part = region(
+                        f"{ARRIVE_PART}{op.layer}",
+                        (g, g + 1),
+                        (sp, sp + 1),
+                        (0, group),
+                        (0, hd + 2),
+                    )
                     writes = [part]
                     if last:  # the static home of this step's cache row and the combine
                         row = (("pos", 0), ("pos", 1))
                         writes += [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
                         writes.append(_vec(out, g * group * hd, (g + 1) * group * hd))
-                    add(op.kind, op, reads, w, writes,
+                    add(
+                        op.kind,
+                        op,
+                        reads,
+                        w,
+                        writes,
                         cost_extra=2 * (context // splits) * hd * A_BYTES,
-                        head=g, split=sp, arrive=arrive0 + g)
-            part_decls.append(TensorDecl(f"{ARRIVE_PART}{op.layer}",
-                                         (kv_heads, splits, group, hd + 2), Storage.ACT, op.layer))
+                        head=g,
+                        split=sp,
+                        arrive=arrive0 + g,
+                    )
+            part_decls.append(
+                TensorDecl(
+                    f"{ARRIVE_PART}{op.layer}",
+                    (kv_heads, splits, group, hd + 2),
+                    Storage.ACT,
+                    op.layer,
+                )
+            )
         elif op.kind in (OpKind.LINEAR_RESIDUAL, OpKind.NORM_LINEAR, OpKind.GATE_UP_SILU):
             x = op.inputs[0]
             (out,) = op.outputs
@@ -114,10 +133,14 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                     weights = [_rows(op.inputs[1], lo, hi, k)]
                 elif op.kind == OpKind.NORM_LINEAR:  # rows of the stacked weights
                     weights = [_vec(op.inputs[1], 0, k)] + _stacked_rows(
-                        op.inputs[2:], lo, hi, k, shape)
+                        op.inputs[2:], lo, hi, k, shape
+                    )
                 else:
-                    weights = [_vec(op.inputs[1], 0, k), _rows(op.inputs[2], lo, hi, k),
-                               _rows(op.inputs[3], lo, hi, k)]
+                    weights = [
+                        _vec(op.inputs[1], 0, k),
+                        _rows(op.inputs[2], lo, hi, k),
+                        _rows(op.inputs[3], lo, hi, k),
+                    ]
                 add(op.kind, op, reads, weights, [_vec(out, lo, hi)], row0=lo, rows=hi - lo)
         else:
             raise TileError(

@@ -17,7 +17,11 @@ from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artif
 from tilert_compiler.runtime.interpreter import pack_weights
 
 ERROR_WORDS = 8
-_ERR_NAMES = {1: "dependency wait timed out", 2: "unknown task kind in the task table"}
+_ERR_NAMES = {
+    1: "dependency wait timed out",
+    2: "unknown task kind in the task table",
+    3: "weight-ring wait timed out",
+}
 
 
 class KernelError(RuntimeError):
@@ -30,6 +34,7 @@ class _Params(ctypes.Structure):
         ("tasks", ctypes.c_void_p),
         ("waits", ctypes.c_void_p),
         ("prefetch", ctypes.c_void_p),
+        ("stream", ctypes.c_void_p),
         ("sm_start", ctypes.c_void_p),
         ("sm_tasks", ctypes.c_void_p),
         ("w", ctypes.c_void_p),
@@ -41,6 +46,7 @@ class _Params(ctypes.Structure):
         ("epoch", ctypes.c_uint),
         ("pad", ctypes.c_uint),
         ("timeout_ns", ctypes.c_ulonglong),
+        ("profile", ctypes.c_void_p),
     ]
 
 
@@ -97,10 +103,16 @@ class GpuModel:
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
         self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
+        self.stream = torch.from_numpy(t.stream.reshape(-1)).to(dev)
         self.sm_start = torch.from_numpy(t.sm_start).to(dev)
         self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
         self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
+        self.profiled = bool(m.get("options", {}).get("profile"))
+        n_tasks = len(t.records)
+        self.profile = torch.zeros(
+            (n_tasks if self.profiled else 0, 3), dtype=torch.int64, device=dev
+        )
         lg = self.art.tensor("logits")
         self.logits = self.act[lg["offset"] : lg["offset"] + lg["shape"][0]]
         self.vocab = lg["shape"][0]
@@ -141,6 +153,8 @@ class GpuModel:
         p = self._params
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
         p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
+        p.stream = self.stream.data_ptr()
+        p.profile = self.profile.data_ptr() if self.profiled else None
         p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
         p.token, p.pos, p.epoch, p.timeout_ns = int(token), int(pos), self.epoch, self.timeout_ns
@@ -187,3 +201,16 @@ class GpuModel:
         self.error.zero_()
         self.act.fill_(float("nan"))
         self.epoch = 0
+
+    def timeline(self):
+        """After a profiled step: int64 [n_tasks, 3] global-timer ns (wait start, run start,
+        end) per task, and each task's SM, as numpy arrays."""
+        if not self.profiled:
+            raise RuntimeError("compiled without profile=True (tilert-compile --profile)")
+        torch.cuda.synchronize(self.device)
+        t = self.art.table
+        sm_of = [0] * len(t.records)
+        for s in range(len(t.sm_start) - 1):
+            for i in range(int(t.sm_start[s]), int(t.sm_start[s + 1])):
+                sm_of[int(t.sm_tasks[i])] = s
+        return self.profile.cpu().numpy(), sm_of

@@ -149,7 +149,9 @@ class Interpreter:
             parts = parts.view(NS, G, HD + 2)
             m = parts[:, :, HD].max(dim=0).values  # [G]
             w = torch.exp(parts[:, :, HD] - m)  # [NS, G]
-            o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[:, None]
+            o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[
+                :, None
+            ]
             self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
     def _linear_residual(self, a: dict, s: dict) -> None:

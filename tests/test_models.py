@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import yaml
 from tilert_compiler.models import (
     ConfigError,
     ModelConfig,
+    WeightsSpec,
     bundled_names,
     describe,
     hf_weight_names,
@@ -348,7 +350,7 @@ def test_load_weights_rejects_wrong_shape_and_missing(tmp_path: Path) -> None:
     weights = random_weights(cfg)
     name = "model.layers.1.mlp.up_proj.weight"
     _save_safetensors(tmp_path, {**weights, name: weights[name][:, :32]})
-    bad = load_config(cfg.to_dict() | {"weights": {"path": str(tmp_path)}})
+    bad = dataclasses.replace(cfg, weights=WeightsSpec(path=str(tmp_path)))
     with pytest.raises(
         ConfigError, match=rf"'{name}' has shape \[96, 32\], the config needs \[96, 64\]"
     ):

@@ -1,0 +1,121 @@
+"""IR dump files: every stage written with a header, and one read back for `--from-ir`.
+
+A dump is the stage's text form (`ir/tile.py`, `ir/graph.py`) after a few `# key: value`
+lines: `stage` (which stage's output it is), `options` and `config` (the ModelConfig as
+JSON), so an edited dump compiles on its own: `tilert-compile --from-ir 03-deps.tir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tilert_compiler.ir.parse import ParseError, parse_dump
+from tilert_compiler.ir.tile import Schedule, TileProgram
+from tilert_compiler.models.config import ModelConfig, load_config
+from tilert_compiler.options import Options
+from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
+
+# Options that change what the stages produce or what codegen emits; the rest (where to
+# dump, the cache folder, whether nvcc runs) are about the run that made the dump only.
+_RUN_ONLY = ("dump_ir", "cache_dir", "nvcc")
+_DUMPED_OPTIONS = tuple(f.name for f in fields(Options) if f.name not in _RUN_ONLY)
+
+
+def format_dump(
+    stage: str, ir: Any, config: ModelConfig | None = None, opts: Options | None = None
+):
+    """A stage's IR as a dump file's text: the header, then the IR."""
+    head = [f"# tilert-compile IR after stage {STAGES.index(stage)} of {' > '.join(STAGES)}"]
+    if stage in RESUMABLE:
+        head.append("# edit it, then: tilert-compile --from-ir THIS_FILE [-o OUT_DIR]")
+    head.append(f"# stage: {stage}")
+    if opts is not None:
+        head.append(f"# options: {json.dumps({k: getattr(opts, k) for k in _DUMPED_OPTIONS})}")
+    if config is not None:
+        head.append(f"# config: {json.dumps(config.to_dict())}")
+    return "\n".join(head) + "\n" + format_stage(ir)
+
+
+def dump_name(stage: str) -> str:
+    return f"{STAGES.index(stage):02d}-{stage}.tir"
+
+
+def write_dumps(cm: Any, folder: str | os.PathLike) -> list[Path]:
+    """Every stage `cm` (a CompiledModel) kept: 00-graph.tir, 01-fuse.tir, ..."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for stage, ir in cm.stages.items():
+        p = folder / dump_name(stage)
+        p.write_text(format_dump(stage, ir, cm.config, cm.options))
+        out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class Dump:
+    stage: str  # the stage whose output `ir` is: one of pipeline.RESUMABLE
+    ir: TileProgram | Schedule
+    config: ModelConfig
+    options: dict[str, Any]  # the dump's `# options:` (Options fields), may be empty
+
+
+def read_dump(
+    path: str | os.PathLike,
+    source: str | os.PathLike | dict | ModelConfig | None = None,
+    overrides: dict | None = None,
+) -> Dump:
+    """Parse a dump for resuming. The config is `source` when given, else the dump's
+    `# config:` line; `overrides` (our yaml schema) apply on top of either."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ParseError(f"{path}: cannot read: {e.strerror}") from None
+    meta, ir = parse_dump(text, str(path))
+    stage = meta.get("stage") or _stage_from_name(path) or _stage_from_content(ir)
+    level = "tile" if isinstance(ir, TileProgram) else "schedule"
+    if stage not in RESUMABLE or (level == "tile") != (stage in ("tile", "deps")):
+        raise ParseError(
+            f"{path}: '# stage: {stage}' does not match its '{level}' IR; stages that can "
+            f"be resumed: tile, deps (tile IR), schedule, prefetch, layout (schedule IR)"
+        )
+    if isinstance(source, ModelConfig):
+        cfg = load_config(source.to_dict(), overrides=overrides)
+    elif source is not None:
+        cfg = load_config(source, overrides=overrides)
+    elif "config" in meta:
+        try:
+            cfg = load_config(json.loads(meta["config"]), overrides=overrides)
+        except json.JSONDecodeError as e:
+            raise ParseError(f"{path}: '# config:' is not JSON: {e.msg}") from None
+    else:
+        raise ParseError(
+            f"{path}: no '# config:' line; name the model too: "
+            f"tilert-compile MODEL --from-ir {path}"
+        )
+    if isinstance(ir, Schedule) and len(ir.sm_lists) != cfg.target.sms:
+        raise ParseError(
+            f"{path}: schedules {len(ir.sm_lists)} SMs but the target has {cfg.target.sms}; "
+            f"pass --sms {len(ir.sm_lists)}, or resume from the deps dump to reschedule"
+        )
+    options = json.loads(meta["options"]) if "options" in meta else {}
+    options = {k: v for k, v in options.items() if k in _DUMPED_OPTIONS}
+    return Dump(stage, ir, cfg, options)
+
+
+def _stage_from_name(path: Path) -> str | None:
+    m = re.fullmatch(r"\d+-(\w+)\.tir", path.name)
+    return m.group(1) if m and m.group(1) in RESUMABLE else None
+
+
+def _stage_from_content(ir: TileProgram | Schedule) -> str:
+    """A file without a header: the latest stage whose output it could be."""
+    if isinstance(ir, TileProgram):
+        return "deps" if any(t.signal >= 0 for t in ir.tasks) else "tile"
+    return "layout" if ir.layout else "prefetch" if ir.prefetch else "schedule"

@@ -1,0 +1,206 @@
+"""tilert-run: greedy decoding from a compiled artifact, on the serving box.
+
+    tilert-run build/llama-3.2-1b/                      # prompt 1,2,3; 8 new tokens
+    tilert-run out/ --prompt-ids 5,9,2 --max-new-tokens 32 --weights hf_model_dir/
+
+On a machine with a CUDA GPU it launches the persistent kernel once per token; without one
+it runs the same task table through the CPU interpreter (float32, slow but exact). The
+artifact is checked whole before any weight is loaded, so a damaged or foreign artifact is
+one line on stderr and exit code 2. Imports only the runtime, models and ir: never the
+compiler (passes, codegen, driver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
+from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
+from tilert_compiler.runtime.gpu import KernelError
+from tilert_compiler.runtime.interpreter import InterpreterError
+
+PROG = "tilert-run"
+EXIT_BAD_INPUT = 2
+EXIT_KERNEL_FAILED = 1
+
+
+class UsageError(ValueError):
+    """A command-line value that does not fit the artifact (prompt ids, token count)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything checked before the first weight is read."""
+
+    path: Path
+    artifact: Artifact
+    config: ModelConfig  # weights resolved: the artifact's, or --weights
+    prompt: list[int]
+    new_tokens: int
+    gpu: bool
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        # argparse prints the whole usage first; every error of this command is one line
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Greedy decoding from a tilert-compile artifact.")
+    p.add_argument("artifact", help="artifact folder written by tilert-compile")
+    p.add_argument(
+        "--prompt-ids", default="1,2,3", help="comma-separated token ids (default: 1,2,3)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate (default 8)")
+    p.add_argument(
+        "--weights", help="folder of *.safetensors (default: the artifact's weights spec)"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        plan = _plan(args)
+        _decode(plan, print)
+    except (ArtifactError, ConfigError, UsageError) as e:
+        return _fail(e, EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (KernelError, InterpreterError) as e:  # the run failed, and says where
+        return _fail(e, EXIT_KERNEL_FAILED)
+    return 0
+
+
+def _fail(e: Exception, code: int) -> int:
+    line = " ".join(str(e).split())  # one line, whatever the message held
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    gpu = torch.cuda.is_available()
+    art = load_artifact(args.artifact, need_cubin=gpu)
+    path = Path(args.artifact)
+    m = art.manifest  # load_artifact checked format, arch, table and cubin
+    if gpu:
+        _check_gpu(path, m)
+    cfg = _config(path, m, args.weights)
+    prompt = _prompt(args.prompt_ids, cfg.vocab)
+    n = args.max_new_tokens
+    if n < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1 (got {n})")
+    # The last generated token is never fed back, so the cache holds prompt + n - 1 rows.
+    positions = len(prompt) + n - 1
+    if positions > cfg.max_seq_len:
+        raise UsageError(
+            f"--max-new-tokens {n} after a {len(prompt)}-token prompt needs {positions} cache "
+            f"positions; the artifact's max_seq_len is {cfg.max_seq_len} "
+            f"(at most {cfg.max_seq_len - len(prompt) + 1} new tokens, or recompile with a "
+            "larger --max-seq-len)"
+        )
+    return Plan(path, art, cfg, prompt, n, gpu)
+
+
+def _check_gpu(path: Path, m: dict) -> None:
+    # The same checks GpuModel makes, made before weights are packed (minutes at 8B).
+    props = torch.cuda.get_device_properties(0)
+    have, want = f"{props.major}{props.minor}", m["arch"].removeprefix("sm_").rstrip("a")
+    if have != want:
+        raise ArtifactError(
+            f"{path}: built for {m['arch']}, this GPU is sm_{have} ({props.name}); "
+            "recompile with --target for this GPU"
+        )
+    if props.multi_processor_count < m["sms"]:
+        raise ArtifactError(
+            f"{path}: schedule needs {m['sms']} SMs, {props.name} has "
+            f"{props.multi_processor_count}; recompile with --sms {props.multi_processor_count}"
+        )
+
+
+def _config(path: Path, m: dict, weights_dir: str | None) -> ModelConfig:
+    """The artifact's model config with its weights source resolved on this machine."""
+    raw = m["config"]
+    try:  # the model itself first, so a weights problem is not blamed on the shapes
+        load_config(raw, overrides={"weights": {"random": 0}})
+    except ConfigError as e:
+        raise ArtifactError(f"{path}: manifest config is invalid: {e}") from None
+    if weights_dir is not None:
+        if not Path(weights_dir).is_dir():
+            raise UsageError(f"--weights {weights_dir}: not a folder")
+        return load_config(raw, overrides={"weights": {"path": weights_dir}})
+    spec = raw.get("weights", {})
+    if isinstance(spec, dict) and "path" in spec and not Path(str(spec["path"])).is_dir():
+        raise UsageError(
+            f"{path}: built with weights from {spec['path']}, which is not on this machine; "
+            "pass --weights DIR"
+        )
+    return load_config(raw)
+
+
+def _prompt(text: str, vocab: int) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--prompt-ids must be comma-separated integers (got {text!r})") from None
+    if not ids:
+        raise UsageError("--prompt-ids must name at least one token")
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise UsageError(f"--prompt-ids: token {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    return ids
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode(plan: Plan, say: Callable[[str], None]) -> None:
+    from tilert_compiler.models.weights import load_weights
+
+    step, where = _stepper(plan, load_weights(plan.config))
+    # Teacher-force the prompt, then feed back each argmax: one step per cache position.
+    fed, generated = list(plan.prompt), []
+    t0 = time.perf_counter()
+    for pos, tok in enumerate(plan.prompt[:-1]):
+        step(tok, pos)
+    logits = step(fed[-1], len(fed) - 1)
+    while True:
+        generated.append(int(logits.argmax()))
+        if len(generated) == plan.new_tokens:
+            break
+        fed.append(generated[-1])
+        logits = step(fed[-1], len(fed) - 1)
+    dt = time.perf_counter() - t0
+    say(f"prompt:    {','.join(map(str, plan.prompt))}")
+    say(f"generated: {','.join(map(str, generated))}")
+    say(f"{where}: {len(fed)} steps in {dt:.3f} s, {len(fed) / dt:.1f} tokens/s")
+
+
+def _stepper(plan: Plan, weights: dict) -> tuple[Callable[[int, int], torch.Tensor], str]:
+    """(token, pos) -> logits [vocab], and where it runs."""
+    if plan.gpu:
+        from tilert_compiler.runtime.gpu import GpuModel
+
+        model = GpuModel(plan.path, weights=weights)
+        return model.step, f"GPU ({torch.cuda.get_device_name()})"
+    from tilert_compiler.runtime.interpreter import Interpreter
+
+    interp = Interpreter(plan.artifact, weights)
+    return interp.step, "CPU interpreter (no GPU)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""IR as text: hand-written IR files run through passes (tests/ir/*.tir, FileCheck style),
+exact print/parse round trips on every bundled model, and compiling from an edited dump.
+
+A file in tests/ir/ is IR text with directives in `#` comments:
+    # RUN: deps | schedule sms=2 | prefetch | layout | verify     (steps, in order)
+    # CHECK: text ... more text    (an output line holding the pieces in order; CHECKs in order)
+    # ERROR: text                  (the run fails with a ParseError/VerifyError holding it)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tilert_compiler as tc
+from tilert_compiler.cli import main
+from tilert_compiler.driver import compile_from_ir
+from tilert_compiler.dumps import read_dump, write_dumps
+from tilert_compiler.ir.parse import ParseError, parse, parse_dump, parse_us
+from tilert_compiler.ir.target import Target
+from tilert_compiler.ir.tile import Schedule, TileProgram, format_us
+from tilert_compiler.ir.verify import VerifyError, verify_program, verify_schedule
+from tilert_compiler.models import bundled_names
+from tilert_compiler.passes.deps import deps
+from tilert_compiler.passes.layout import layout
+from tilert_compiler.passes.prefetch import prefetch
+from tilert_compiler.passes.schedule import schedule
+from tilert_compiler.pipeline import RESUMABLE, format_stage, resume_pipeline
+
+IR_FILES = sorted((Path(__file__).parent / "ir").glob("*.tir"))
+
+
+# ---------------------------------------------------------------- hand-written IR files
+
+
+def _directives(text: str, key: str) -> list[str]:
+    return [m.group(1).strip() for m in re.finditer(rf"^# {key}:(.*)$", text, re.M)]
+
+
+def _run_steps(ir, run: str, origin: str):
+    target = None
+    for step in (s.strip() for s in run.split("|")):
+        name, *kv = step.split()
+        kw = dict(x.split("=") for x in kv)
+        if name == "deps":
+            ir = deps(ir)
+        elif name == "schedule":
+            target = Target(sms=int(kw["sms"]))
+            ir = schedule(ir, target)
+        elif name == "prefetch":
+            ir = prefetch(ir, target or Target(sms=len(ir.sm_lists)))
+        elif name == "layout":
+            ir = layout(ir)
+        elif name == "verify":
+            verify_program(ir) if isinstance(ir, TileProgram) else verify_schedule(ir)
+        elif name != "parse":
+            raise AssertionError(f"{origin}: unknown RUN step '{name}'")
+    return ir
+
+
+def _check_lines(out: str, checks: list[str], origin: str) -> None:
+    lines = out.splitlines()
+    at = 0
+    for check in checks:
+        pieces = check.split(" ... ")
+        for i in range(at, len(lines)):
+            pos = 0
+            for piece in pieces:
+                pos = lines[i].find(piece, pos)
+                if pos < 0:
+                    break
+                pos += len(piece)
+            if pos >= 0:
+                at = i + 1
+                break
+        else:
+            raise AssertionError(f"{origin}: no line after line {at} matches '{check}':\n{out}")
+
+
+@pytest.mark.parametrize("path", IR_FILES, ids=[p.stem for p in IR_FILES])
+def test_ir_file(path: Path):
+    text = path.read_text()
+    (run,) = _directives(text, "RUN")
+    checks, errors = _directives(text, "CHECK"), _directives(text, "ERROR")
+    assert checks or errors, f"{path.name}: nothing to check"
+    try:
+        out_ir = _run_steps(parse(text, path.name), run, path.name)
+    except (ParseError, VerifyError) as e:
+        assert errors, f"{path.name}: unexpected {type(e).__name__}: {e}"
+        assert "\n" not in str(e)
+        for err in errors:
+            assert err in str(e), f"{path.name}: expected '{err}' in: {e}"
+        return
+    assert not errors, f"{path.name}: expected an error, got:\n{format_stage(out_ir)}"
+    out = format_stage(out_ir)
+    _check_lines(out, checks, path.name)
+    assert parse(out) == out_ir  # whatever a pass produced prints and parses back
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("name", bundled_names())
+def test_every_stage_of_every_bundled_model_parses_back_exactly(name: str):
+    # Two layers keep the big models fast; the structure (every task kind) is the same.
+    cm = tc.compile(name, overrides={"layers": 2}, nvcc=False)
+    for stage in RESUMABLE:
+        ir = cm.stages[stage]
+        text = format_stage(ir)
+        back = parse(text)
+        assert back == ir, f"{name} {stage}: parse(print(ir)) != ir"
+        assert format_stage(back) == text
+
+
+@given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False))
+def test_predicted_times_print_in_us_and_parse_back_to_the_same_float(seconds: float):
+    text = format_us(seconds)
+    assert "e" not in text.lower()
+    assert parse_us(text) == seconds
+    assert math.isclose(float(text), seconds * 1e6, rel_tol=1e-12, abs_tol=1e-300)
+
+
+def test_parse_errors_are_one_line_with_file_and_line():
+    good = "tile m\n  tensor x [4] act layer=0\n  t0 = embed e layer=-1 writes=(x[0:4])\n"
+    assert isinstance(parse(good), TileProgram)
+    cases = {
+        good.replace("writes=", "wirtes="): "m.tir:3: t0 wirtes=: unknown key",
+        good.replace("t0 =", "t1 ="): "m.tir:3: t1 out of order: expected t0",
+        good.replace("x[0:4]", "x[0:pos+]"): "m.tir:3: t0 writes=: expected an int",
+        good + "  t1 = embed e layer=-1 waits=(c3>=1)\n": "m.tir:4: t1 names c3",
+        good.replace("act", "activation"): "m.tir:2: unknown storage 'activation'",
+        "schedule m\n": "m.tir:1: expected 'tile MODEL' or 'schedule MODEL sms=N'",
+    }
+    for text, msg in cases.items():
+        with pytest.raises(ParseError) as e:
+            parse(text, "m.tir")
+        assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_schedules_sm_notes_must_agree_with_its_sm_lists():
+    text = (
+        "schedule m sms=2\n  tensor x [4] act layer=0\n  sm 0: t0\n"
+        "  t0 = embed e layer=-1 writes=(x[0:4]) sm=1\n"
+    )
+    with pytest.raises(ParseError, match="t0 says sm=1 but is listed on sm 0"):
+        parse(text)
+    # Without `sm I:` lines the notes decide.
+    s = parse(text.replace("  sm 0: t0\n", ""))
+    assert isinstance(s, Schedule) and s.sm_lists == ((), (0,))
+
+
+# ---------------------------------------------------------------- resuming and editing
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cm = tc.compile("tiny-llama", nvcc=False)
+    folder = tmp_path_factory.mktemp("dumps")
+    write_dumps(cm, folder)
+    return cm, folder
+
+
+def test_resuming_after_any_stage_gives_what_the_pipeline_gives(tiny):
+    cm, _ = tiny
+    for stage in RESUMABLE:
+        got: dict = {}
+        resume_pipeline(stage, cm.stages[stage], cm.config, cm.options, got.__setitem__)
+        assert all(got[s] == cm.stages[s] for s in got), stage
+
+
+def test_dumps_carry_their_stage_config_and_options(tiny):
+    cm, folder = tiny
+    names = sorted(p.name for p in folder.glob("*.tir"))
+    assert names[:3] == ["00-graph.tir", "01-fuse.tir", "02-tile.tir"]
+    d = read_dump(folder / "04-schedule.tir")
+    assert d.stage == "schedule" and d.config == cm.config and d.ir == cm.stages["schedule"]
+    meta, _ = parse_dump((folder / "03-deps.tir").read_text())
+    assert meta["stage"] == "deps" and '"l2_prefetch": true' in meta["options"]
+
+
+def test_compiling_an_unedited_dump_gives_the_same_kernel(tiny):
+    cm, folder = tiny
+    again = compile_from_ir(folder / "03-deps.tir", nvcc=False)
+    assert again.source == cm.source
+    assert again.schedule == cm.schedule
+
+
+def test_moving_a_task_to_another_sm_in_a_dump_moves_it_and_keeps_the_logits(tiny):
+    cm, folder = tiny
+    text = (folder / "04-schedule.tir").read_text()
+    lists = cm.schedule.sm_lists
+    moved = lists[0][-1]  # SM 0's last task joins SM 1's list, in global order
+    new0, new1 = lists[0][:-1], tuple(sorted(lists[1] + (moved,)))
+    text = text.replace(_sm_line(0, lists[0]), _sm_line(0, new0))
+    text = text.replace(_sm_line(1, lists[1]), _sm_line(1, new1))
+    text = re.sub(rf"^(  t{moved} = .*) sm=0 ", r"\1 sm=1 ", text, flags=re.M)
+    edited = folder / "edited-schedule.tir"
+    edited.write_text(text)
+    cm2 = compile_from_ir(edited, nvcc=False)
+    assert cm2.schedule.sm_lists[0] == new0 and cm2.schedule.sm_lists[1] == new1
+    assert cm2.schedule.sm_of()[moved] == 1
+    tokens = [3, 1, 4]
+    torch.testing.assert_close(cm2.interpret(tokens), cm.interpret(tokens), rtol=0, atol=0)
+
+
+def _sm_line(sm: int, ids: tuple[int, ...]) -> str:
+    return f"  sm {sm}:" + "".join(f" t{t}" for t in ids) + "\n"
+
+
+def test_resuming_from_the_tile_dump_reschedules_for_other_sms(tiny):
+    _, folder = tiny
+    cm4 = compile_from_ir(folder / "02-tile.tir", overrides={"target": {"sms": 4}}, nvcc=False)
+    assert len(cm4.schedule.sm_lists) == 4
+    assert cm4.manifest["sms"] == 4
+
+
+def test_an_edit_that_drops_a_wait_fails_verification_with_one_line_exit_2(tiny, capsys):
+    cm, folder = tiny
+    deps_ir = cm.stages["deps"]
+    victim = next(t for t in deps_ir.tasks if t.kind.value == "linear_residual")
+    text = (folder / "03-deps.tir").read_text()
+    line = next(x for x in text.splitlines() if x.startswith(f"  t{victim.id} = "))
+    cut = re.sub(r" deps=\(.*?\) waits=\(.*?\)", "", line)
+    edited = folder / "edited-deps.tir"
+    edited.write_text(text.replace(line, cut))
+    rc = main(["--from-ir", str(edited), "-o", str(folder / "out"), "--no-nvcc", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.count("\n") == 0 and "VerifyError" in err
+    assert f"t{victim.id} reads" in err and "without waiting" in err
+
+
+def test_a_dump_without_a_header_needs_the_model_named(tiny, tmp_path):
+    cm, _ = tiny
+    cm.dump_ir(tmp_path)  # the API's dumps: no header
+    plain = tmp_path / "04-schedule.tir"
+    with pytest.raises(ParseError, match="name the model too"):
+        read_dump(plain)
+    assert read_dump(plain, "tiny-llama").stage == "schedule"
+
+
+# ---------------------------------------------------------------- explain and pictures
+
+
+def test_explain_lists_every_op_and_compares_the_prediction_with_the_floor(tiny):
+    from tilert_compiler.explain import explain, weight_bytes
+
+    cm, _ = tiny
+    text = explain(cm.schedule, cm.config.target)
+    ops = dict.fromkeys(t.op for t in cm.schedule.program.tasks)
+    for op in ops:
+        assert re.search(rf"^\s*(-|\d+)?\s+{re.escape(op)}\s", text, re.M), op
+    step_us = max(e for _, e in cm.schedule.predicted) * 1e6
+    floor_us = weight_bytes(cm.schedule) / cm.config.target.hbm_bytes_per_s * 1e6
+    assert f"predicted step  {step_us:9.1f} us" in text
+    assert f"floor           {floor_us:9.1f} us" in text
+
+
+def test_pictures_draw_the_schedule_and_a_layer_graph(tiny, tmp_path):
+    pytest.importorskip("matplotlib")
+    from tilert_compiler.pictures import write_pictures
+
+    cm, _ = tiny
+    files = {p.name: p for p in write_pictures(cm.schedule, cm.config.target, tmp_path)}
+    for name in ("schedule", "schedule-layer0", "deps-layer0"):
+        assert files[f"{name}.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in files[f"{name}.svg"].read_text()[:2000]
+    dot = files["deps-layer0.dot"].read_text()
+    layer0 = [t for t in cm.schedule.program.tasks if t.layer == 0]
+    assert dot.startswith("digraph") and all(f"  t{t.id} [" in dot for t in layer0)
