@@ -74,7 +74,26 @@ def _parser() -> argparse.ArgumentParser:
         help="the layer whose schedule is zoomed into and whose dependency graph is drawn",
     )
     p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
-    p.add_argument("--no-l2-prefetch", action="store_true", help="switch the L2 prefetch pass off")
+    p.add_argument(
+        "--l2-prefetch",
+        action="store_true",
+        help="bulk-prefetch upcoming weights into L2 (off: measured slower with the ring)",
+    )
+    p.add_argument(
+        "--no-weight-ring",
+        action="store_true",
+        help="no producer warp / shared-memory weight ring (ablation)",
+    )
+    p.add_argument(
+        "--coarse-deps",
+        action="store_true",
+        help="one dependency counter per op instead of per tile group (ablation)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="kernel records per-task timestamps; a GPU run writes trace.json",
+    )
     p.add_argument(
         "--tokens",
         type=int,
@@ -111,6 +130,25 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _option_flags(args, only_set: bool = False) -> dict:
+    """Compiler options from the flags (only_set: just the flags given, for --from-ir)."""
+    flags = {
+        "nvcc": not args.no_nvcc,
+        "l2_prefetch": args.l2_prefetch,
+        "weight_ring": not args.no_weight_ring,
+        "fine_deps": not args.coarse_deps,
+        "profile": args.profile,
+    }
+    defaults = {
+        "nvcc": True,
+        "l2_prefetch": False,
+        "weight_ring": True,
+        "fine_deps": True,
+        "profile": False,
+    }
+    return {k: v for k, v in flags.items() if not only_set or v != defaults[k]}
+
+
 def _run(args, say) -> int:
     import tilert_compiler as tc
     from tilert_compiler.models.config import describe
@@ -127,8 +165,7 @@ def _run(args, say) -> int:
         from tilert_compiler.driver import compile_from_ir
 
         # Options the dump recorded hold unless a flag says otherwise.
-        kw = {"nvcc": False} if args.no_nvcc else {}
-        kw |= {"l2_prefetch": False} if args.no_l2_prefetch else {}
+        kw = _option_flags(args, only_set=True)
         say(f"compiling from {args.from_ir}")
         cm = compile_from_ir(
             args.from_ir, args.model, overrides=overrides or None, progress=say, **kw
@@ -139,9 +176,7 @@ def _run(args, say) -> int:
         cfg = tc.load_config(args.model or DEFAULT_MODEL, overrides=overrides or None)
         out = Path(args.out) if args.out else Path("build") / cfg.name
         say(f"compiling {describe(cfg)}")
-        cm = tc.compile(
-            cfg, progress=say, nvcc=not args.no_nvcc, l2_prefetch=not args.no_l2_prefetch
-        )
+        cm = tc.compile(cfg, progress=say, **_option_flags(args))
     cm.save(out)
     if args.dump_ir is not None:
         from tilert_compiler.dumps import write_dumps
@@ -204,6 +239,14 @@ def _run_tokens(cm, out: Path, n: int, say) -> int:
             f"GPU: next-token argmax {preds}; {ms:.3f} ms/step at pos {n - 1} "
             f"({1e3 / ms:.0f} tokens/s) on {torch.cuda.get_device_name()}"
         )
+        if m.profiled:  # the last launch's measured timeline
+            from tilert_compiler.runtime.trace import timeline
+
+            stamps, sm_of = m.timeline()
+            tl = timeline(stamps, sm_of, m.art.table)
+            tl.write_trace(out / "trace.json")
+            print(tl.summary())
+            say(f"wrote {out / 'trace.json'} (open in ui.perfetto.dev)")
         return 0
     say(f"no GPU: interpreting {n} tokens on the CPU (float32 reference of the task table)")
     t0 = time.perf_counter()

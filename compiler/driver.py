@@ -185,6 +185,7 @@ def _manifest(
             for n, a, off in sched.layout
         ],
         "counters": len(sched.program.counters),
+        "predicted_step_us": max((e for _, e in sched.predicted), default=0.0) * 1e6,
         "tasks": len(sched.program.tasks),
         "norm_eps": float(cfg.norm_eps),
         "rope_inv_freq": inv_freq,

@@ -8,7 +8,9 @@ from dataclasses import dataclass, fields, replace
 
 @dataclass(frozen=True)
 class Options:
-    l2_prefetch: bool = True  # passes.prefetch: bulk L2 prefetch of upcoming weights
+    # passes.prefetch: bulk L2 prefetch of upcoming weights. Off by default: measured slower
+    # on H100 with the weight ring on (bench/NOTES.md, 2026-11-27: 1.277 vs 1.404 ms).
+    l2_prefetch: bool = False
     weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     fault_skip_signal: int = -1  # debug build: this task never signals (fault injection)
@@ -35,8 +37,8 @@ def from_env(base: Options | None = None) -> Options:
         o = replace(o, dump_ir=env["TILERT_DUMP_IR"])
     if env.get("TILERT_CACHE_DIR") and o.cache_dir is None:
         o = replace(o, cache_dir=env["TILERT_CACHE_DIR"])
-    if env.get("TILERT_NO_L2_PREFETCH"):
-        o = replace(o, l2_prefetch=False)
+    if env.get("TILERT_L2_PREFETCH"):
+        o = replace(o, l2_prefetch=True)
     if env.get("TILERT_NO_WEIGHT_RING"):
         o = replace(o, weight_ring=False)
     return o

@@ -65,3 +65,38 @@ def test_missing_dependency_times_out_with_a_named_error(loaded):
     m.reset()
     m.timeout_ns = int(1e9)
     m.step(1, 0)  # the GPU is usable again
+
+
+def test_a_signal_that_never_comes_ends_in_a_named_error_within_2s(tmp_path):
+    """Fault injection: a debug build where the embedding task never signals. Every wait
+    downstream is bounded; the launch must fail fast with SM/task/counter named, and the
+    GPU must run the next (correct) launch."""
+    import time
+
+    from tilert_compiler.runtime.gpu import GpuModel, KernelError
+
+    faulty = tc.compile("tiny-llama", fault_skip_signal=0)
+    good = tc.compile("tiny-llama")
+    w = load_weights(faulty.config)
+    m = GpuModel(faulty.save(tmp_path / "faulty"), weights=w)
+    t0 = time.perf_counter()
+    with pytest.raises(KernelError, match=r"timed out: sm \d+, task t\d+, counter c\d+"):
+        m.step(1, 0)
+    assert time.perf_counter() - t0 < 2.0
+    ok = GpuModel(good.save(tmp_path / "good"), weights=w)
+    assert torch.isfinite(ok.step(1, 0)).all()
+
+
+def test_profiled_kernel_records_every_task(tmp_path):
+    from tilert_compiler.runtime.gpu import GpuModel
+    from tilert_compiler.runtime.trace import timeline
+
+    cm = tc.compile("tiny-qwen3", profile=True)
+    m = GpuModel(cm.save(tmp_path / "p"), weights=load_weights(cm.config))
+    m.step(3, 0)
+    stamps, sm_of = m.timeline()
+    assert (stamps > 0).all()
+    assert (stamps[:, 0] <= stamps[:, 1]).all() and (stamps[:, 1] <= stamps[:, 2]).all()
+    tl = timeline(stamps, sm_of, cm.table)
+    tl.write_trace(tmp_path / "trace.json")
+    assert tl.span_us > 0

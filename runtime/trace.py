@@ -1,0 +1,127 @@
+"""Measured timeline of one decode step (artifact compiled with profile=True).
+
+The kernel records, per task, the global timer at three points: before its dependency
+wait, when the wait is over, and when the task is done. From those this module writes a
+Chrome/Perfetto trace (one track per SM), a per-SM Gantt PNG of measured times, and a
+summary: busy and dependency-wait time per SM and per task kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Timeline:
+    start: np.ndarray  # [n] us: wait start (relative to the step's first task)
+    run: np.ndarray  # [n] us: run start
+    end: np.ndarray  # [n] us: done
+    sm: list[int]
+    kind: list[str]
+    layer: list[int]
+
+    @property
+    def span_us(self) -> float:
+        return float(self.end.max())
+
+    def summary(self) -> str:
+        lines = [f"measured step span {self.span_us:.1f} us over {len(set(self.sm))} SMs"]
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for i, k in enumerate(self.kind):
+            by_kind[k].append(i)
+        lines.append(f"{'kind':<18}{'tasks':>7}{'run us':>9}{'wait us':>9}{'busy %':>8}")
+        total = self.span_us * len(set(self.sm))
+        for k, idx in by_kind.items():
+            run = self.end[idx] - self.run[idx]
+            wait = self.run[idx] - self.start[idx]
+            lines.append(
+                f"{k:<18}{len(idx):>7}{run.mean():>9.2f}{wait.mean():>9.2f}"
+                f"{100 * run.sum() / total:>7.1f}%"
+            )
+        busy = sum(float((self.end - self.run)[i]) for i in range(len(self.sm)))
+        waiting = sum(float((self.run - self.start)[i]) for i in range(len(self.sm)))
+        lines.append(
+            f"all SMs: busy {100 * busy / total:.1f}%, waiting on dependencies "
+            f"{100 * waiting / total:.1f}%, idle {100 * (1 - (busy + waiting) / total):.1f}%"
+        )
+        return "\n".join(lines)
+
+    def chrome_trace(self) -> dict:
+        ev = []
+        for i in range(len(self.sm)):
+            if self.run[i] > self.start[i]:
+                ev.append(
+                    {
+                        "name": "wait",
+                        "cat": "wait",
+                        "ph": "X",
+                        "pid": 0,
+                        "tid": self.sm[i],
+                        "ts": float(self.start[i]),
+                        "dur": float(self.run[i] - self.start[i]),
+                    }
+                )
+            ev.append(
+                {
+                    "name": f"{self.kind[i]} L{self.layer[i]}",
+                    "cat": self.kind[i],
+                    "ph": "X",
+                    "pid": 0,
+                    "tid": self.sm[i],
+                    "ts": float(self.run[i]),
+                    "dur": float(self.end[i] - self.run[i]),
+                    "args": {"task": i},
+                }
+            )
+        ev += [
+            {"name": "thread_name", "ph": "M", "pid": 0, "tid": s, "args": {"name": f"SM {s}"}}
+            for s in sorted(set(self.sm))
+        ]
+        return {"traceEvents": ev, "displayTimeUnit": "ns"}
+
+    def write_trace(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.chrome_trace(), f)
+
+    def write_gantt(self, path, title: str = "") -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        kinds = sorted(set(self.kind))
+        colors = dict(zip(kinds, plt.cm.tab10.colors, strict=False))
+        n_sm = max(self.sm) + 1
+        fig, ax = plt.subplots(figsize=(14, max(4, n_sm * 0.06 + 2)), dpi=110)
+        for k in kinds:
+            idx = [i for i, x in enumerate(self.kind) if x == k]
+            ax.barh(
+                [self.sm[i] for i in idx],
+                self.end[idx] - self.run[idx],
+                left=self.run[idx],
+                height=0.8,
+                color=colors[k],
+                label=k,
+                linewidth=0,
+            )
+        ax.set_xlabel("measured time (us)")
+        ax.set_ylabel("SM")
+        ax.set_ylim(n_sm, -1)
+        ax.set_title(title or "measured timeline: gaps are dependency waits")
+        ax.legend(loc="upper right", fontsize=8, ncols=len(kinds))
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+
+def timeline(stamps: np.ndarray, sm_of: list[int], table) -> Timeline:
+    """stamps: int64 [n, 3] global-timer ns from GpuModel.timeline()."""
+    t0 = stamps[:, 0].min()
+    us = (stamps - t0) / 1e3
+    kinds = [table.variants[int(k)].kind for k in table.records[:, 0]]
+    layers = [int(x) for x in table.records[:, 1]]
+    return Timeline(us[:, 0], us[:, 1], us[:, 2], list(sm_of), kinds, layers)
