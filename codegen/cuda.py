@@ -9,7 +9,7 @@ import jinja2
 import numpy as np
 
 from tilert_compiler.ir.target import Target
-from tilert_compiler.ir.tasktable import F_ARG0, RECORD, TaskTable, Variant
+from tilert_compiler.ir.tasktable import F_ARG0, PROFILE_WORDS, RECORD, TaskTable, Variant
 from tilert_compiler.ir.tile import Schedule
 
 KERNEL_NAME = "tilert_decode_step"
@@ -122,6 +122,7 @@ def emit_cuda(
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),
         l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)),
         profile=profile,
+        profile_words=PROFILE_WORDS,
         fault_skip_signal=fault_skip_signal,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,

@@ -24,6 +24,9 @@ RECORD = 20
 F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF, F_NSTREAM, F_STREAM = range(9)
 F_ARG0 = 9
 NO_OFFSET = -1
+# Profiled builds: int64 words per task in the profile buffer (wait start, run start, end
+# in global-timer ns; ns spent waiting for weights in the ring).
+PROFILE_WORDS = 4
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).

@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from tilert_compiler.ir.tasktable import PROFILE_WORDS
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
 
@@ -111,7 +112,7 @@ class GpuModel:
         self.profiled = bool(m.get("options", {}).get("profile"))
         n_tasks = len(t.records)
         self.profile = torch.zeros(
-            (n_tasks if self.profiled else 0, 3), dtype=torch.int64, device=dev
+            (n_tasks if self.profiled else 0, PROFILE_WORDS), dtype=torch.int64, device=dev
         )
         lg = self.art.tensor("logits")
         self.logits = self.act[lg["offset"] : lg["offset"] + lg["shape"][0]]
@@ -203,8 +204,9 @@ class GpuModel:
         self.epoch = 0
 
     def timeline(self):
-        """After a profiled step: int64 [n_tasks, 3] global-timer ns (wait start, run start,
-        end) per task, and each task's SM, as numpy arrays."""
+        """After a profiled step: int64 [n_tasks, PROFILE_WORDS] per task (global-timer ns at
+        wait start, run start and end; ns spent waiting for weights in the ring), and each
+        task's SM."""
         if not self.profiled:
             raise RuntimeError("compiled without profile=True (tilert-compile --profile)")
         torch.cuda.synchronize(self.device)

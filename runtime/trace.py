@@ -20,6 +20,7 @@ class Timeline:
     start: np.ndarray  # [n] us: wait start (relative to the step's first task)
     run: np.ndarray  # [n] us: run start
     end: np.ndarray  # [n] us: done
+    weights: np.ndarray  # [n] us: inside the run, waiting for weight chunks (ring builds)
     sm: list[int]
     kind: list[str]
     layer: list[int]
@@ -33,21 +34,35 @@ class Timeline:
         by_kind: dict[str, list[int]] = defaultdict(list)
         for i, k in enumerate(self.kind):
             by_kind[k].append(i)
-        lines.append(f"{'kind':<18}{'tasks':>7}{'run us':>9}{'wait us':>9}{'busy %':>8}")
+        lines.append(
+            f"{'kind':<18}{'tasks':>7}{'run us':>9}{'dep wait':>9}{'weights':>9}{'busy %':>8}"
+        )
         total = self.span_us * len(set(self.sm))
         for k, idx in by_kind.items():
             run = self.end[idx] - self.run[idx]
             wait = self.run[idx] - self.start[idx]
             lines.append(
                 f"{k:<18}{len(idx):>7}{run.mean():>9.2f}{wait.mean():>9.2f}"
-                f"{100 * run.sum() / total:>7.1f}%"
+                f"{self.weights[idx].mean():>9.2f}{100 * run.sum() / total:>7.1f}%"
             )
-        busy = sum(float((self.end - self.run)[i]) for i in range(len(self.sm)))
-        waiting = sum(float((self.run - self.start)[i]) for i in range(len(self.sm)))
+        busy = float((self.end - self.run).sum())
+        waiting = float((self.run - self.start).sum())
+        weights = float(self.weights.sum())
         lines.append(
-            f"all SMs: busy {100 * busy / total:.1f}%, waiting on dependencies "
-            f"{100 * waiting / total:.1f}%, idle {100 * (1 - (busy + waiting) / total):.1f}%"
+            f"all SMs: running {100 * busy / total:.1f}% (of which waiting on weights "
+            f"{100 * weights / total:.1f}%), waiting on dependencies {100 * waiting / total:.1f}%,"
+            f" idle {100 * (1 - (busy + waiting) / total):.1f}%"
         )
+        lines.append("per SM, us: running / of which waiting on weights / waiting on dependencies")
+        per_sm: dict[int, list[int]] = defaultdict(list)
+        for i, sm in enumerate(self.sm):
+            per_sm[sm].append(i)
+        cells = []
+        for sm, idx in sorted(per_sm.items()):
+            run = float((self.end[idx] - self.run[idx]).sum())
+            dep = float((self.run[idx] - self.start[idx]).sum())
+            cells.append(f"sm{sm} {run:.0f}/{float(self.weights[idx].sum()):.0f}/{dep:.0f}")
+        lines += ["  " + "  ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
         return "\n".join(lines)
 
     def chrome_trace(self) -> dict:
@@ -121,7 +136,8 @@ class Timeline:
 def timeline(stamps: np.ndarray, sm_of: list[int], table) -> Timeline:
     """stamps: int64 [n, 3] global-timer ns from GpuModel.timeline()."""
     t0 = stamps[:, 0].min()
-    us = (stamps - t0) / 1e3
+    us = (stamps[:, :3] - t0) / 1e3
     kinds = [table.variants[int(k)].kind for k in table.records[:, 0]]
     layers = [int(x) for x in table.records[:, 1]]
-    return Timeline(us[:, 0], us[:, 1], us[:, 2], list(sm_of), kinds, layers)
+    weights = stamps[:, 3] / 1e3 if stamps.shape[1] > 3 else np.zeros(len(stamps))
+    return Timeline(us[:, 0], us[:, 1], us[:, 2], weights, list(sm_of), kinds, layers)

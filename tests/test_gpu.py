@@ -95,8 +95,9 @@ def test_profiled_kernel_records_every_task(tmp_path):
     m = GpuModel(cm.save(tmp_path / "p"), weights=load_weights(cm.config))
     m.step(3, 0)
     stamps, sm_of = m.timeline()
-    assert (stamps > 0).all()
+    assert (stamps[:, :3] > 0).all() and (stamps[:, 3] >= 0).all()
     assert (stamps[:, 0] <= stamps[:, 1]).all() and (stamps[:, 1] <= stamps[:, 2]).all()
+    assert (stamps[:, 3] <= stamps[:, 2] - stamps[:, 1]).all()  # weight waits are in the run
     tl = timeline(stamps, sm_of, cm.table)
     tl.write_trace(tmp_path / "trace.json")
     assert tl.span_us > 0

@@ -181,7 +181,7 @@ def test_dumps_carry_their_stage_config_and_options(tiny):
     d = read_dump(folder / "04-schedule.tir")
     assert d.stage == "schedule" and d.config == cm.config and d.ir == cm.stages["schedule"]
     meta, _ = parse_dump((folder / "03-deps.tir").read_text())
-    assert meta["stage"] == "deps" and '"l2_prefetch": true' in meta["options"]
+    assert meta["stage"] == "deps" and '"weight_ring": true' in meta["options"]
 
 
 def test_compiling_an_unedited_dump_gives_the_same_kernel(tiny):

@@ -100,3 +100,30 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection():
     o_proj = next(t for t in tasks if t.op == "L0.o_proj")
     waited = {x.id for c, _ in o_proj.waits for x in tasks if x.signal == c}
     assert splits <= waited  # the combine may be done by any split
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"weight_ring": False},
+        {"l2_prefetch": True},
+        {"l2_prefetch": True, "weight_ring": False},
+        {"fine_deps": False},
+        {"profile": True},
+        {"profile": True, "weight_ring": False},
+        {"fault_skip_signal": 0},
+    ],
+)
+def test_every_option_compiles_clean(options):
+    """Each switch of the ablation table (and the debug builds) emits warning-free code."""
+    cm = tc.compile("tiny-qwen3", **options)
+    assert cm.resources.spill_stores == 0 and cm.resources.spill_loads == 0
+    for key, value in options.items():
+        assert cm.manifest["options"][key] == value
+
+
+def test_profile_buffer_stride_matches_the_runtime():
+    from tilert_compiler.ir.tasktable import PROFILE_WORDS
+
+    src = tc.compile("tiny-llama", profile=True, nvcc=False).source
+    assert f"p.profile + {PROFILE_WORDS}LL * task" in src
