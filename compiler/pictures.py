@@ -30,8 +30,6 @@ KIND_COLOURS = {
     "attention_decode": "#d62728",
     "linear_residual": "#2ca02c",
     "gate_up_silu": "#ff7f0e",
-    "qkv_rope_cache": "#9467bd",
-    "attention": "#8c564b",
 }
 _SPARE = ("#e377c2", "#17becf", "#bcbd22", "#9edae5", "#c49c94", "#f7b6d2")
 
