@@ -12,15 +12,14 @@ Prints ms, tokens/s, fraction of the floor and the ratios; writes JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import statistics
-import subprocess
 import time
 
 import torch
 import torch.nn.functional as F
+from measure import copy_bandwidth, events_median, provenance, step_ms
 
 from tilert_compiler.models.config import ModelConfig
 from tilert_compiler.models.reference import hf_model
@@ -28,29 +27,6 @@ from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
-
-
-def events_median(fn, iters: int) -> float:
-    """Median ms of fn() over `iters` calls, CUDA events around each."""
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> float:
-    n = 1 << 28
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    ms = events_median(lambda: b.copy_(a), 20)
-    return 2 * n * 2 / (ms / 1e3)
 
 
 class StaticDecoder(torch.nn.Module):
@@ -124,15 +100,7 @@ class StaticDecoder(torch.nn.Module):
 
 def time_ours(artifact, weights, vocab: int, context: int, iters: int) -> float:
     m = GpuModel(artifact, weights=weights)
-    toks = torch.randint(0, vocab, (context + 1,)).tolist()
-    for pos in range(context):
-        m.launch(toks[pos], pos)
-    m.check()
-    for _ in range(10):
-        m.launch(toks[context], context)
-    ms = events_median(lambda: m.launch(toks[context], context), iters)
-    m.check()
-    return ms
+    return step_ms(m, torch.randint(0, vocab, (context + 1,)).tolist(), context, iters)
 
 
 def time_hf_generate(cfg, weights, context: int, new_tokens: int = 96) -> float:
@@ -195,12 +163,7 @@ def main() -> None:
     ours = time_ours(a.artifact, weights, cfg.vocab, a.context, a.iters)
     res = {
         "model": cfg.name,
-        "card": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        or None,
+        **provenance(),
         "context": a.context,
         "copy_bw_TBps": bw / 1e12,
         "weight_GB": weight_bytes / 1e9,

@@ -13,14 +13,12 @@ step is timed there with CUDA events (median of `iters`).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import statistics
-import subprocess
 import time
 
 import torch
+from measure import copy_bandwidth, provenance, step_ms
 
 from tilert_compiler.models.config import ModelConfig
 from tilert_compiler.models.reference import hf_model, reference_logits
@@ -32,40 +30,6 @@ from tilert_compiler.runtime.gpu import GpuModel
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per row ||a - b|| / ||b||."""
     return (a.double() - b.double()).norm(dim=-1) / b.double().norm(dim=-1)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 512 MiB: bytes read + written per second (median of 20)."""
-    n = 1 << 28  # bf16 elements
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
-    b = torch.empty_like(a)
-    times = []
-    for _ in range(25):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    del a, b
-    return 2 * n * 2 / statistics.median(times[5:])
-
-
-def time_steps(m: GpuModel, token: int, pos: int, iters: int) -> float:
-    """Median ms of one launch at `pos` (CUDA events around each launch)."""
-    for _ in range(10):
-        m.launch(token, pos)
-    m.check()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        m.launch(token, pos)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    m.check()
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -92,11 +56,11 @@ def main() -> None:
 
     m = GpuModel(a.artifact, weights=weights)
     if a.time_only:
-        extra = torch.randint(0, cfg.vocab, (a.time_pos,), generator=g).tolist()
+        extra = torch.randint(0, cfg.vocab, (a.time_pos + 1,), generator=g).tolist()
         for pos in range(a.time_pos):
             m.launch(extra[pos], pos)
         m.check()
-        ms = time_steps(m, extra[0], a.time_pos, a.iters)
+        ms = step_ms(m, extra, a.time_pos, a.iters, fill=False)
         print(f"TIME {a.artifact}: {ms:.3f} ms at pos {a.time_pos} ({cfg.name})")
         return
     ours = []
@@ -110,11 +74,11 @@ def main() -> None:
 
     ms = None
     if a.time_pos < m.max_seq_len:  # fill the cache up to time_pos, then time there
-        extra = torch.randint(0, cfg.vocab, (a.time_pos,), generator=g).tolist()
+        extra = torch.randint(0, cfg.vocab, (a.time_pos + 1,), generator=g).tolist()
         for pos in range(n, a.time_pos):
             m.launch(extra[pos], pos)
         m.check()
-        ms = time_steps(m, extra[0], a.time_pos, a.iters)
+        ms = step_ms(m, extra, a.time_pos, a.iters, fill=False)
         print(f"[{time.time() - t0:6.1f}s] step at pos {a.time_pos}: {ms:.3f} ms", flush=True)
     del m
     gc.collect()
@@ -143,12 +107,7 @@ def main() -> None:
     floor_ms = weight_bytes / bw * 1e3
     result = {
         "model": cfg.name,
-        "card": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        or None,
+        **provenance(),
         "context": a.context,
         "steps": a.steps,
         "rel_l2_ours_mean": float(err_ours.mean()),

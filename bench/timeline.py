@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 import torch
+from measure import step_ms
 
 from tilert_compiler.models.config import ModelConfig
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
 from tilert_compiler.runtime.trace import timeline
-
-
-def step_ms(m: GpuModel, toks: list[int], pos: int, iters: int) -> float:
-    for p in range(pos):
-        m.launch(toks[p], p)
-    m.check()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        m.launch(toks[pos], pos)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    m.check()
-    return statistics.median(times)
 
 
 def main() -> None:

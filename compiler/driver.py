@@ -49,15 +49,11 @@ class CompiledModel:
         return format_stage(self.stages[stage])
 
     def dump_ir(self, folder: str | os.PathLike) -> list[Path]:
-        """One numbered file per stage: 00-graph.tir, 01-fuse.tir, ..."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for i, name in enumerate(self.stages):
-            p = folder / f"{i:02d}-{name}.tir"
-            p.write_text(self.ir(name))
-            out.append(p)
-        return out
+        """One numbered file per stage (00-graph.tir, 01-fuse.tir, ...), each with a header
+        naming its stage, options and config, so `tilert-compile --from-ir` takes it alone."""
+        from tilert_compiler.dumps import write_dumps
+
+        return write_dumps(self, folder)
 
     @property
     def artifact(self) -> Artifact:

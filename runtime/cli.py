@@ -117,18 +117,9 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 def _check_gpu(path: Path, m: dict) -> None:
     # The same checks GpuModel makes, made before weights are packed (minutes at 8B).
-    props = torch.cuda.get_device_properties(0)
-    have, want = f"{props.major}{props.minor}", m["arch"].removeprefix("sm_").rstrip("a")
-    if have != want:
-        raise ArtifactError(
-            f"{path}: built for {m['arch']}, this GPU is sm_{have} ({props.name}); "
-            "recompile with --target for this GPU"
-        )
-    if props.multi_processor_count < m["sms"]:
-        raise ArtifactError(
-            f"{path}: schedule needs {m['sms']} SMs, {props.name} has "
-            f"{props.multi_processor_count}; recompile with --sms {props.multi_processor_count}"
-        )
+    from tilert_compiler.runtime.gpu import check_device
+
+    check_device(path, m)
 
 
 def _config(path: Path, m: dict, weights_dir: str | None) -> ModelConfig:

@@ -51,6 +51,22 @@ class _Params(ctypes.Structure):
     ]
 
 
+def check_device(path, m: dict, device: int = 0) -> None:
+    """The artifact's arch and SM count against this GPU (before any weights are packed)."""
+    props = torch.cuda.get_device_properties(device)
+    have, want = f"{props.major}{props.minor}", m["arch"].removeprefix("sm_").rstrip("a")
+    if have != want:
+        raise ArtifactError(
+            f"{path}: built for {m['arch']}, this GPU is sm_{have} ({props.name}); "
+            "recompile with --target for this GPU"
+        )
+    if props.multi_processor_count < m["sms"]:
+        raise ArtifactError(
+            f"{path}: schedule needs {m['sms']} SMs, {props.name} has "
+            f"{props.multi_processor_count}; recompile with --sms {props.multi_processor_count}"
+        )
+
+
 def _check(result, what: str):
     from cuda.bindings import driver
 
@@ -78,20 +94,7 @@ class GpuModel:
         m = self.art.manifest
         torch.cuda.set_device(device)
         self.device = torch.device("cuda", device)
-        props = torch.cuda.get_device_properties(device)
-        want = m["arch"].removeprefix("sm_").rstrip("a")
-        have = f"{props.major}{props.minor}"
-        if have != want:
-            raise ArtifactError(
-                f"{path}: built for {m['arch']}, this GPU is sm_{have} ({props.name}); "
-                "recompile with --target for this GPU"
-            )
-        if props.multi_processor_count < m["sms"]:
-            raise ArtifactError(
-                f"{path}: schedule needs {m['sms']} SMs, {props.name} has "
-                f"{props.multi_processor_count}; recompile with target sms: "
-                f"{props.multi_processor_count}"
-            )
+        check_device(path, m, device)
         if weights is None:
             from tilert_compiler.models.config import ModelConfig
             from tilert_compiler.models.weights import load_weights

@@ -238,8 +238,11 @@ def test_an_edit_that_drops_a_wait_fails_verification_with_one_line_exit_2(tiny,
 
 def test_a_dump_without_a_header_needs_the_model_named(tiny, tmp_path):
     cm, _ = tiny
-    cm.dump_ir(tmp_path)  # the API's dumps: no header
-    plain = tmp_path / "04-schedule.tir"
+    cm.dump_ir(tmp_path)
+    full = tmp_path / "04-schedule.tir"
+    assert read_dump(full).stage == "schedule"  # the API's dumps carry their header too
+    plain = tmp_path / "plain.tir"  # a bare printed IR, e.g. cm.ir("schedule")
+    plain.write_text(cm.ir("schedule"))
     with pytest.raises(ParseError, match="name the model too"):
         read_dump(plain)
     assert read_dump(plain, "tiny-llama").stage == "schedule"
