@@ -1,4 +1,4 @@
-"""tilert-run: greedy decoding from a compiled artifact, on the serving box.
+"""tilert-run: token generation from a compiled artifact, on the serving box.
 
     tilert-run build/llama-3.2-1b/                      # prompt 1,2,3; 8 new tokens
     tilert-run out/ --prompt-ids 5,9,2 --max-new-tokens 32 --weights hf_model_dir/
@@ -23,6 +23,7 @@ import torch
 
 from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
+from tilert_compiler.runtime.generate import GenerationError, sample
 from tilert_compiler.runtime.gpu import KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError
 
@@ -45,6 +46,7 @@ class Plan:
     prompt: list[int]
     new_tokens: int
     gpu: bool
+    sampling: dict  # temperature, top_k, top_p, seed, stop_ids
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Greedy decoding from a tilert-compile artifact.")
+    p = _Parser(prog=PROG, description="Generate tokens from a tilert-compile artifact.")
     p.add_argument("artifact", help="artifact folder written by tilert-compile")
     p.add_argument(
         "--prompt-ids", default="1,2,3", help="comma-separated token ids (default: 1,2,3)"
@@ -64,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights", help="folder of *.safetensors (default: the artifact's weights spec)"
     )
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass to keep (1: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--stop-ids", default="", help="comma-separated ids that end generation")
     return p
 
 
@@ -112,7 +119,18 @@ def _plan(args: argparse.Namespace) -> Plan:
             f"(at most {cfg.max_seq_len - len(prompt) + 1} new tokens, or recompile with a "
             "larger --max-seq-len)"
         )
-    return Plan(path, art, cfg, prompt, n, gpu)
+    sampling = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop_ids": _prompt(args.stop_ids, cfg.vocab) if args.stop_ids else [],
+    }
+    try:
+        sample(torch.zeros(2), **{k: sampling[k] for k in ("temperature", "top_k", "top_p")})
+    except GenerationError as e:
+        raise UsageError(str(e)) from None
+    return Plan(path, art, cfg, prompt, n, gpu, sampling)
 
 
 def _check_gpu(path: Path, m: dict) -> None:
@@ -161,36 +179,25 @@ def _prompt(text: str, vocab: int) -> list[int]:
 def _decode(plan: Plan, say: Callable[[str], None]) -> None:
     from tilert_compiler.models.weights import load_weights
 
-    step, where = _stepper(plan, load_weights(plan.config))
-    # Teacher-force the prompt, then feed back each argmax: one step per cache position.
-    fed, generated = list(plan.prompt), []
+    model, where = _model(plan, load_weights(plan.config))
     t0 = time.perf_counter()
-    for pos, tok in enumerate(plan.prompt[:-1]):
-        step(tok, pos)
-    logits = step(fed[-1], len(fed) - 1)
-    while True:
-        generated.append(int(logits.argmax()))
-        if len(generated) == plan.new_tokens:
-            break
-        fed.append(generated[-1])
-        logits = step(fed[-1], len(fed) - 1)
+    generated = model.generate(plan.prompt, plan.new_tokens, **plan.sampling)
     dt = time.perf_counter() - t0
+    steps = len(plan.prompt) + len(generated) - 1
     say(f"prompt:    {','.join(map(str, plan.prompt))}")
     say(f"generated: {','.join(map(str, generated))}")
-    say(f"{where}: {len(fed)} steps in {dt:.3f} s, {len(fed) / dt:.1f} tokens/s")
+    say(f"{where}: {steps} steps in {dt:.3f} s, {steps / dt:.1f} tokens/s")
 
 
-def _stepper(plan: Plan, weights: dict) -> tuple[Callable[[int, int], torch.Tensor], str]:
-    """(token, pos) -> logits [vocab], and where it runs."""
+def _model(plan: Plan, weights: dict):
+    """Something with .generate(prompt, n, **sampling), and where it runs."""
     if plan.gpu:
         from tilert_compiler.runtime.gpu import GpuModel
 
-        model = GpuModel(plan.path, weights=weights)
-        return model.step, f"GPU ({torch.cuda.get_device_name()})"
+        return GpuModel(plan.path, weights=weights), f"GPU ({torch.cuda.get_device_name()})"
     from tilert_compiler.runtime.interpreter import Interpreter
 
-    interp = Interpreter(plan.artifact, weights)
-    return interp.step, "CPU interpreter (no GPU)"
+    return Interpreter(plan.artifact, weights), "CPU interpreter (no GPU)"
 
 
 if __name__ == "__main__":

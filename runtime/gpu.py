@@ -219,3 +219,18 @@ class GpuModel:
             for i in range(int(t.sm_start[s]), int(t.sm_start[s + 1])):
                 sm_of[int(t.sm_tasks[i])] = s
         return self.profile.cpu().numpy(), sm_of
+
+    def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
+        """Greedy or sampled generation (runtime.generate.generate's keywords), from a fresh
+        cache; one launch per token."""
+        from tilert_compiler.runtime.generate import generate
+
+        self.reset()
+        return generate(
+            self.step,
+            prompt_ids,
+            max_new_tokens,
+            max_seq_len=self.max_seq_len,
+            vocab=self.vocab,
+            **kw,
+        )

@@ -51,6 +51,7 @@ class Interpreter:
         self.epoch = 0
         lg = art.tensor("logits")
         self.logits_at, self.vocab = lg["offset"], lg["shape"][0]
+        self.max_seq_len = int(m["config"]["max_seq_len"])
         self.trace: list[int] = []  # task ids in execution order, last step
 
     # ------------------------------------------------------------ driver
@@ -79,6 +80,22 @@ class Interpreter:
             if not progress:
                 raise InterpreterError(f"step {self.epoch}: no task can run (deadlock)")
         return self.A[self.logits_at : self.logits_at + self.vocab].clone()
+
+    def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
+        """runtime.generate.generate on this interpreter, from a fresh cache."""
+        from tilert_compiler.runtime.generate import generate
+
+        self.A.fill_(float("nan"))
+        self.counters = [0] * len(self.counters)
+        self.epoch = 0
+        return generate(
+            self.step,
+            prompt_ids,
+            max_new_tokens,
+            max_seq_len=self.max_seq_len,
+            vocab=self.vocab,
+            **kw,
+        )
 
     def _ready(self, task: int) -> bool:
         return all(self.counters[c] >= self.epoch * n for c, n in self.table.waits_of(task))
