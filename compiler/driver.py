@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.codegen.cuda import KERNEL_NAME, emit_cuda, plan_kernel
+from tilert_compiler.codegen.cuda import KERNEL_NAME, CodegenError, emit_cuda, plan_kernel
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.serialize import serialize
 from tilert_compiler.ir.tasktable import TaskTable
@@ -145,6 +145,12 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
         if warnings:
             raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
         toolkit = nvcc_version(find_nvcc() or "nvcc")
+        if resources.static_smem + plan.smem_bytes > cfg.target.smem_per_block:
+            raise CodegenError(
+                f"the kernel needs {resources.static_smem} B static + {plan.smem_bytes} B "
+                f"dynamic shared memory, the target allows {cfg.target.smem_per_block}; "
+                "lower max_seq_len or compile with weight_ring off"
+            )
         timings["nvcc"] = time.perf_counter() - t1
         say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
     return table, plan, inv_freq, source, cubin, resources, toolkit
@@ -160,7 +166,7 @@ def _manifest(
         "compiler_version": VERSION,
         "model": cfg.name,
         "config": cfg.to_dict(),
-        "options": {k: v for k, v in opts.__dict__.items() if k not in ("dump_ir", "cache_dir")},
+        "options": {k: v for k, v in opts.__dict__.items() if k != "dump_ir"},
         "arch": t.arch,
         "sms": t.sms,
         "threads": t.threads_per_block,

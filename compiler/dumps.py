@@ -22,7 +22,7 @@ from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
 
 # Options that change what the stages produce or what codegen emits; the rest (where to
 # dump, the cache folder, whether nvcc runs) are about the run that made the dump only.
-_RUN_ONLY = ("dump_ir", "cache_dir", "nvcc")
+_RUN_ONLY = ("dump_ir", "nvcc")
 _DUMPED_OPTIONS = tuple(f.name for f in fields(Options) if f.name not in _RUN_ONLY)
 
 

@@ -19,7 +19,6 @@ class Options:
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
     nvcc: bool = True  # build the cubin (off: source only, e.g. without a CUDA toolkit)
     wait_timeout_ms: int = 1000  # bound on each dependency wait in the kernel
-    cache_dir: str | None = None  # compile cache (TILERT_CACHE_DIR); None disables it
 
     def with_(self, **kw) -> Options:
         known = {f.name for f in fields(self)}
@@ -35,8 +34,6 @@ def from_env(base: Options | None = None) -> Options:
     env = os.environ
     if env.get("TILERT_DUMP_IR") and o.dump_ir is None:
         o = replace(o, dump_ir=env["TILERT_DUMP_IR"])
-    if env.get("TILERT_CACHE_DIR") and o.cache_dir is None:
-        o = replace(o, cache_dir=env["TILERT_CACHE_DIR"])
     if env.get("TILERT_L2_PREFETCH"):
         o = replace(o, l2_prefetch=True)
     if env.get("TILERT_NO_WEIGHT_RING"):

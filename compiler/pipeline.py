@@ -25,7 +25,7 @@ def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
     t = cfg.target
     ir: Any = build_graph(cfg)  # model description -> graph of primitive ops
     on_stage("graph", ir)
-    ir = fuse(ir)  # norm/rope/cache/residual/silu into their GEMVs
+    ir = fuse(ir)  # norms into GEMVs, rope/cache into attention, residual, silu·mul
     on_stage("fuse", ir)
     ir = tile(ir, t, context=opts.context)  # needs fused kinds: one task kind per op kind
     on_stage("tile", ir)

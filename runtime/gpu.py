@@ -123,6 +123,10 @@ class GpuModel:
         self.max_seq_len = int(m["config"]["max_seq_len"])
         self.timeout_ns = int((timeout_ms or m.get("wait_timeout_ms", 1000)) * 1e6)
         self.epoch = 0
+        # The largest per-step increment any counter sees: dependency waits and the split
+        # attention's arrival counters (one arrival per split).
+        splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_decode"]
+        self._max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
         torch.cuda.synchronize()
         self._module = _check(driver.cuModuleLoadData(self.art.cubin), "loading the cubin")
         self._fn = _check(
@@ -153,6 +157,8 @@ class GpuModel:
             raise ValueError(f"pos {pos} is outside the KV cache (max_seq_len {self.max_seq_len})")
         if not 0 <= token < self.vocab:
             raise ValueError(f"token {token} is outside the vocabulary (0..{self.vocab - 1})")
+        if (self.epoch + 1) * self._max_producers >= 2**31:
+            self._rebase_counters()
         self.epoch += 1
         p = self._params
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
@@ -179,6 +185,13 @@ class GpuModel:
             ),
             "launching the persistent kernel",
         )
+
+    def _rebase_counters(self) -> None:
+        """Counters are 32-bit and monotonic (step e waits for e * producers): before that
+        product could wrap, restart them at 0 with the step count. The cache is kept."""
+        torch.cuda.synchronize(self.device)
+        self.counters.zero_()
+        self.epoch = 0
 
     def check(self) -> None:
         """Synchronise and raise KernelError if the kernel reported one."""

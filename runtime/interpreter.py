@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from tilert_compiler.ir.tasktable import F_KIND, F_SIGNAL, TaskTable
+from tilert_compiler.ir.tasktable import F_KIND, F_NSTREAM, F_SIGNAL, F_STREAM, TaskTable
 from tilert_compiler.runtime.artifact import Artifact
 
 
@@ -57,6 +57,12 @@ class Interpreter:
     # ------------------------------------------------------------ driver
     def step(self, token: int, pos: int) -> torch.Tensor:
         """One decode step; returns float32 logits [vocab]."""
+        if not 0 <= pos < self.max_seq_len:
+            raise InterpreterError(
+                f"pos {pos} is outside the KV cache (max_seq_len {self.max_seq_len})"
+            )
+        if not 0 <= token < self.vocab:
+            raise InterpreterError(f"token {token} is outside the vocabulary (0..{self.vocab - 1})")
         self.epoch += 1
         self.token, self.pos = int(token), int(pos)
         t = self.table
@@ -101,6 +107,7 @@ class Interpreter:
         return all(self.counters[c] >= self.epoch * n for c, n in self.table.waits_of(task))
 
     def _run(self, task: int) -> None:
+        self._task = task
         v = self.table.variants[int(self.table.records[task, F_KIND])]
         getattr(self, "_" + v.kind)(self.table.args(task), dict(v.static))
 
@@ -171,19 +178,33 @@ class Interpreter:
             ]
             self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
+    def _streamed_rows(self, k: int, rows: int) -> torch.Tensor:
+        """The task's weight rows as the kernel gets them: its stream entries, in order
+        (the ring producer copies exactly these), as one [rows, k] matrix."""
+        at, n = (
+            int(self.table.records[self._task, F_STREAM]),
+            int(self.table.records[self._task, F_NSTREAM]),
+        )
+        parts = [
+            self._mat(int(off), int(el) // k, k) for off, el, _ in self.table.stream[at : at + n]
+        ]
+        w = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if w.shape[0] != rows:
+            raise InterpreterError(f"t{self._task}: stream holds {w.shape[0]} rows, needs {rows}")
+        return w
+
     def _linear_residual(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
-        y = self._mat(a["w"], rows, K) @ self._act(a["x"], K)
+        y = self._streamed_rows(K, rows) @ self._act(a["x"], K)
         self._act(a["out"], rows)[:] = self._act(a["residual"], rows) + y
 
     def _gate_up_silu(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        g = self._mat(a["w_gate"], rows, K) @ xn
-        u = self._mat(a["w_up"], rows, K) @ xn
-        self._act(a["out"], rows)[:] = torch.nn.functional.silu(g) * u
+        y = self._streamed_rows(K, 2 * rows) @ xn  # gate rows, then up rows
+        self._act(a["out"], rows)[:] = torch.nn.functional.silu(y[:rows]) * y[rows:]
 
     def _norm_linear(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        self._act(a["out"], rows)[:] = self._mat(a["w"], rows, K) @ xn
+        self._act(a["out"], rows)[:] = self._streamed_rows(K, rows) @ xn

@@ -19,17 +19,15 @@ def _interp(name: str, seed: int):
     return cm, w, Interpreter(cm.artifact, w)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
-def test_greedy_generation_matches_transformers_up_to_the_first_near_tie(name):
-    seed = int(torch.randint(0, 2**31 - 1, ()))
+def _greedy_agreement(name: str, seed: int) -> int:
+    """Tokens compared before the first near tie (asserting they agree)."""
     cm, w, it = _interp(name, seed)
     prompt = torch.randint(0, cm.config.vocab, (6,)).tolist()
     ours = it.generate(prompt, 16)
     model = hf_model(cm.config, w)
-    ids = torch.tensor([prompt])
     with torch.no_grad():
         out = model.generate(
-            ids,
+            torch.tensor([prompt]),
             max_new_tokens=16,
             min_new_tokens=16,
             do_sample=False,
@@ -44,7 +42,19 @@ def test_greedy_generation_matches_transformers_up_to_the_first_near_tie(name):
             ours, ref = ours[:i], ref[:i]  # a near tie: either token is right
             break
     assert ours == ref, f"seed {seed}"
-    assert len(ours) >= 1
+    return len(ours)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+def test_greedy_generation_matches_transformers_up_to_the_first_near_tie(name):
+    # Fresh weights each run; a run whose first step is a near tie compares nothing, so
+    # keep drawing until at least 8 tokens were compared.
+    compared = 0
+    for _ in range(6):
+        compared += _greedy_agreement(name, int(torch.randint(0, 2**31 - 1, ())))
+        if compared >= 8:
+            break
+    assert compared >= 8
 
 
 def test_top_k_one_is_greedy():

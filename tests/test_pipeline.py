@@ -102,24 +102,37 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection():
     assert splits <= waited  # the combine may be done by any split
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"weight_ring": False},
-        {"l2_prefetch": True},
-        {"l2_prefetch": True, "weight_ring": False},
-        {"fine_deps": False},
-        {"profile": True},
-        {"profile": True, "weight_ring": False},
-        {"fault_skip_signal": 0},
-    ],
-)
-def test_every_option_compiles_clean(options):
-    """Each switch of the ablation table (and the debug builds) emits warning-free code."""
-    cm = tc.compile("tiny-qwen3", **options)
+# Each switch, and what must show in the generated source when it is set.
+OPTION_EFFECTS = [
+    ({"weight_ring": False}, lambda src: "produce(p, ring)" not in src),
+    ({"l2_prefetch": True}, lambda src: "prefetch_l2(base" in src),
+    ({"l2_prefetch": True, "weight_ring": False}, lambda src: "produce(p, ring)" not in src),
+    ({"fine_deps": False}, lambda src: "produce(p, ring)" in src),
+    ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
+    ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
+    ({"fault_skip_signal": 0}, lambda src: "if (task != 0)" in src),
+]
+
+
+@pytest.mark.parametrize("options,effect", OPTION_EFFECTS)
+def test_every_option_compiles_clean_and_shows_in_the_kernel(options, effect):
+    """Each switch of the ablation table (and the debug builds) emits warning-free code
+    that differs from the default build where it should."""
+    default = tc.compile("tiny-qwen3", nvcc=False).source
+    cm = tc.compile("tiny-qwen3", **options)  # nvcc refuses to finish on any warning
     assert cm.resources.spill_stores == 0 and cm.resources.spill_loads == 0
-    for key, value in options.items():
-        assert cm.manifest["options"][key] == value
+    assert effect(cm.source)
+    if options != {"fine_deps": False}:
+        assert cm.source != default
+
+
+def test_coarse_deps_use_one_counter_per_op():
+    fine = tc.compile("tiny-qwen3", nvcc=False)
+    coarse = tc.compile("tiny-qwen3", nvcc=False, fine_deps=False)
+    ops = {t.op for t in coarse.schedule.program.tasks}
+    arrivals = sum(1 for c in coarse.schedule.program.counters if c.name.startswith("arrive:"))
+    assert len(coarse.schedule.program.counters) == len(ops) + arrivals
+    assert len(fine.schedule.program.counters) > len(coarse.schedule.program.counters)
 
 
 def test_profile_buffer_stride_matches_the_runtime():
