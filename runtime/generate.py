@@ -46,6 +46,20 @@ def sample(
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+def generate_on(model, prompt_ids: Sequence[int], max_new_tokens: int, **kw) -> list[int]:
+    """`generate` on a model with reset(), step(token, pos), max_seq_len and vocab (the GPU
+    model or the interpreter), from a fresh cache."""
+    model.reset()
+    return generate(
+        model.step,
+        prompt_ids,
+        max_new_tokens,
+        max_seq_len=model.max_seq_len,
+        vocab=model.vocab,
+        **kw,
+    )
+
+
 def generate(
     step: Callable[[int, int], torch.Tensor],
     prompt_ids: Sequence[int],

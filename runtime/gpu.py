@@ -236,14 +236,6 @@ class GpuModel:
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
         """Greedy or sampled generation (runtime.generate.generate's keywords), from a fresh
         cache; one launch per token."""
-        from tilert_compiler.runtime.generate import generate
+        from tilert_compiler.runtime.generate import generate_on
 
-        self.reset()
-        return generate(
-            self.step,
-            prompt_ids,
-            max_new_tokens,
-            max_seq_len=self.max_seq_len,
-            vocab=self.vocab,
-            **kw,
-        )
+        return generate_on(self, prompt_ids, max_new_tokens, **kw)

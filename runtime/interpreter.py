@@ -89,19 +89,15 @@ class Interpreter:
 
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
         """runtime.generate.generate on this interpreter, from a fresh cache."""
-        from tilert_compiler.runtime.generate import generate
+        from tilert_compiler.runtime.generate import generate_on
 
+        return generate_on(self, prompt_ids, max_new_tokens, **kw)
+
+    def reset(self) -> None:
+        """Forget the cache (poisoned again) and restart the counters."""
         self.A.fill_(float("nan"))
         self.counters = [0] * len(self.counters)
         self.epoch = 0
-        return generate(
-            self.step,
-            prompt_ids,
-            max_new_tokens,
-            max_seq_len=self.max_seq_len,
-            vocab=self.vocab,
-            **kw,
-        )
 
     def _ready(self, task: int) -> bool:
         return all(self.counters[c] >= self.epoch * n for c, n in self.table.waits_of(task))
@@ -178,33 +174,33 @@ class Interpreter:
             ]
             self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
-    def _streamed_rows(self, k: int, rows: int) -> torch.Tensor:
-        """The task's weight rows as the kernel gets them: its stream entries, in order
-        (the ring producer copies exactly these), as one [rows, k] matrix."""
-        at, n = (
-            int(self.table.records[self._task, F_STREAM]),
-            int(self.table.records[self._task, F_NSTREAM]),
+    def _stream_dot(self, k: int, rows: int, x: torch.Tensor) -> torch.Tensor:
+        """[rows] dot products of the task's weight rows with x, the rows taken as the kernel
+        gets them: its stream entries, in order (the ring producer copies exactly these)."""
+        at = int(self.table.records[self._task, F_STREAM])
+        n = int(self.table.records[self._task, F_NSTREAM])
+        y = torch.cat(
+            [
+                self._mat(int(off), int(el) // k, k) @ x
+                for off, el, _ in self.table.stream[at : at + n]
+            ]
         )
-        parts = [
-            self._mat(int(off), int(el) // k, k) for off, el, _ in self.table.stream[at : at + n]
-        ]
-        w = torch.cat(parts) if len(parts) > 1 else parts[0]
-        if w.shape[0] != rows:
-            raise InterpreterError(f"t{self._task}: stream holds {w.shape[0]} rows, needs {rows}")
-        return w
+        if y.numel() != rows:
+            raise InterpreterError(f"t{self._task}: stream holds {y.numel()} rows, needs {rows}")
+        return y
 
     def _linear_residual(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
-        y = self._streamed_rows(K, rows) @ self._act(a["x"], K)
+        y = self._stream_dot(K, rows, self._act(a["x"], K))
         self._act(a["out"], rows)[:] = self._act(a["residual"], rows) + y
 
     def _gate_up_silu(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        y = self._streamed_rows(K, 2 * rows) @ xn  # gate rows, then up rows
+        y = self._stream_dot(K, 2 * rows, xn)  # gate rows, then up rows
         self._act(a["out"], rows)[:] = torch.nn.functional.silu(y[:rows]) * y[rows:]
 
     def _norm_linear(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        self._act(a["out"], rows)[:] = self._streamed_rows(K, rows) @ xn
+        self._act(a["out"], rows)[:] = self._stream_dot(K, rows, xn)
