@@ -95,7 +95,6 @@ def emit_cuda(
     arch: str,
     profile: bool = False,
     fault_skip_signal: int = -1,
-    ring_release_lanes: bool = False,
 ) -> str:
     """`profile`: record per task the global timer at wait start, run start and end (the
     schedule and the task table are the same either way)."""
@@ -125,7 +124,6 @@ def emit_cuda(
         profile=profile,
         profile_words=PROFILE_WORDS,
         fault_skip_signal=fault_skip_signal,
-        release_lanes=ring_release_lanes,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,
     )

@@ -135,7 +135,6 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
         arch=cfg.target.arch,
         profile=opts.profile,
         fault_skip_signal=opts.fault_skip_signal,
-        ring_release_lanes=opts.ring_release_lanes,
     )
     timings["codegen"] = time.perf_counter() - t0
     say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")

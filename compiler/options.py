@@ -14,10 +14,6 @@ class Options:
     weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     fault_skip_signal: int = -1  # debug build: this task never signals (fault injection)
-    # Weight ring stage release: every consumer lane arrives on the stage's empty mbarrier
-    # (each lane releases its own reads, as the PTX memory model states it), instead of one
-    # lane per warp after __syncwarp.
-    ring_release_lanes: bool = False
     profile: bool = False  # kernel records per-task timestamps (runtime writes a trace)
     context: int = 512  # cache length the cost model assumes for attention
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
