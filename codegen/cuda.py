@@ -26,6 +26,7 @@ def template_args(v: Variant) -> str:
 
 STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
 STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
+SAMPLE_BINS = 2048  # radix-select histogram of the sample task (digits of 11, 11, 10 bits)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
     """Dynamic shared memory (in floats) a task kind needs besides the ring."""
     if v.kind == "embed":
         return 0
+    if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
+        return 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
     if v.kind == "attention_decode":
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
         chunk = -(-(v.get("S") - 1) // splits) + 1
@@ -124,6 +127,7 @@ def emit_cuda(
         profile=profile,
         profile_words=PROFILE_WORDS,
         fault_skip_signal=fault_skip_signal,
+        sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,
     )

@@ -75,6 +75,8 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
     k = t.kind
     if k == OpKind.EMBED:
         return Variant(k.value, (("D", D),))
+    if k == OpKind.SAMPLE:
+        return Variant(k.value, (("V", t.arg("vocab")),))
     if k == OpKind.ATTENTION_DECODE:
         H, KV = consts["heads"], consts["kv_heads"]
         splits = o.splits[t.op]
@@ -98,6 +100,8 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
     R, W, Out = t.reads, t.weights, t.writes
     if k == OpKind.EMBED:
         return {"w_table": o.start(W[0]), "out": o.start(Out[0]), "rows": Out[0].numel()}
+    if k == OpKind.SAMPLE:
+        return {"logits": o.start(R[0]), "out": o.start(Out[0]), "vocab": t.arg("vocab")}
     if k == OpKind.ATTENTION_DECODE:
         # Whole-tensor bases: the kernel indexes heads and splits from `head` and `split`.
         qkv, kc, vc = R[0].tensor, R[3].tensor, R[4].tensor

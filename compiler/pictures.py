@@ -30,6 +30,7 @@ KIND_COLOURS = {
     "attention_decode": "#d62728",
     "linear_residual": "#2ca02c",
     "gate_up_silu": "#ff7f0e",
+    "sample": "#9467bd",
 }
 _SPARE = ("#e377c2", "#17becf", "#bcbd22", "#9edae5", "#c49c94", "#f7b6d2")
 

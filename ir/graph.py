@@ -30,6 +30,7 @@ class OpKind(str, Enum):
     ATTENTION = "attention"  # softmax(q k^T / sqrt(d)) v over cache rows [0, pos]
     SILU_MUL = "silu_mul"  # out = silu(gate) * up
     ADD = "add"  # out = a + b
+    SAMPLE = "sample"  # token = a draw from logits (runtime.sampling's rules); also a task kind
     # -- fused ops (what `passes.fuse` produces; each is one task kind)
     NORM_LINEAR = "norm_linear"  # rmsnorm -> linear over row-stacked weights (QKV, LM head)
     ATTENTION_DECODE = "attention_decode"  # [head norm] -> rope -> cache write -> attention

@@ -47,6 +47,7 @@ ARGS: dict[str, tuple[str, ...]] = {
     "linear_residual": ("x", "w", "residual", "out", "rows"),
     "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
     "norm_linear": ("x", "w_gamma", "w", "out", "rows"),
+    "sample": ("logits", "out", "vocab"),
 }
 assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
 

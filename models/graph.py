@@ -90,6 +90,9 @@ def build_graph(cfg) -> Graph:
     logits = a("logits", V, storage=Storage.OUT)
     op("final_norm", OpKind.RMSNORM, [x, norm], [xf])
     op("lm_head", OpKind.LINEAR, [xf, lm], [logits])
+    # The next token, as a float (exact below 2^24): multi-step launches feed it back.
+    token = a("token", 1)
+    op("sample", OpKind.SAMPLE, [logits], [token])
     consts = attrs(
         hidden=D,
         heads=H,

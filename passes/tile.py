@@ -142,6 +142,10 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                         _rows(op.inputs[3], lo, hi, k),
                     ]
                 add(op.kind, op, reads, weights, [_vec(out, lo, hi)], row0=lo, rows=hi - lo)
+        elif op.kind == OpKind.SAMPLE:  # one task reads every logit (see runtime.sampling)
+            (logits,), (token,) = op.inputs, op.outputs
+            v = shape[logits][0]
+            add(op.kind, op, [_vec(logits, 0, v)], [], [_vec(token, 0, 1)], vocab=v)
         else:
             raise TileError(
                 f"op {op.name}: kind '{op.kind.value}' has no task kind; run fuse first"

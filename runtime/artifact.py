@@ -29,7 +29,8 @@ from tilert_compiler.ir.tasktable import (
     Variant,
 )
 
-FORMAT_VERSION = 1
+# 2: kernel Params gained the multi-step fields; the task table a sample task.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"
 SOURCE = "kernel.cu"

@@ -3,8 +3,10 @@
     tilert-run build/llama-3.2-1b/                      # prompt 1,2,3; 8 new tokens
     tilert-run out/ --prompt-ids 5,9,2 --max-new-tokens 32 --weights hf_model_dir/
 
-On a machine with a CUDA GPU it launches the persistent kernel once per token; without one
-it runs the same task table through the CPU interpreter (float32, slow but exact). The
+On a machine with a CUDA GPU the whole request (prompt, then new tokens sampled on the
+GPU) is one launch of the persistent kernel (--per-token: one launch per token, sampled on
+the host); without one it runs the same task table through the CPU interpreter (float32,
+slow but exact). The
 artifact is checked whole before any weight is loaded, so a damaged or foreign artifact is
 one line on stderr and exit code 2. Imports only the runtime, models and ir: never the
 compiler (passes, codegen, driver).
@@ -23,9 +25,9 @@ import torch
 
 from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
-from tilert_compiler.runtime.generate import GenerationError, sample
 from tilert_compiler.runtime.gpu import KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError
+from tilert_compiler.runtime.sampling import GenerationError, Sampling
 
 PROG = "tilert-run"
 EXIT_BAD_INPUT = 2
@@ -47,6 +49,7 @@ class Plan:
     new_tokens: int
     gpu: bool
     sampling: dict  # temperature, top_k, top_p, seed, stop_ids
+    per_token: bool = False  # one launch per token (GPU), host sampling
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass to keep (1: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--stop-ids", default="", help="comma-separated ids that end generation")
+    p.add_argument(
+        "--per-token",
+        action="store_true",
+        help="one launch per token, sampled on the host (default: one launch per request)",
+    )
     return p
 
 
@@ -127,10 +135,10 @@ def _plan(args: argparse.Namespace) -> Plan:
         "stop_ids": _prompt(args.stop_ids, cfg.vocab) if args.stop_ids else [],
     }
     try:
-        sample(torch.zeros(2), **{k: sampling[k] for k in ("temperature", "top_k", "top_p")})
+        Sampling(**{k: sampling[k] for k in ("temperature", "top_k", "top_p", "seed")})
     except GenerationError as e:
         raise UsageError(str(e)) from None
-    return Plan(path, art, cfg, prompt, n, gpu, sampling)
+    return Plan(path, art, cfg, prompt, n, gpu, sampling, args.per_token)
 
 
 def _check_gpu(path: Path, m: dict) -> None:
@@ -180,13 +188,23 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
     from tilert_compiler.models.weights import load_weights
 
     model, where = _model(plan, load_weights(plan.config))
+    stamps: list[float] = []
     t0 = time.perf_counter()
-    generated = model.generate(plan.prompt, plan.new_tokens, **plan.sampling)
+    generated = model.generate(
+        plan.prompt,
+        plan.new_tokens,
+        per_token=plan.per_token,
+        stream=lambda _: stamps.append(time.perf_counter()),
+        **plan.sampling,
+    )
     dt = time.perf_counter() - t0
     steps = len(plan.prompt) + len(generated) - 1
+    how = "one launch per token" if plan.per_token else "one launch"
     say(f"prompt:    {','.join(map(str, plan.prompt))}")
     say(f"generated: {','.join(map(str, generated))}")
-    say(f"{where}: {steps} steps in {dt:.3f} s, {steps / dt:.1f} tokens/s")
+    say(f"{where}, {how}: {steps} steps in {dt:.3f} s, {steps / dt:.1f} steps/s")
+    if len(stamps) > 1:  # new tokens after the first, as they reached the host
+        say(f"decode: {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s")
 
 
 def _model(plan: Plan, weights: dict):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
-from tilert_compiler.ir.tasktable import PROFILE_WORDS
+from tilert_compiler.ir.tasktable import F_KIND, F_SIGNAL, PROFILE_WORDS
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
+from tilert_compiler.runtime.sampling import Sampling
 
 ERROR_WORDS = 8
 _ERR_NAMES = {
@@ -48,7 +52,26 @@ class _Params(ctypes.Structure):
         ("pad", ctypes.c_uint),
         ("timeout_ns", ctypes.c_ulonglong),
         ("profile", ctypes.c_void_p),
+        ("tokens", ctypes.c_void_p),
+        ("host_tokens", ctypes.c_void_p),
+        ("stop_ids", ctypes.c_void_p),
+        ("n_steps", ctypes.c_int),
+        ("n_forced", ctypes.c_int),
+        ("n_stop", ctypes.c_int),
+        ("mode", ctypes.c_int),
+        ("temperature", ctypes.c_float),
+        ("top_p", ctypes.c_float),
+        ("top_k", ctypes.c_int),
+        ("sample_counter", ctypes.c_int),
+        ("sample_producers", ctypes.c_uint),
+        ("pad2", ctypes.c_uint),
+        ("seed", ctypes.c_ulonglong),
     ]
+
+
+# Params.mode: what the sample task does.
+MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED = 0, 1, 2
+MAX_STOP_IDS = 64
 
 
 def check_device(path, m: dict, device: int = 0) -> None:
@@ -147,19 +170,46 @@ class GpuModel:
             )
         self._params = _Params()
         self._argv = (ctypes.c_void_p * 1)(ctypes.addressof(self._params))
+        # Multi-step launches: the tokens steps feed, stop ids, and the sample task's
+        # counter (the step gate waits on it).
+        n = self.max_seq_len + 1
+        self.tokens = torch.zeros(n, dtype=torch.int32, device=dev)
+        self.stop_ids = torch.zeros(MAX_STOP_IDS, dtype=torch.int32, device=dev)
+        kinds = [t.variants[int(k)].kind for k in t.records[:, F_KIND]]
+        (sample_task,) = [i for i, k in enumerate(kinds) if k == "sample"]
+        self._sample_counter = int(t.records[sample_task, F_SIGNAL])
+        self._sample_producers = int((t.records[:, F_SIGNAL] == self._sample_counter).sum())
+        # Sampled tokens reach the host through mapped pinned memory as they are drawn.
+        self._host_ptr = _check(
+            driver.cuMemHostAlloc(4 * n, driver.CU_MEMHOSTALLOC_DEVICEMAP), "pinning host memory"
+        )
+        self._host_dev = int(
+            _check(driver.cuMemHostGetDevicePointer(self._host_ptr, 0), "mapping host memory")
+        )
+        self._host_tokens = np.ctypeslib.as_array(
+            (ctypes.c_int32 * n).from_address(int(self._host_ptr))
+        )
 
     # ------------------------------------------------------------ stepping
     def launch(self, token: int, pos: int) -> None:
-        """Enqueue one decode step on the current stream; no synchronisation."""
-        from cuda.bindings import driver
+        """Enqueue one decode step (logits only) on the current stream; no synchronisation."""
+        self._check_step(token, pos)
+        self._launch(token, pos, 1, 1, MODE_LOGITS, None, 0, None)
+        self.epoch += 1
 
+    def _check_step(self, token: int, pos: int) -> None:
         if not 0 <= pos < self.max_seq_len:
             raise ValueError(f"pos {pos} is outside the KV cache (max_seq_len {self.max_seq_len})")
         if not 0 <= token < self.vocab:
             raise ValueError(f"token {token} is outside the vocabulary (0..{self.vocab - 1})")
-        if (self.epoch + 1) * self._max_producers >= 2**31:
+
+    def _launch(self, token, pos, n_steps, n_forced, mode, rules, n_stop, host) -> None:
+        """One cooperative launch of n_steps steps; epochs from self.epoch + 1 (the caller
+        adds the steps that ran)."""
+        from cuda.bindings import driver
+
+        if (self.epoch + n_steps) * self._max_producers >= 2**31:
             self._rebase_counters()
-        self.epoch += 1
         p = self._params
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
         p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
@@ -167,7 +217,19 @@ class GpuModel:
         p.profile = self.profile.data_ptr() if self.profiled else None
         p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
-        p.token, p.pos, p.epoch, p.timeout_ns = int(token), int(pos), self.epoch, self.timeout_ns
+        p.token, p.pos, p.epoch, p.timeout_ns = (
+            int(token),
+            int(pos),
+            self.epoch + 1,
+            self.timeout_ns,
+        )
+        p.tokens, p.host_tokens, p.stop_ids = self.tokens.data_ptr(), host, self.stop_ids.data_ptr()
+        p.n_steps, p.n_forced, p.n_stop, p.mode = n_steps, n_forced, n_stop, mode
+        p.temperature = rules.temperature if rules else 0.0
+        p.top_p = rules.top_p if rules else 1.0
+        p.top_k = rules.top_k if rules else 0
+        p.seed = rules.seed if rules else 0
+        p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
         m = self.art.manifest
         stream = torch.cuda.current_stream(self.device).cuda_stream
         _check(
@@ -185,6 +247,59 @@ class GpuModel:
             ),
             "launching the persistent kernel",
         )
+
+    def run(
+        self,
+        tokens: Sequence[int],
+        pos: int,
+        n_steps: int,
+        sampling: Sampling,
+        stop_ids: Sequence[int] = (),
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
+        """One launch of up to n_steps decode steps from cache position pos: step i feeds
+        tokens[i] while they last (the prompt), then the token step i - 1's sample task
+        drew, on the GPU. Each drawn token reaches `on_token` as soon as the kernel writes
+        it (mapped host memory). Returns the drawn tokens, ending at a stop id or after
+        n_steps steps (the same contract as Interpreter.run)."""
+        given = [int(t) for t in tokens]
+        if not 1 <= len(given) <= n_steps:
+            raise ValueError(f"{len(given)} given tokens for {n_steps} steps")
+        for i, tok in enumerate(given):
+            self._check_step(tok, pos + i)
+        self._check_step(given[0], pos + n_steps - 1)
+        stops = [int(t) for t in stop_ids]
+        if len(stops) > MAX_STOP_IDS:
+            raise ValueError(f"at most {MAX_STOP_IDS} stop ids (got {len(stops)})")
+        if stops:
+            self.stop_ids[: len(stops)].copy_(torch.tensor(stops, dtype=torch.int32))
+        self.tokens[: len(given)].copy_(torch.tensor(given, dtype=torch.int32))
+        n_out = n_steps - len(given) + 1
+        host = self._host_tokens
+        host[:n_out] = -1
+        mode = MODE_GREEDY if sampling.greedy else MODE_SAMPLED
+        self._launch(given[0], pos, n_steps, len(given), mode, sampling, len(stops), self._host_dev)
+        done = torch.cuda.Event()
+        done.record()
+        out: list[int] = []
+        while len(out) < n_out:
+            tok = int(host[len(out)])
+            if tok >= 0:
+                out.append(tok)
+                if on_token is not None:
+                    on_token(tok)
+                if tok in stops:
+                    break
+            elif done.query():
+                if int(host[len(out)]) < 0:  # nothing more was written (an error)
+                    break
+            else:
+                time.sleep(20e-6)
+        self.epoch += len(given) - 1 + len(out)  # the steps that ran
+        self.check()
+        if len(out) < n_out and not (out and out[-1] in stops):
+            raise KernelError(f"the kernel stopped after {len(out)} of {n_out} tokens")
+        return out
 
     def _rebase_counters(self) -> None:
         """Counters are 32-bit and monotonic (step e waits for e * producers): before that
@@ -234,8 +349,17 @@ class GpuModel:
         return self.profile.cpu().numpy(), sm_of
 
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
-        """Greedy or sampled generation (runtime.generate.generate's keywords), from a fresh
-        cache; one launch per token."""
+        """Greedy or sampled generation from a fresh cache (runtime.generate.generate_on's
+        keywords): by default prompt and new tokens in one launch, sampled on the GPU;
+        per_token=True launches once per token and samples on the host."""
         from tilert_compiler.runtime.generate import generate_on
 
         return generate_on(self, prompt_ids, max_new_tokens, **kw)
+
+    def __del__(self):
+        ptr = getattr(self, "_host_ptr", None)
+        if ptr is not None:
+            from cuda.bindings import driver
+
+            torch.cuda.synchronize(self.device)
+            driver.cuMemFreeHost(ptr)

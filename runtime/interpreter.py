@@ -13,6 +13,7 @@ import torch
 
 from tilert_compiler.ir.tasktable import F_KIND, F_NSTREAM, F_SIGNAL, F_STREAM, TaskTable
 from tilert_compiler.runtime.artifact import Artifact
+from tilert_compiler.runtime.sampling import Sampling, sample_token
 
 
 class InterpreterError(RuntimeError):
@@ -53,18 +54,63 @@ class Interpreter:
         self.logits_at, self.vocab = lg["offset"], lg["shape"][0]
         self.max_seq_len = int(m["config"]["max_seq_len"])
         self.trace: list[int] = []  # task ids in execution order, last step
+        self._mode: Sampling | None = None  # the sample task's rules (None: logits only)
+        self._n_forced, self._step_i, self._sampled = 1, 0, -1
 
     # ------------------------------------------------------------ driver
     def step(self, token: int, pos: int) -> torch.Tensor:
         """One decode step; returns float32 logits [vocab]."""
+        self._check(token, pos)
+        self._mode = None  # the sample task does nothing: logits only
+        self._run_step(int(token), int(pos), 0)
+        return self.A[self.logits_at : self.logits_at + self.vocab].clone()
+
+    def run(
+        self,
+        tokens,
+        pos: int,
+        n_steps: int,
+        sampling: Sampling,
+        stop_ids=(),
+        on_token=None,
+    ) -> list[int]:
+        """What one multi-step launch of the kernel does: step i feeds tokens[i] while the
+        given tokens last (the prompt), then the token step i - 1 sampled, at pos + i; the
+        sample task draws from step i's logits once the given tokens are used up. Returns
+        the drawn tokens, ending at a stop id or after n_steps steps."""
+        given = [int(t) for t in tokens]
+        if not 1 <= len(given) <= n_steps:
+            raise InterpreterError(f"{len(given)} given tokens for {n_steps} steps")
+        self._check(given[0], pos + n_steps - 1)
+        self._mode = sampling
+        out: list[int] = []
+        for i in range(n_steps):
+            if i < len(given):
+                tok = given[i]
+            else:
+                tok = out[-1]
+                if tok in stop_ids:
+                    break
+            self._check(tok, pos + i)
+            self._n_forced, self._step_i = len(given), i
+            self._run_step(tok, pos + i, i)
+            if i + 1 >= len(given):
+                out.append(self._sampled)
+                if on_token is not None:
+                    on_token(self._sampled)
+        return out
+
+    def _check(self, token: int, pos: int) -> None:
         if not 0 <= pos < self.max_seq_len:
             raise InterpreterError(
                 f"pos {pos} is outside the KV cache (max_seq_len {self.max_seq_len})"
             )
         if not 0 <= token < self.vocab:
             raise InterpreterError(f"token {token} is outside the vocabulary (0..{self.vocab - 1})")
+
+    def _run_step(self, token: int, pos: int, i: int) -> None:
         self.epoch += 1
-        self.token, self.pos = int(token), int(pos)
+        self.token, self.pos, self._step_i = token, pos, i
         t = self.table
         heads = [int(t.sm_start[s]) for s in range(len(t.sm_start) - 1)]
         ends = [int(t.sm_start[s + 1]) for s in range(len(t.sm_start) - 1)]
@@ -85,7 +131,6 @@ class Interpreter:
                     progress = True
             if not progress:
                 raise InterpreterError(f"step {self.epoch}: no task can run (deadlock)")
-        return self.A[self.logits_at : self.logits_at + self.vocab].clone()
 
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
         """runtime.generate.generate on this interpreter, from a fresh cache."""
@@ -199,6 +244,13 @@ class Interpreter:
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
         y = self._stream_dot(K, 2 * rows, xn)  # gate rows, then up rows
         self._act(a["out"], rows)[:] = torch.nn.functional.silu(y[:rows]) * y[rows:]
+
+    def _sample(self, a: dict, s: dict) -> None:
+        if self._mode is None or self._step_i + 1 < self._n_forced:
+            return  # logits only, or the prompt gives the next token
+        tok = sample_token(self._act(a["logits"], a["vocab"]), self._mode, self.pos)
+        self._act(a["out"], 1)[0] = float(tok)
+        self._sampled = tok
 
     def _norm_linear(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]

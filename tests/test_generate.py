@@ -1,7 +1,6 @@
 """Generation (runtime.generate) through the CPU interpreter, against transformers' greedy
-generate, and the sampling rules on their own."""
-
-import math
+generate; the multi-step program (one run for prompt and new tokens, sampled by the sample
+task) and one step per token; the sampling rules against transformers' logits warpers."""
 
 import pytest
 import torch
@@ -9,8 +8,16 @@ import torch
 import tilert_compiler as tc
 from tilert_compiler.models import random_weights
 from tilert_compiler.models.reference import hf_model
-from tilert_compiler.runtime.generate import GenerationError, generate, sample
+from tilert_compiler.runtime.generate import GenerationError, generate
 from tilert_compiler.runtime.interpreter import Interpreter
+from tilert_compiler.runtime.sampling import (
+    Sampling,
+    draw,
+    keep_threshold,
+    sample_token,
+    scaled,
+    uniform,
+)
 
 
 def _interp(name: str, seed: int):
@@ -19,15 +26,17 @@ def _interp(name: str, seed: int):
     return cm, w, Interpreter(cm.artifact, w)
 
 
-def _greedy_agreement(name: str, seed: int) -> int:
+def _greedy_agreement(name: str, seed: int, per_token: bool) -> int:
     """Tokens compared before the first near tie (asserting they agree)."""
     cm, w, it = _interp(name, seed)
     prompt = torch.randint(0, cm.config.vocab, (6,)).tolist()
-    ours = it.generate(prompt, 16)
+    ours = it.generate(prompt, 16, per_token=per_token)
     model = hf_model(cm.config, w)
     with torch.no_grad():
         out = model.generate(
             torch.tensor([prompt]),
+            # explicit: generate would otherwise mask prompt tokens equal to pad_token_id
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
             max_new_tokens=16,
             min_new_tokens=16,
             do_sample=False,
@@ -45,56 +54,92 @@ def _greedy_agreement(name: str, seed: int) -> int:
     return len(ours)
 
 
+@pytest.mark.parametrize("per_token", [False, True], ids=["multi-step", "per-token"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
-def test_greedy_generation_matches_transformers_up_to_the_first_near_tie(name):
+def test_greedy_generation_matches_transformers_up_to_the_first_near_tie(name, per_token):
     # Fresh weights each run; a run whose first step is a near tie compares nothing, so
     # keep drawing until at least 8 tokens were compared.
     compared = 0
     for _ in range(6):
-        compared += _greedy_agreement(name, int(torch.randint(0, 2**31 - 1, ())))
+        compared += _greedy_agreement(name, int(torch.randint(0, 2**31 - 1, ())), per_token)
         if compared >= 8:
             break
     assert compared >= 8
 
 
-def test_top_k_one_is_greedy():
+def _hf_kept(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The tokens transformers' TopK then TopP warpers leave finite."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    scores = z[None].clone()
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return torch.isfinite(scores[0])
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p", [(0, 0.9), (0, 0.5), (40, 1.0), (40, 0.8), (1, 1.0), (0, 0.999)]
+)
+def test_kept_tokens_are_the_ones_transformers_warpers_keep(top_k, top_p):
+    for _ in range(10):
+        logits = torch.randn(5000) * float(torch.empty(()).uniform_(0.5, 6.0))
+        t = float(torch.empty(()).uniform_(0.3, 2.0))
+        z = scaled(logits, t)
+        ref = _hf_kept(z, top_k, top_p)
+        ours = z >= keep_threshold(z, top_k, top_p)
+        assert torch.equal(ours, ref), (top_k, top_p, int((ours != ref).sum()))
+
+
+def test_draws_follow_the_kept_softmax():
+    # Many seeds, one position: the draw's frequencies against the renormalised softmax.
+    logits = torch.randn(6) * 2
+    z = scaled(logits, 0.8)
+    tau = keep_threshold(z, 0, 0.9)
+    kept = z >= tau
+    probs = torch.where(kept, torch.softmax(z.double(), 0), torch.zeros(6, dtype=torch.float64))
+    probs /= probs.sum()
+    n = 6000
+    counts = torch.zeros(6)
+    base = int(torch.randint(0, 2**40, ()))
+    for seed in range(base, base + n):
+        counts[draw(z, tau, uniform(seed, 3))] += 1
+    assert counts[~kept].sum() == 0
+    sigma = (probs * (1 - probs) / n).sqrt()
+    assert ((counts / n - probs).abs() <= 5 * sigma + 1e-9).all(), (counts / n, probs)
+
+
+def test_uniform_is_in_range_and_keyed_by_seed_and_position():
+    u = [uniform(s, p) for s in range(50) for p in range(50)]
+    assert all(0 <= x < 1 for x in u)
+    assert len(set(u)) > 2400  # 24-bit draws: collisions are rare
+    assert abs(sum(u) / len(u) - 0.5) < 0.02
+
+
+def test_greedy_and_top_k_one_take_the_first_largest():
     logits = torch.randn(50)
-    g = torch.Generator().manual_seed(0)
-    assert all(sample(logits, 1.0, 1, 1.0, g) == int(logits.argmax()) for _ in range(20))
+    logits[7] = logits[31] = logits.max() + 1  # a tie: the first index wins
+    assert sample_token(logits, Sampling(), 0) == 7
+    assert all(sample_token(logits, Sampling(1.0, 1, 1.0, s), 0) in (7, 31) for s in range(20))
 
 
-def test_top_p_keeps_the_smallest_prefix_reaching_the_mass():
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    logits = probs.log()
-    g = torch.Generator().manual_seed(1)
-    draws = [sample(logits, 1.0, 0, 0.7, g) for _ in range(2000)]
-    assert set(draws) <= {0, 1}  # 0.5 < 0.7 <= 0.5 + 0.3
-    share = draws.count(0) / len(draws)
-    assert abs(share - 0.5 / 0.8) < 0.05  # renormalised within the nucleus
+def test_the_same_seed_gives_the_same_tokens_in_one_run_or_step_by_step():
+    cm, _, it = _interp("tiny-qwen3", int(torch.randint(0, 2**31 - 1, ())))
+    kw = dict(temperature=1.0, top_p=0.95, top_k=50, seed=int(torch.randint(0, 2**40, ())))
+    a = it.generate([1, 2, 3], 8, **kw)
+    assert it.generate([1, 2, 3], 8, **kw) == a
+    assert it.generate([1, 2, 3], 8, per_token=True, **kw) == a
+    kw["seed"] += 1
+    assert it.generate([1, 2, 3], 8, **kw) != a  # 8 draws from ~50 tokens each
 
 
-def test_temperature_and_top_k_follow_the_softmax():
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    g = torch.Generator().manual_seed(2)
-    draws = [sample(logits, 2.0, 2, 1.0, g) for _ in range(3000)]
-    assert set(draws) <= {0, 1}
-    expect = math.exp(1.0) / (math.exp(1.0) + math.exp(0.5))
-    assert abs(draws.count(0) / len(draws) - expect) < 0.04
-
-
-def test_the_same_seed_gives_the_same_tokens():
-    cm, _, it = _interp("tiny-qwen3", 0)
-    kw = dict(temperature=1.0, top_p=0.95)
-    a = it.generate([1, 2, 3], 8, seed=7, **kw)
-    b = it.generate([1, 2, 3], 8, seed=7, **kw)
-    assert a == b
-
-
-def test_a_stop_id_ends_generation_and_tokens_stream_in_order():
+@pytest.mark.parametrize("per_token", [False, True], ids=["multi-step", "per-token"])
+def test_a_stop_id_ends_generation_and_tokens_stream_in_order(per_token):
     cm, _, it = _interp("tiny-llama", 0)
-    full = it.generate([4, 5], 10)
+    full = it.generate([4, 5], 10, per_token=per_token)
     seen: list[int] = []
-    stopped = it.generate([4, 5], 10, stop_ids=[full[3]], stream=seen.append)
+    stopped = it.generate([4, 5], 10, stop_ids=[full[3]], stream=seen.append, per_token=per_token)
     assert stopped == full[: full.index(full[3]) + 1]
     assert seen == stopped
 
@@ -110,4 +155,4 @@ def test_bad_prompts_and_parameters_are_refused():
     with pytest.raises(GenerationError, match="vocabulary"):
         generate(lambda t, p: torch.zeros(4), [9], 2, max_seq_len=8, vocab=4)
     with pytest.raises(GenerationError, match="top_p"):
-        sample(torch.zeros(4), 1.0, 0, 1.5)
+        Sampling(1.0, 0, 1.5)

@@ -101,3 +101,48 @@ def test_profiled_kernel_records_every_task(tmp_path):
     tl = timeline(stamps, sm_of, cm.table)
     tl.write_trace(tmp_path / "trace.json")
     assert tl.span_us > 0
+
+
+# ---------------------------------------------------------------- multi-step launches
+def test_one_launch_generates_what_one_launch_per_token_does(loaded):
+    """Greedy: the kernel's argmax over its own logits, step after step in one launch,
+    against the host's argmax over the same kernel's logits, one launch per token."""
+    cm, m, _ = loaded
+    prompt = torch.randint(0, cm.config.vocab, (5,)).tolist()
+    seen: list[int] = []
+    one = m.generate(prompt, 20, stream=seen.append)
+    assert m.epoch == len(prompt) + 20 - 1  # every step ran, in one launch
+    assert seen == one
+    assert m.generate(prompt, 20, per_token=True) == one
+
+
+def test_kernel_sampling_follows_the_host_rules(loaded):
+    """The sample task's radix select and draw against runtime.sampling on the kernel's own
+    logits, over fresh seeds and settings (a draw within float32 rounding of a boundary may
+    differ: at most one of 48)."""
+    from tilert_compiler.runtime.sampling import Sampling, sample_token
+
+    cm, m, _ = loaded
+    differ = 0
+    for i in range(48):
+        rules = Sampling(
+            temperature=float(torch.empty(()).uniform_(0.5, 1.5)),
+            top_k=[0, 5, 40][i % 3],
+            top_p=[1.0, 0.9, 0.6, 0.99][i % 4],
+            seed=int(torch.randint(0, 2**62, ())),
+        )
+        m.reset()
+        tok = int(torch.randint(0, cm.config.vocab, ()))
+        (drawn,) = m.run([tok], 0, 1, rules)
+        differ += drawn != sample_token(m.logits.cpu(), rules, 0)
+    assert differ <= 1
+
+
+def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
+    cm, m, _ = loaded
+    prompt = torch.randint(0, cm.config.vocab, (4,)).tolist()
+    full = m.generate(prompt, 12)
+    stop = full[5]
+    cut = m.generate(prompt, 12, stop_ids=[stop])
+    assert cut == full[: full.index(stop) + 1]
+    assert m.generate(prompt, 12) == full  # counters and cache are consistent afterwards

@@ -72,6 +72,7 @@ def test_fusion_leaves_only_fused_kinds(compiled):
         "linear_residual",
         "gate_up_silu",
         "norm_linear",
+        "sample",
     }
 
 
@@ -104,10 +105,10 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection():
 
 # Each switch, and what must show in the generated source when it is set.
 OPTION_EFFECTS = [
-    ({"weight_ring": False}, lambda src: "produce(p, ring)" not in src),
+    ({"weight_ring": False}, lambda src: "produce(p, ring" not in src),
     ({"l2_prefetch": True}, lambda src: "prefetch_l2(base" in src),
-    ({"l2_prefetch": True, "weight_ring": False}, lambda src: "produce(p, ring)" not in src),
-    ({"fine_deps": False}, lambda src: "produce(p, ring)" in src),
+    ({"l2_prefetch": True, "weight_ring": False}, lambda src: "produce(p, ring" not in src),
+    ({"fine_deps": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
     ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
     ({"fault_skip_signal": 0}, lambda src: "if (task != 0)" in src),

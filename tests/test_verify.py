@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 import tilert_compiler as tc
+from tilert_compiler.ir.graph import OpKind
 from tilert_compiler.ir.tile import Region, Schedule, Task, TileProgram
 from tilert_compiler.ir.verify import VerifyError, verify_program, verify_schedule
 
@@ -120,12 +121,15 @@ def test_dropping_a_needed_wait_is_rejected_for_every_task_kind(cm):
 
 
 def test_moving_a_task_to_another_sm_out_of_global_order_is_rejected(cm):
-    # Move a sink (no task depends on it) to just after a later task of another SM: the
-    # schedule still completes, so the only fault is the order, and that must be named.
+    # Move a task only the sample task (the last) depends on to just after a later task
+    # of another SM: the schedule still completes, so the only fault is the order, and
+    # that must be named.
     s = cm.schedule
     verify_schedule(s)
     tasks = s.program.tasks
-    needed = {d for t in tasks for d in t.deps}
+    last = tasks[-1]
+    assert last.kind == OpKind.SAMPLE
+    needed = {d for t in tasks[:-1] for d in t.deps} | {last.id}
     sm_of = s.sm_of()
     lists = [list(ids) for ids in s.sm_lists]
     x = next(t.id for t in tasks if t.id not in needed)

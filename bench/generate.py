@@ -1,0 +1,152 @@
+"""Generation on the GPU against Hugging Face generate, and what one launch per request buys.
+
+    python bench/generate.py build/llama-3.2-1b --prompt 64 --new 128 --prefill 512
+
+1. Greedy, `--new` tokens after a seeded random `--prompt`: the whole request in one
+   multi-step launch (argmax on the GPU) against transformers' greedy generate in
+   float32 on the same weights, compared up to the first near tie (a step where
+   transformers' top two logits differ by less than 0.01 * max(1, |top1|)), which bf16
+   rounding may flip; the check says where it was.
+2. The same request one launch per token (argmax on the host): the same tokens, and the
+   decode rate of both (tokens after the first, over the time between the first and the
+   last token's arrival on the host).
+3. Prefill of `--prefill` tokens: ours runs them through the decode step, all in one
+   launch; transformers (bf16, eager) runs one forward over the whole prompt.
+Writes JSON with card, date and commit when --out is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import torch
+from measure import provenance
+
+from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.reference import hf_model
+from tilert_compiler.models.weights import load_weights
+from tilert_compiler.runtime.artifact import load_artifact
+from tilert_compiler.runtime.gpu import GpuModel
+from tilert_compiler.runtime.sampling import Sampling
+
+
+def timed_generate(m: GpuModel, prompt: list[int], new: int, per_token: bool):
+    """Tokens, and host arrival times of each (perf_counter seconds)."""
+    stamps: list[float] = []
+    toks = m.generate(
+        prompt, new, per_token=per_token, stream=lambda t: stamps.append(time.perf_counter())
+    )
+    return toks, stamps
+
+
+def decode_rate(stamps: list[float]) -> float:
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    weights = load_weights(cfg)
+    g = torch.Generator().manual_seed(a.seed)
+    prompt = torch.randint(0, cfg.vocab, (a.prompt,), generator=g).tolist()
+    m = GpuModel(a.artifact, weights=weights)
+
+    timed_generate(m, prompt, 8, False)  # warm-up: module load, first launch
+    ours, st_one = timed_generate(m, prompt, a.new, per_token=False)
+    ours_pt, st_pt = timed_generate(m, prompt, a.new, per_token=True)
+    rate_one, rate_pt = decode_rate(st_one), decode_rate(st_pt)
+    print(f"one launch: {rate_one:.1f} tok/s; one launch per token: {rate_pt:.1f} tok/s")
+
+    long_prompt = torch.randint(0, cfg.vocab, (a.prefill,), generator=g).tolist()
+    m.reset()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    m.run(long_prompt, 0, a.prefill, Sampling())
+    ours_prefill_ms = (time.perf_counter() - t0) * 1e3
+    del m
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    model = hf_model(cfg, weights, dtype=torch.float32, device="cuda")
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt], device="cuda"),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device="cuda"),
+            max_new_tokens=a.new,
+            min_new_tokens=a.new,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    ref = out.sequences[0, len(prompt) :].tolist()
+    near_tie = None
+    for i, lg in enumerate(out.logits):
+        top2 = lg[0].float().topk(2).values
+        if top2[0] - top2[1] < 0.01 * max(1.0, abs(float(top2[0]))):
+            near_tie = i
+            break
+    upto = a.new if near_tie is None else near_tie
+    first_diff = next((i for i in range(a.new) if ours[i] != ref[i]), None)
+    identical = ours[:upto] == ref[:upto]
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    model = hf_model(cfg, weights, dtype=torch.bfloat16, device="cuda")
+    ids = torch.tensor([long_prompt], device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            model(ids)
+        times = []
+        for _ in range(10):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(ids)
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+    hf_prefill_ms = sorted(times)[len(times) // 2]
+
+    result = {
+        "model": cfg.name,
+        **provenance(),
+        "prompt": a.prompt,
+        "new_tokens": a.new,
+        "greedy_identical_up_to_near_tie": identical,
+        "first_near_tie_step": near_tie,
+        "first_difference_step": first_diff,
+        "per_token_same_tokens": ours_pt == ours,
+        "tok_s_one_launch": rate_one,
+        "tok_s_per_token_launch": rate_pt,
+        "prefill_tokens": a.prefill,
+        "prefill_ms_ours_decode_steps_one_launch": ours_prefill_ms,
+        "prefill_ms_hf_bf16_forward": hf_prefill_ms,
+    }
+    print(json.dumps(result, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(
+        f"RESULT {cfg.name}: greedy {a.new} tokens "
+        f"{'identical' if identical else 'DIFFERENT'} to transformers up to "
+        f"{'the end' if near_tie is None else f'the near tie at step {near_tie}'} "
+        f"(first difference: {first_diff}); one launch {rate_one:.0f} tok/s vs one launch per "
+        f"token {rate_pt:.0f} tok/s ({rate_one / rate_pt:.2f}x); prefill {a.prefill}: ours "
+        f"{ours_prefill_ms:.1f} ms (decode steps), transformers bf16 {hf_prefill_ms:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
