@@ -92,7 +92,10 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
                 ("QKN", int(consts["qk_norm"])),
             ),
         )
-    return Variant(k.value, (("K", t.reads[0].numel()), ("R", o.rows[t.op])))
+    static = (("K", t.reads[0].numel()), ("R", o.rows[t.op]))
+    if k == OpKind.NORM_LINEAR:  # the LM head also writes its argmax partial
+        static += (("ARGMAX", int(len(t.writes) > 1)),)
+    return Variant(k.value, static)
 
 
 def _args(t: Task, o: _Offsets) -> dict[str, int]:
@@ -101,7 +104,13 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
     if k == OpKind.EMBED:
         return {"w_table": o.start(W[0]), "out": o.start(Out[0]), "rows": Out[0].numel()}
     if k == OpKind.SAMPLE:
-        return {"logits": o.start(R[0]), "out": o.start(Out[0]), "vocab": t.arg("vocab")}
+        return {
+            "logits": o.start(R[0]),
+            "out": o.start(Out[0]),
+            "vocab": t.arg("vocab"),
+            "parts": o.start(R[1]),
+            "n_parts": t.arg("parts"),
+        }
     if k == OpKind.ATTENTION_DECODE:
         # Whole-tensor bases: the kernel indexes heads and splits from `head` and `split`.
         qkv, kc, vc = R[0].tensor, R[3].tensor, R[4].tensor
@@ -145,6 +154,8 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
             "w": o.start(W[1]),
             "out": o.start(Out[0]),
             "rows": rows,
+            "argmax_out": o.start(Out[1]) if len(Out) > 1 else NO_OFFSET,
+            "row0": t.arg("row0"),
         }
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
 

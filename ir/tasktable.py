@@ -46,8 +46,10 @@ ARGS: dict[str, tuple[str, ...]] = {
     ),
     "linear_residual": ("x", "w", "residual", "out", "rows"),
     "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
-    "norm_linear": ("x", "w_gamma", "w", "out", "rows"),
-    "sample": ("logits", "out", "vocab"),
+    # argmax_out: the LM head's (max, index) partial slot (NO_OFFSET elsewhere); row0: its
+    # first row (the index base)
+    "norm_linear": ("x", "w_gamma", "w", "out", "rows", "argmax_out", "row0"),
+    "sample": ("logits", "out", "vocab", "parts", "n_parts"),
 }
 assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
 

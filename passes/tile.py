@@ -18,6 +18,9 @@ W_BYTES = 2  # bf16 weights
 # the split of a kv head that arrives last (counted on its ARRIVE counter) combines them.
 ARRIVE = "arrive:"
 ARRIVE_PART = "attn_part."
+# Per LM-head task: (largest logit of its rows, its index): greedy sampling reads these
+# instead of every logit.
+ARGMAX_PART = "lm_argmax"
 A_BYTES = 4  # f32 activations and cache
 
 
@@ -46,6 +49,8 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
     counters: list[Counter] = []  # arrival counters of split attention (see ARRIVE)
     part_decls: list[TensorDecl] = []  # split-attention partials, one tensor per layer
     shape = {t.name: t.shape for t in graph.tensors}
+    storage = {t.name: t.storage for t in graph.tensors}
+    lm_tasks: list[int] = []  # LM-head tasks, in argmax-partial order
 
     def add(kind, op, reads, weights, writes, cost_extra=0, **args) -> None:
         cost = sum(r.numel() for r in weights) * W_BYTES
@@ -141,11 +146,18 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                         _rows(op.inputs[2], lo, hi, k),
                         _rows(op.inputs[3], lo, hi, k),
                     ]
-                add(op.kind, op, reads, weights, [_vec(out, lo, hi)], row0=lo, rows=hi - lo)
-        elif op.kind == OpKind.SAMPLE:  # one task reads every logit (see runtime.sampling)
-            (logits,), (token,) = op.inputs, op.outputs
-            v = shape[logits][0]
-            add(op.kind, op, [_vec(logits, 0, v)], [], [_vec(token, 0, 1)], vocab=v)
+                writes = [_vec(out, lo, hi)]
+                if storage[out] == Storage.OUT:  # the LM head: each task's argmax too
+                    j = len(lm_tasks)
+                    lm_tasks.append(len(tasks))
+                    writes.append(region(ARGMAX_PART, (j, j + 1), (0, 2)))
+                add(op.kind, op, reads, weights, writes, row0=lo, rows=hi - lo)
+        elif op.kind == OpKind.SAMPLE:  # one task: the LM head's argmax partials, and every
+            (logits,), (token,) = op.inputs, op.outputs  # logit when it samples
+            v, n = shape[logits][0], len(lm_tasks)
+            reads = [_vec(logits, 0, v), region(ARGMAX_PART, (0, n), (0, 2))]
+            add(op.kind, op, reads, [], [_vec(token, 0, 1)], vocab=v, parts=n)
+            part_decls.append(TensorDecl(ARGMAX_PART, (n, 2), Storage.ACT))
         else:
             raise TileError(
                 f"op {op.name}: kind '{op.kind.value}' has no task kind; run fuse first"

@@ -248,11 +248,20 @@ class Interpreter:
     def _sample(self, a: dict, s: dict) -> None:
         if self._mode is None or self._step_i + 1 < self._n_forced:
             return  # logits only, or the prompt gives the next token
-        tok = sample_token(self._act(a["logits"], a["vocab"]), self._mode, self.pos)
+        if self._mode.greedy:  # the LM head tasks' partials: the first of the largest
+            parts = self._act(a["parts"], 2 * a["n_parts"]).view(-1, 2)
+            best = parts[:, 0].max()
+            tok = int(parts[parts[:, 0] == best, 1].min())
+        else:
+            tok = sample_token(self._act(a["logits"], a["vocab"]), self._mode, self.pos)
         self._act(a["out"], 1)[0] = float(tok)
         self._sampled = tok
 
     def _norm_linear(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        self._act(a["out"], rows)[:] = self._stream_dot(K, rows, xn)
+        y = self._stream_dot(K, rows, xn)
+        self._act(a["out"], rows)[:] = y
+        if s["ARGMAX"]:  # (largest, its first index) of this task's rows
+            i = int(torch.argmax(y))
+            self._act(a["argmax_out"], 2)[:] = torch.tensor([float(y[i]), float(a["row0"] + i)])
