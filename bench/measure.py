@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
 import subprocess
 
@@ -48,7 +49,9 @@ def step_ms(m, tokens: list[int], pos: int, iters: int, fill: bool = True) -> fl
 
 def provenance() -> dict:
     """Card, date and commit for a result file."""
-    commit = subprocess.run(
+    # The device machine's copy of the repository may carry a stale .git: the command line
+    # can pass the commit it was started from (TILERT_COMMIT=$(git rev-parse --short HEAD)).
+    commit = os.environ.get("TILERT_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     return {

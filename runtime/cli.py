@@ -2,6 +2,7 @@
 
     tilert-run build/llama-3.2-1b/                      # prompt 1,2,3; 8 new tokens
     tilert-run out/ --prompt-ids 5,9,2 --max-new-tokens 32 --weights hf_model_dir/
+    tilert-run out/ --prompt "The capital of France is" --weights hf_model_dir/
 
 On a machine with a CUDA GPU the whole request (prompt, then new tokens sampled on the
 GPU) is one launch of the persistent kernel (--per-token: one launch per token, sampled on
@@ -28,6 +29,12 @@ from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artif
 from tilert_compiler.runtime.gpu import KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError
 from tilert_compiler.runtime.sampling import GenerationError, Sampling
+from tilert_compiler.runtime.tokenizer import (
+    TOKENIZER_FILE,
+    TextCodec,
+    TokenizerError,
+    find_tokenizer,
+)
 
 PROG = "tilert-run"
 EXIT_BAD_INPUT = 2
@@ -50,6 +57,7 @@ class Plan:
     gpu: bool
     sampling: dict  # temperature, top_k, top_p, seed, stop_ids
     per_token: bool = False  # one launch per token (GPU), host sampling
+    codec: TextCodec | None = None  # text prompts: decode the output too
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prompt-ids", default="1,2,3", help="comma-separated token ids (default: 1,2,3)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate (default 8)")
+    p.add_argument(
+        "--prompt",
+        help="prompt text (needs a tokenizer.json: --tokenizer, or in the weights or artifact "
+        "folder); the output is decoded too",
+    )
+    p.add_argument("--tokenizer", help="a tokenizer.json, or a folder holding one")
+    p.add_argument(
+        "-n", "--max-new-tokens", type=int, default=8, help="tokens to generate (default 8)"
+    )
     p.add_argument(
         "--weights", help="folder of *.safetensors (default: the artifact's weights spec)"
     )
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = _plan(args)
         _decode(plan, print)
-    except (ArtifactError, ConfigError, UsageError) as e:
+    except (ArtifactError, ConfigError, UsageError, TokenizerError) as e:
         return _fail(e, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -114,7 +130,8 @@ def _plan(args: argparse.Namespace) -> Plan:
     if gpu:
         _check_gpu(path, m)
     cfg = _config(path, m, args.weights)
-    prompt = _prompt(args.prompt_ids, cfg.vocab)
+    codec = _codec(args, cfg, path) if args.prompt is not None else None
+    prompt = codec.encode(args.prompt) if codec else _prompt(args.prompt_ids, cfg.vocab)
     n = args.max_new_tokens
     if n < 1:
         raise UsageError(f"--max-new-tokens must be >= 1 (got {n})")
@@ -138,7 +155,23 @@ def _plan(args: argparse.Namespace) -> Plan:
         Sampling(**{k: sampling[k] for k in ("temperature", "top_k", "top_p", "seed")})
     except GenerationError as e:
         raise UsageError(str(e)) from None
-    return Plan(path, art, cfg, prompt, n, gpu, sampling, args.per_token)
+    return Plan(path, art, cfg, prompt, n, gpu, sampling, args.per_token, codec)
+
+
+def _codec(args: argparse.Namespace, cfg: ModelConfig, path: Path) -> TextCodec:
+    """The tokenizer for a text prompt: --tokenizer, else the weights' or artifact's folder."""
+    if args.tokenizer is not None and find_tokenizer(args.tokenizer) is None:
+        raise UsageError(f"--tokenizer {args.tokenizer}: no {TOKENIZER_FILE} there")
+    found = find_tokenizer(args.tokenizer, cfg.weights.path, path)
+    if found is None:
+        raise UsageError(
+            f"--prompt needs a {TOKENIZER_FILE}: pass --tokenizer FILE, or keep one in the "
+            "weights folder (--weights) or the artifact folder"
+        )
+    try:
+        return TextCodec(found, cfg.vocab)
+    except TokenizerError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_gpu(path: Path, m: dict) -> None:
@@ -202,6 +235,8 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
     how = "one launch per token" if plan.per_token else "one launch"
     say(f"prompt:    {','.join(map(str, plan.prompt))}")
     say(f"generated: {','.join(map(str, generated))}")
+    if plan.codec is not None:
+        say(f"text:      {plan.codec.decode(generated)!r}")
     say(f"{where}, {how}: {steps} steps in {dt:.3f} s, {steps / dt:.1f} steps/s")
     if len(stamps) > 1:  # new tokens after the first, as they reached the host
         say(f"decode: {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s")

@@ -245,6 +245,11 @@ RUN_ARGS = {
         ["--weights", "/no/such/folder"],
         "--weights /no/such/folder: not a folder",
     ),
+    "text_prompt_without_tokenizer": (["--prompt", "hello"], "--prompt needs a tokenizer.json"),
+    "tokenizer_not_there": (
+        ["--prompt", "hello", "--tokenizer", "/no/such/tok"],
+        "--tokenizer /no/such/tok: no tokenizer.json there",
+    ),
 }
 
 
@@ -276,6 +281,41 @@ def test_tilert_run_decodes_greedily_like_the_interpreter(artifact, capsys):
         fed.append(int(cm.interpret(fed)[-1].argmax()))
     assert tokens == fed[2:]
     assert "tokens/s" in out
+
+
+def _word_tokenizer(folder: Path, words: int) -> Path:
+    """A whitespace word-level tokenizer.json: "w0" .. "w{words-1}" are ids 0 .."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_tilert_run_takes_text_and_decodes_its_output(artifact, tmp_path, capsys):
+    tok = _word_tokenizer(tmp_path / "tok", 256)  # tiny-llama's vocabulary size
+    rc = run_main([str(artifact), "--prompt", "w5 w7", "--tokenizer", str(tok), "-n", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "prompt:    5,7" in out
+    ids = next(ln for ln in out.splitlines() if ln.startswith("generated:")).split(":")[1]
+    text = next(ln for ln in out.splitlines() if ln.startswith("text:"))
+    assert text.split(":", 1)[1].strip() == repr(" ".join(f"w{i}" for i in ids.strip().split(",")))
+    assert run_main([str(artifact), "--prompt-ids", "5,7", "-n", "3"]) == 0
+    assert f"generated:{ids}" in capsys.readouterr().out  # the same tokens as the ids path
+
+
+def test_a_tokenizer_of_another_model_is_one_line_exit_2(artifact, tmp_path, capsys):
+    tok = _word_tokenizer(tmp_path / "tok", 300)
+    rc = run_main([str(artifact), "--prompt", "w299", "--tokenizer", str(tok)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert "token id 299 is outside the model's vocabulary" in one_error_line(
+        captured.err, "tilert-run"
+    )
 
 
 # ------------------------------------------------------------------ end to end
