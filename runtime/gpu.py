@@ -217,12 +217,8 @@ class GpuModel:
         p.profile = self.profile.data_ptr() if self.profiled else None
         p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
-        p.token, p.pos, p.epoch, p.timeout_ns = (
-            int(token),
-            int(pos),
-            self.epoch + 1,
-            self.timeout_ns,
-        )
+        p.token, p.pos, p.epoch = int(token), int(pos), self.epoch + 1
+        p.timeout_ns = self.timeout_ns
         p.tokens, p.host_tokens, p.stop_ids = self.tokens.data_ptr(), host, self.stop_ids.data_ptr()
         p.n_steps, p.n_forced, p.n_stop, p.mode = n_steps, n_forced, n_stop, mode
         p.temperature = rules.temperature if rules else 0.0
@@ -358,8 +354,12 @@ class GpuModel:
 
     def __del__(self):
         ptr = getattr(self, "_host_ptr", None)
-        if ptr is not None:
+        if ptr is None:
+            return
+        try:  # the kernel may still write the mapped tokens: let it finish first
             from cuda.bindings import driver
 
             torch.cuda.synchronize(self.device)
             driver.cuMemFreeHost(ptr)
+        except Exception:  # interpreter shutdown: the context may be gone already
+            pass
