@@ -51,9 +51,12 @@ def provenance() -> dict:
     """Card, date and commit for a result file."""
     # The device machine's copy of the repository may carry a stale .git: the command line
     # can pass the commit it was started from (TILERT_COMMIT=$(git rev-parse --short HEAD)).
-    commit = os.environ.get("TILERT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = (
+        os.environ.get("TILERT_COMMIT")
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    )
     return {
         "card": torch.cuda.get_device_name(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -49,7 +49,7 @@ def retime(sched: Schedule, target: Target) -> list[tuple[float, float]]:
     spans = [(0.0, 0.0)] * len(tasks)
     for t in tasks:  # ids are a topological order; each SM list is in id order
         sm = sm_of.get(t.id, 0)
-        start = max([free[sm]] + [spans[d][1] for d in t.deps])
+        start = max([free[sm]] + [spans[d][1] + target.handoff_s for d in t.deps])
         spans[t.id] = (start, start + task_seconds(t.cost, target))
         free[sm] = spans[t.id][1]
     return spans
@@ -170,7 +170,8 @@ def _summary(sched, target: Target, rows: list[OpRow], roles: list[str], spans) 
         f"predicted step  {step * 1e6:9.1f} us   cost model: a task streams at "
         f"{min(target.hbm_bytes_per_s / target.sms, target.sm_bytes_per_s) / 1e9:.1f} GB/s "
         f"(its SM's share of HBM, at most one SM's best), plus "
-        f"{target.task_overhead_s * 1e6:.1f} us per task",
+        f"{target.task_overhead_s * 1e6:.1f} us per task and {target.handoff_s * 1e6:.1f} us "
+        "per dependency hand-off",
         f"floor           {floor * 1e6:9.1f} us   {_size(weight_bytes(sched))} of weights / "
         f"{target.hbm_bytes_per_s / 1e12:.2f} TB/s",
         f"predicted/floor {step / floor if floor else 0:9.2f} x    "

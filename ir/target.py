@@ -14,7 +14,12 @@ class Target:
     threads_per_block: int = 256  # 8 warps per CTA
     hbm_bytes_per_s: float = 3.0e12  # measured copy bandwidth (read + write), the cost model's rate
     sm_bytes_per_s: float = 60e9  # what one SM streams alone at best, caps a lone task's rate
-    task_overhead_s: float = 1.5e-6  # dependency handoff + pipeline fill per task
+    task_overhead_s: float = 1.5e-6  # per task: prologue (input vector, norm) + ring fill
+    # Per dependency: from the producer's release to the waiting SM's acquire and first
+    # loads. Calibrated on the measured llama-3.2-1b timeline (H100, bench/NOTES.md run
+    # S2-4: 1320 us measured, 1054 predicted without it, 1218 with it); placement is the
+    # same with or without it on every bundled model, only the predicted times move.
+    handoff_s: float = 2.0e-6
 
     @property
     def compute_capability(self) -> str:

@@ -25,7 +25,7 @@ def schedule(program: TileProgram, target: Target) -> Schedule:
     spans: list[tuple[float, float]] = []
     lists: list[list[int]] = [[] for _ in range(sms)]
     for t in program.tasks:
-        ready = max((end[d] for d in t.deps), default=0.0)
+        ready = max((end[d] + target.handoff_s for d in t.deps), default=0.0)
         dur = task_seconds(t.cost, target)
         # Earliest finish; ties go to the least loaded SM, then the lowest index.
         sm = min(range(sms), key=lambda s: (max(free[s], ready), free[s], s))

@@ -52,9 +52,10 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
     storage = {t.name: t.storage for t in graph.tensors}
     lm_tasks: list[int] = []  # LM-head tasks, in argmax-partial order
 
-    def add(kind, op, reads, weights, writes, cost_extra=0, **args) -> None:
-        cost = sum(r.numel() for r in weights) * W_BYTES
-        cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
+    def add(kind, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
+        if cost is None:
+            cost = sum(r.numel() for r in weights) * W_BYTES
+            cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
         tasks.append(
             Task(
                 len(tasks),
@@ -156,7 +157,9 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
             (logits,), (token,) = op.inputs, op.outputs  # logit when it samples
             v, n = shape[logits][0], len(lm_tasks)
             reads = [_vec(logits, 0, v), region(ARGMAX_PART, (0, n), (0, 2))]
-            add(op.kind, op, reads, [], [_vec(token, 0, 1)], vocab=v, parts=n)
+            # Costed as greedy decoding runs it (the partials); a sampled draw makes several
+            # passes over every logit, which the prediction leaves out.
+            add(op.kind, op, reads, [], [_vec(token, 0, 1)], cost=2 * n * A_BYTES, vocab=v, parts=n)
             part_decls.append(TensorDecl(ARGMAX_PART, (n, 2), Storage.ACT))
         else:
             raise TileError(

@@ -141,3 +141,17 @@ def test_profile_buffer_stride_matches_the_runtime():
 
     src = tc.compile("tiny-llama", profile=True, nvcc=False).source
     assert f"p.profile + {PROFILE_WORDS}LL * task" in src
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+def test_the_handoff_term_moves_predictions_not_placement(name):
+    from dataclasses import replace
+
+    from tilert_compiler.passes.schedule import schedule
+
+    cm = tc.compile(name, nvcc=False)
+    target = cm.config.target
+    without = schedule(cm.schedule.program, replace(target, handoff_s=0.0))
+    assert without.sm_lists == cm.schedule.sm_lists
+    step = max(e for _, e in cm.schedule.predicted)
+    assert step > max(e for _, e in without.predicted) + target.handoff_s  # a chain of hops
