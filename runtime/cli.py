@@ -26,7 +26,7 @@ import torch
 
 from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
-from tilert_compiler.runtime.gpu import KernelError
+from tilert_compiler.runtime.gpu import MAX_STOP_IDS, KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError
 from tilert_compiler.runtime.sampling import GenerationError, Sampling
 from tilert_compiler.runtime.tokenizer import (
@@ -151,6 +151,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         "seed": args.seed,
         "stop_ids": _prompt(args.stop_ids, cfg.vocab) if args.stop_ids else [],
     }
+    if len(sampling["stop_ids"]) > MAX_STOP_IDS:
+        raise UsageError(f"--stop-ids: at most {MAX_STOP_IDS} (got {len(sampling['stop_ids'])})")
     try:
         Sampling(**{k: sampling[k] for k in ("temperature", "top_k", "top_p", "seed")})
     except GenerationError as e:

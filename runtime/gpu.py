@@ -19,7 +19,7 @@ import torch
 from tilert_compiler.ir.tasktable import F_KIND, F_SIGNAL, PROFILE_WORDS
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
-from tilert_compiler.runtime.sampling import Sampling
+from tilert_compiler.runtime.sampling import GenerationError, Sampling
 
 ERROR_WORDS = 8
 _ERR_NAMES = {
@@ -266,7 +266,7 @@ class GpuModel:
         self._check_step(given[0], pos + n_steps - 1)
         stops = [int(t) for t in stop_ids]
         if len(stops) > MAX_STOP_IDS:
-            raise ValueError(f"at most {MAX_STOP_IDS} stop ids (got {len(stops)})")
+            raise GenerationError(f"at most {MAX_STOP_IDS} stop ids (got {len(stops)})")
         if stops:
             self.stop_ids[: len(stops)].copy_(torch.tensor(stops, dtype=torch.int32))
         self.tokens[: len(given)].copy_(torch.tensor(given, dtype=torch.int32))

@@ -246,6 +246,10 @@ RUN_ARGS = {
         "--weights /no/such/folder: not a folder",
     ),
     "text_prompt_without_tokenizer": (["--prompt", "hello"], "--prompt needs a tokenizer.json"),
+    "too_many_stop_ids": (
+        ["--stop-ids", ",".join(str(i) for i in range(65))],
+        "--stop-ids: at most 64 (got 65)",
+    ),
     "tokenizer_not_there": (
         ["--prompt", "hello", "--tokenizer", "/no/such/tok"],
         "--tokenizer /no/such/tok: no tokenizer.json there",
