@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -377,11 +378,13 @@ def test_full_sequence_logits_equal_cached_decode(name: str) -> None:
     full = reference_logits(model, tokens)
     assert full.shape == (len(tokens), cfg.vocab) and full.dtype == torch.float32
 
+    # transformers renamed past_key_values to cache (5.2x deprecates the old name)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     past, steps = None, []
     with torch.no_grad():
         for t in tokens:
-            out = model(input_ids=t.view(1, 1), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=t.view(1, 1), use_cache=True, **{key: past})
+            past = getattr(out, key)
             steps.append(out.logits[0, -1])
     step = torch.stack(steps)
     rel = (full - step).norm(dim=-1) / step.norm(dim=-1)
