@@ -9,7 +9,8 @@
    rounding may flip; the check says where it was.
 2. The same request one launch per token (argmax on the host): the same tokens, and the
    decode rate of both (tokens after the first, over the time between the first and the
-   last token's arrival on the host).
+   last token's arrival on the host); then the one-launch rate when the kernel samples
+   (temperature 0.8; then with top-k 50 and top-p 0.9).
 3. Prefill of `--prefill` tokens: ours runs them through the decode step, all in one
    launch; transformers (bf16, eager) runs one forward over the whole prompt.
 Writes JSON with card, date and commit when --out is given.
@@ -33,11 +34,15 @@ from tilert_compiler.runtime.gpu import GpuModel
 from tilert_compiler.runtime.sampling import Sampling
 
 
-def timed_generate(m: GpuModel, prompt: list[int], new: int, per_token: bool):
+def timed_generate(m: GpuModel, prompt: list[int], new: int, per_token: bool, **sampling):
     """Tokens, and host arrival times of each (perf_counter seconds)."""
     stamps: list[float] = []
     toks = m.generate(
-        prompt, new, per_token=per_token, stream=lambda t: stamps.append(time.perf_counter())
+        prompt,
+        new,
+        per_token=per_token,
+        stream=lambda t: stamps.append(time.perf_counter()),
+        **sampling,
     )
     return toks, stamps
 
@@ -68,6 +73,16 @@ def main() -> None:
     ours_pt, st_pt = timed_generate(m, prompt, a.new, per_token=True)
     rate_one, rate_pt = decode_rate(st_one), decode_rate(st_pt)
     print(f"one launch: {rate_one:.1f} tok/s; one launch per token: {rate_pt:.1f} tok/s")
+    # Sampled decoding in one launch: the sample task's passes over every logit.
+    sampled = dict(temperature=0.8, top_k=50, top_p=0.9, seed=a.seed)
+    rates_sampled = {}
+    for name, kw in (
+        ("temperature", dict(temperature=0.8, seed=a.seed)),
+        ("temperature+top_k+top_p", sampled),
+    ):
+        _, st = timed_generate(m, prompt, a.new, per_token=False, **kw)
+        rates_sampled[name] = decode_rate(st)
+    print(f"one launch, sampled: {rates_sampled}")
 
     long_prompt = torch.randint(0, cfg.vocab, (a.prefill,), generator=g).tolist()
     m.reset()
@@ -130,6 +145,7 @@ def main() -> None:
         "per_token_same_tokens": ours_pt == ours,
         "tok_s_one_launch": rate_one,
         "tok_s_per_token_launch": rate_pt,
+        "tok_s_one_launch_sampled": rates_sampled,
         "prefill_tokens": a.prefill,
         "prefill_ms_ours_decode_steps_one_launch": ours_prefill_ms,
         "prefill_ms_hf_bf16_forward": hf_prefill_ms,
@@ -144,7 +160,9 @@ def main() -> None:
         f"{'the end' if near_tie is None else f'the near tie at step {near_tie}'} "
         f"(first difference: {first_diff}); one launch {rate_one:.0f} tok/s vs one launch per "
         f"token {rate_pt:.0f} tok/s ({rate_one / rate_pt:.2f}x); prefill {a.prefill}: ours "
-        f"{ours_prefill_ms:.1f} ms (decode steps), transformers bf16 {hf_prefill_ms:.1f} ms"
+        f"{ours_prefill_ms:.1f} ms (decode steps), transformers bf16 {hf_prefill_ms:.1f} ms; "
+        "sampled in one launch: "
+        + ", ".join(f"{k} {v:.0f} tok/s" for k, v in rates_sampled.items())
     )
 
 
