@@ -74,11 +74,10 @@ def main() -> None:
     rate_one, rate_pt = decode_rate(st_one), decode_rate(st_pt)
     print(f"one launch: {rate_one:.1f} tok/s; one launch per token: {rate_pt:.1f} tok/s")
     # Sampled decoding in one launch: the sample task's passes over every logit.
-    sampled = dict(temperature=0.8, top_k=50, top_p=0.9, seed=a.seed)
     rates_sampled = {}
     for name, kw in (
         ("temperature", dict(temperature=0.8, seed=a.seed)),
-        ("temperature+top_k+top_p", sampled),
+        ("temperature+top_k+top_p", dict(temperature=0.8, top_k=50, top_p=0.9, seed=a.seed)),
     ):
         _, st = timed_generate(m, prompt, a.new, per_token=False, **kw)
         rates_sampled[name] = decode_rate(st)

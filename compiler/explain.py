@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from tilert_compiler.ir.graph import Storage
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Schedule, Task
-from tilert_compiler.passes.schedule import task_seconds
+from tilert_compiler.passes.schedule import ready_at, task_seconds
 from tilert_compiler.passes.tile import W_BYTES
 
 
@@ -46,12 +46,13 @@ def retime(sched: Schedule, target: Target) -> list[tuple[float, float]]:
     tasks = sched.program.tasks
     sm_of = sched.sm_of()
     free = [0.0] * len(sched.sm_lists)
+    end = [0.0] * len(tasks)
     spans = [(0.0, 0.0)] * len(tasks)
     for t in tasks:  # ids are a topological order; each SM list is in id order
         sm = sm_of.get(t.id, 0)
-        start = max([free[sm]] + [spans[d][1] + target.handoff_s for d in t.deps])
-        spans[t.id] = (start, start + task_seconds(t.cost, target))
-        free[sm] = spans[t.id][1]
+        start = max(free[sm], ready_at(t.deps, end, target))
+        end[t.id] = free[sm] = start + task_seconds(t.cost, target)
+        spans[t.id] = (start, end[t.id])
     return spans
 
 

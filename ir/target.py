@@ -17,14 +17,9 @@ class Target:
     task_overhead_s: float = 1.5e-6  # per task: prologue (input vector, norm) + ring fill
     # Per dependency: from the producer's release to the waiting SM's acquire and first
     # loads. Calibrated on the measured llama-3.2-1b timeline (H100, bench/NOTES.md run
-    # S2-4: 1320 us measured, 1054 predicted without it, 1218 with it); placement is the
+    # S2-4: 1320 us measured, 1054 predicted without it, 1196 with it); placement is the
     # same with or without it on every bundled model, only the predicted times move.
     handoff_s: float = 2.0e-6
-
-    @property
-    def compute_capability(self) -> str:
-        """'90a' for sm_90a: the suffix nvcc's -gencode expects."""
-        return self.arch.removeprefix("sm_")
 
 
 KNOWN_ARCHS = ("sm_90", "sm_90a")

@@ -18,6 +18,11 @@ def task_seconds(cost_bytes: int, target: Target) -> float:
     return target.task_overhead_s + cost_bytes / rate
 
 
+def ready_at(deps, end, target: Target) -> float:
+    """When a task may start: its last dependency's end plus the hand-off to this SM."""
+    return max((end[d] + target.handoff_s for d in deps), default=0.0)
+
+
 def schedule(program: TileProgram, target: Target) -> Schedule:
     sms = target.sms
     free = [0.0] * sms
@@ -25,7 +30,7 @@ def schedule(program: TileProgram, target: Target) -> Schedule:
     spans: list[tuple[float, float]] = []
     lists: list[list[int]] = [[] for _ in range(sms)]
     for t in program.tasks:
-        ready = max((end[d] + target.handoff_s for d in t.deps), default=0.0)
+        ready = ready_at(t.deps, end, target)
         dur = task_seconds(t.cost, target)
         # Earliest finish; ties go to the least loaded SM, then the lowest index.
         sm = min(range(sms), key=lambda s: (max(free[s], ready), free[s], s))

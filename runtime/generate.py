@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tilert_compiler.runtime.sampling import GenerationError, Sampling, sample_token
+from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling, sample_token
 
 __all__ = ["GenerationError", "check_request", "generate", "generate_on"]
 
@@ -34,7 +34,7 @@ def generate_on(
     whole request (prompt and new tokens) is one multi-step run, sampled by the kernel's
     sample task (`model.run`); `per_token` runs one step per token and samples on the host."""
     model.reset()
-    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    rules = Sampling(temperature, top_k, top_p, seed)
     if per_token:
         return generate(
             model.step,
@@ -42,15 +42,15 @@ def generate_on(
             max_new_tokens,
             max_seq_len=model.max_seq_len,
             vocab=model.vocab,
+            rules=rules,
             stop_ids=stop_ids,
             stream=stream,
-            **kw,
         )
     prompt = check_request(
         prompt_ids, max_new_tokens, max_seq_len=model.max_seq_len, vocab=model.vocab
     )
     steps = len(prompt) + max_new_tokens - 1
-    return model.run(prompt, 0, steps, Sampling(**kw), stop_ids, stream)
+    return model.run(prompt, 0, steps, rules, stop_ids, stream)
 
 
 def generate(
@@ -60,16 +60,13 @@ def generate(
     *,
     max_seq_len: int,
     vocab: int,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    rules: Sampling = GREEDY,
     stop_ids: Sequence[int] = (),
-    seed: int = 0,
     stream: Callable[[int], None] | None = None,
 ) -> list[int]:
-    """New tokens (stop id included, if one ended it). `step(token, pos)` -> logits."""
+    """New tokens (stop id included, if one ended it). `step(token, pos)` -> logits, one
+    step per token, sampled on the host by `rules`."""
     prompt = check_request(prompt_ids, max_new_tokens, max_seq_len=max_seq_len, vocab=vocab)
-    rules = Sampling(temperature, top_k, top_p, seed)
     for pos, tok in enumerate(prompt[:-1]):
         step(tok, pos)
     pos = len(prompt) - 1

@@ -19,7 +19,7 @@ import torch
 from tilert_compiler.ir.tasktable import F_KIND, F_SIGNAL, PROFILE_WORDS
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
-from tilert_compiler.runtime.sampling import GenerationError, Sampling
+from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
 
 ERROR_WORDS = 8
 _ERR_NAMES = {
@@ -189,12 +189,23 @@ class GpuModel:
         self._host_tokens = np.ctypeslib.as_array(
             (ctypes.c_int32 * n).from_address(int(self._host_ptr))
         )
+        # Every buffer lives as long as the model (reset() refills in place): their
+        # addresses go into the kernel's Params once; a launch sets only what varies.
+        p = self._params
+        p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
+        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
+        p.stream = self.stream.data_ptr()
+        p.profile = self.profile.data_ptr() if self.profiled else None
+        p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
+        p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
+        p.tokens, p.stop_ids = self.tokens.data_ptr(), self.stop_ids.data_ptr()
+        p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
 
     # ------------------------------------------------------------ stepping
     def launch(self, token: int, pos: int) -> None:
         """Enqueue one decode step (logits only) on the current stream; no synchronisation."""
         self._check_step(token, pos)
-        self._launch(token, pos, 1, 1, MODE_LOGITS, None, 0, None)
+        self._launch(token, pos, 1, 1, MODE_LOGITS, GREEDY, 0, None)
         self.epoch += 1
 
     def _check_step(self, token: int, pos: int) -> None:
@@ -210,22 +221,17 @@ class GpuModel:
 
         if (self.epoch + n_steps) * self._max_producers >= 2**31:
             self._rebase_counters()
-        p = self._params
-        p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
-        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
-        p.stream = self.stream.data_ptr()
-        p.profile = self.profile.data_ptr() if self.profiled else None
-        p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
-        p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
+        p = self._params  # the buffers' addresses were set once, in __init__
         p.token, p.pos, p.epoch = int(token), int(pos), self.epoch + 1
         p.timeout_ns = self.timeout_ns
-        p.tokens, p.host_tokens, p.stop_ids = self.tokens.data_ptr(), host, self.stop_ids.data_ptr()
+        p.host_tokens = host
         p.n_steps, p.n_forced, p.n_stop, p.mode = n_steps, n_forced, n_stop, mode
-        p.temperature = rules.temperature if rules else 0.0
-        p.top_p = rules.top_p if rules else 1.0
-        p.top_k = rules.top_k if rules else 0
-        p.seed = rules.seed if rules else 0
-        p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
+        p.temperature, p.top_p, p.top_k, p.seed = (
+            rules.temperature,
+            rules.top_p,
+            rules.top_k,
+            rules.seed,
+        )
         m = self.art.manifest
         stream = torch.cuda.current_stream(self.device).cuda_stream
         _check(

@@ -82,7 +82,7 @@ class Interpreter:
         if not 1 <= len(given) <= n_steps:
             raise InterpreterError(f"{len(given)} given tokens for {n_steps} steps")
         self._check(given[0], pos + n_steps - 1)
-        self._mode = sampling
+        self._mode, self._n_forced = sampling, len(given)
         out: list[int] = []
         for i in range(n_steps):
             if i < len(given):
@@ -92,7 +92,6 @@ class Interpreter:
                 if tok in stop_ids:
                     break
             self._check(tok, pos + i)
-            self._n_forced, self._step_i = len(given), i
             self._run_step(tok, pos + i, i)
             if i + 1 >= len(given):
                 out.append(self._sampled)
