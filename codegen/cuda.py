@@ -13,6 +13,7 @@ from tilert_compiler.ir.tasktable import F_ARG0, PROFILE_WORDS, RECORD, TaskTabl
 from tilert_compiler.ir.tile import Schedule
 
 KERNEL_NAME = "tilert_decode_step"
+PREFILL_KERNEL_NAME = "tilert_prefill_chunk"
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -49,8 +50,9 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
-    """Dynamic shared memory (in floats) a task kind needs besides the ring."""
+def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int = 1) -> int:
+    """Dynamic shared memory (in floats) a task kind needs besides the ring; `rows` token
+    rows per task (a prefill program)."""
     if v.kind == "embed":
         return 0
     if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
@@ -60,21 +62,31 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
         chunk = -(-(v.get("S") - 1) // splits) + 1
         rows = max(2 * chunk * hd, splits * g * (hd + 2))  # cache rows, then the partials
         return g * hd + 4 * hd + -(-g * chunk // 4) * 4 + rows
+    if v.kind == "attention_prefill":  # the same with `rows` query rows and new cache rows
+        hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
+        chunk = -(-(v.get("S") - 1) // splits) + rows
+        q = rows * g
+        cache = max(2 * chunk * hd, splits * g * (hd + 2))
+        return q * hd + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
     rpc = _rows_per_chunk(k, stage_bytes)
     split = 1 if rpc >= consumer_warps else consumer_warps // rpc
-    return k + split * v.get("R")  # input vector + per-K-slice row results
+    return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
 
-def plan_kernel(table: TaskTable, target: Target, ring: bool) -> KernelPlan:
+def plan_kernel(table: TaskTable, target: Target, ring: bool, rows: int = 1) -> KernelPlan:
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
     kmax = max((v.get("K") for v in table.variants if "K" in dict(v.static)), default=8)
     stage = max(STAGE_BYTES, -(-2 * kmax // 1024) * 1024)
-    scratch = max(scratch_floats(v, consumers // 32, stage) for v in table.variants)
+
+    def need(v: Variant) -> int:
+        return scratch_floats(v, consumers // 32, stage, rows)
+
+    scratch = max(need(v) for v in table.variants)
     room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
     if room < 0:
-        worst = max(table.variants, key=lambda v: scratch_floats(v, consumers // 32, stage))
+        worst = max(table.variants, key=need)
         raise CodegenError(
             f"task kind {worst.label} needs {4 * scratch} bytes of shared memory, the target "
             f"allows {target.smem_per_block}; lower max_seq_len or use a larger target"
@@ -98,6 +110,7 @@ def emit_cuda(
     arch: str,
     profile: bool = False,
     fault_skip_signal: int = -1,
+    kernel_name: str = KERNEL_NAME,
 ) -> str:
     """`profile`: record per task the global timer at wait start, run start and end (the
     schedule and the task table are the same either way)."""
@@ -129,7 +142,9 @@ def emit_cuda(
         fault_skip_signal=fault_skip_signal,
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
-        kernel_name=KERNEL_NAME,
+        kernel_name=kernel_name,
+        rows=int(consts.get("rows", 1)),
+        row_stride=sched.row_stride,
     )
 
 

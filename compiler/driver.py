@@ -10,7 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.codegen.cuda import KERNEL_NAME, CodegenError, emit_cuda, plan_kernel
+from tilert_compiler.codegen.cuda import (
+    KERNEL_NAME,
+    PREFILL_KERNEL_NAME,
+    CodegenError,
+    emit_cuda,
+    plan_kernel,
+)
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.serialize import serialize
 from tilert_compiler.ir.tasktable import TaskTable
@@ -41,6 +47,9 @@ class CompiledModel:
     resources: Resources | None
     manifest: dict
     timings: dict[str, float] = field(default_factory=dict)
+    # The prefill program (prompt chunks of several tokens per launch), compiled beside the
+    # decode program and sharing its weights and KV cache; None when off or nothing fits.
+    prefill: CompiledModel | None = None
 
     def ir(self, stage: str = "layout") -> str:
         """The IR after `stage` (one of STAGES) as text."""
@@ -57,7 +66,8 @@ class CompiledModel:
 
     @property
     def artifact(self) -> Artifact:
-        return Artifact(self.manifest, self.table, self.source, self.cubin)
+        pre = self.prefill.artifact if self.prefill is not None else None
+        return Artifact(self.manifest, self.table, self.source, self.cubin, pre)
 
     def save(self, folder: str | os.PathLike) -> Path:
         return write_artifact(folder, self.artifact)
@@ -115,16 +125,42 @@ def compile(  # noqa: A001 - the verb users expect
     cm = CompiledModel(
         cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
     )
+    cm.prefill = _compile_prefill(cfg, opts, sched, say)
     if opts.dump_ir:
         cm.dump_ir(opts.dump_ir)
     return cm
 
 
-def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
+def _compile_prefill(cfg, opts, decode: Schedule, say) -> CompiledModel | None:
+    """The prefill program with the most token rows per launch (opts.prefill_rows, then
+    half as many, down to 2) whose kernel fits the target's shared memory; None if none
+    does or it is off. Its passes are the decode program's, on the prefill graph."""
+    rows = opts.prefill_rows
+    while rows >= 2:
+        stages: dict[str, Any] = {}
+        sched = run_pipeline(cfg, opts, stages.__setitem__, rows=rows, base=decode)
+        timings: dict[str, float] = {}
+        try:
+            out = _codegen(cfg, opts, sched, timings, lambda _m: None, PREFILL_KERNEL_NAME)
+        except CodegenError:
+            rows //= 2
+            continue
+        table, plan, inv_freq, source, cubin, resources, toolkit = out
+        manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, source, resources, toolkit)
+        say(f"  prefill   {rows} tokens per launch, {len(sched.program.tasks)} tasks")
+        return CompiledModel(
+            cfg, opts, stages, sched, table, source, cubin, resources, manifest, timings
+        )
+    return None
+
+
+def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = KERNEL_NAME):
     """Schedule -> task table, kernel plan, CUDA source and (with nvcc) cubin."""
     t0 = time.perf_counter()
     table = serialize(sched)
-    plan = plan_kernel(table, cfg.target, ring=bool(dict(sched.options).get("weight_ring")))
+    rows = int(sched.program.const("rows"))
+    ring = bool(dict(sched.options).get("weight_ring"))
+    plan = plan_kernel(table, cfg.target, ring=ring, rows=rows)
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
     source = emit_cuda(
         sched,
@@ -135,13 +171,14 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
         arch=cfg.target.arch,
         profile=opts.profile,
         fault_skip_signal=opts.fault_skip_signal,
+        kernel_name=kernel_name,
     )
     timings["codegen"] = time.perf_counter() - t0
     say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
     cubin, resources, toolkit = None, None, None
     if opts.nvcc and find_nvcc():
         t1 = time.perf_counter()
-        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)
+        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, kernel_name)
         if warnings:
             raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
         toolkit = nvcc_version(find_nvcc() or "nvcc")
@@ -173,7 +210,9 @@ def _manifest(
         "smem_bytes": plan.smem_bytes,
         "consumers": plan.consumers,
         "weight_ring": {"stages": plan.stages, "stage_bytes": plan.stage_bytes},
-        "kernel": KERNEL_NAME,
+        "kernel": KERNEL_NAME if sched.program.const("rows") == 1 else PREFILL_KERNEL_NAME,
+        "rows": int(sched.program.const("rows")),
+        "row_stride": sched.row_stride,
         "variants": variants_to_json(table.variants),
         "arenas": dict(sched.arena_sizes),
         "tensors": [

@@ -19,6 +19,9 @@ class Options:
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
     nvcc: bool = True  # build the cubin (off: source only, e.g. without a CUDA toolkit)
     wait_timeout_ms: int = 1000  # bound on each dependency wait in the kernel
+    # Prefill program: prompt tokens per launch, at most (halved until its kernel fits the
+    # shared memory, down to 2); 0 or 1: no prefill program (prompts run as decode steps).
+    prefill_rows: int = 8
 
     def with_(self, **kw) -> Options:
         known = {f.name for f in fields(self)}

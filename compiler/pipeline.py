@@ -21,9 +21,13 @@ from tilert_compiler.passes.schedule import schedule
 from tilert_compiler.passes.tile import tile
 
 
-def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
+def run_pipeline(
+    cfg, opts, on_stage: Callable[[str, Any], None], *, rows: int = 1, base: Schedule | None = None
+) -> Schedule:
+    """The decode program (rows = 1), or the prefill program of `rows` tokens per launch,
+    laid out against the decode schedule `base` (shared weights and KV cache)."""
     t = cfg.target
-    ir: Any = build_graph(cfg)  # model description -> graph of primitive ops
+    ir: Any = build_graph(cfg, rows)  # model description -> graph of primitive ops
     on_stage("graph", ir)
     ir = fuse(ir)  # norms into GEMVs, rope/cache into attention, residual, silu·mul
     on_stage("fuse", ir)
@@ -36,7 +40,7 @@ def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
     on_stage("schedule", ir)
     ir = prefetch(ir, t, enabled=opts.l2_prefetch, ring=opts.weight_ring)  # weight streaming
     on_stage("prefetch", ir)
-    ir = layout(ir)  # arena offsets for every tensor
+    ir = layout(ir, base)  # arena offsets for every tensor
     verify_schedule(ir)  # deadlock freedom, ordering of every read after its write
     on_stage("layout", ir)
     return ir

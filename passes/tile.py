@@ -51,11 +51,15 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
     shape = {t.name: t.shape for t in graph.tensors}
     storage = {t.name: t.storage for t in graph.tensors}
     lm_tasks: list[int] = []  # LM-head tasks, in argmax-partial order
+    # Prefill programs (graph const rows > 1) run `rows` tokens per launch: every activation
+    # is a row per token, so a task reads and writes `rows` times the activation bytes and
+    # attention writes `rows` cache rows from pos on.
+    rows = int(dict(graph.consts).get("rows", 1))
 
     def add(kind, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
         if cost is None:
             cost = sum(r.numel() for r in weights) * W_BYTES
-            cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
+            cost += sum(r.numel() for r in reads + writes) * A_BYTES * rows + cost_extra
         tasks.append(
             Task(
                 len(tasks),
@@ -92,7 +96,7 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                     q_rows = _vec(qkv, g * group * hd, (g + 1) * group * hd)
                     k_row = _vec(qkv, (heads + g) * hd, (heads + g + 1) * hd)
                     v_row = _vec(qkv, (heads + kv_heads + g) * hd, (heads + kv_heads + g + 1) * hd)
-                    earlier = (0, ("pos", 0))  # rows of previous steps; this step's row is k_row
+                    earlier = (0, ("pos", 0))  # rows of previous steps; this step's rows: k_row
                     reads = [q_rows, k_row, v_row]
                     reads += [region(c, (g, g + 1), earlier, (0, hd)) for c in (kc, vc)]
                     w = [_vec(n, 0, hd) for n in head_norms]
@@ -104,8 +108,8 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                         (0, hd + 2),
                     )
                     writes = [part]
-                    if last:  # the static home of this step's cache row and the combine
-                        row = (("pos", 0), ("pos", 1))
+                    if last:  # the static home of this step's cache rows and the combine
+                        row = (("pos", 0), ("pos", rows))
                         writes += [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
                         writes.append(_vec(out, g * group * hd, (g + 1) * group * hd))
                     add(

@@ -5,6 +5,7 @@ tasks.npz       the task table (ir.tasktable)
 kernel.cu       the generated source
 kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
 resources.txt   ptxas's report: registers, spills, shared memory
+prefill/        the prefill program (the same files), when the compiler built one
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from tilert_compiler.ir.tasktable import (
 )
 
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
-FORMAT_VERSION = 2
+# 3: the prefill program (prefill/), Params.n_rows, manifest rows and row_stride.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"
 SOURCE = "kernel.cu"
 CUBIN = "kernel.cubin"
 RESOURCES = "resources.txt"
+PREFILL = "prefill"
 
 
 class ArtifactError(ValueError):
@@ -48,6 +51,7 @@ class Artifact:
     table: TaskTable
     source: str
     cubin: bytes | None
+    prefill: Artifact | None = None  # the prefill program, sharing weights and KV cache
 
     @property
     def variants(self) -> list[Variant]:
@@ -74,14 +78,10 @@ def write_artifact(path: str | os.PathLike, art: Artifact) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        (tmp / MANIFEST).write_text(json.dumps(art.manifest, indent=1, sort_keys=True))
-        art.table.save(tmp / TASKS)
-        (tmp / SOURCE).write_text(art.source)
-        if art.cubin is not None:
-            (tmp / CUBIN).write_bytes(art.cubin)
-        res = art.manifest.get("resources")
-        if res:
-            (tmp / RESOURCES).write_text(res.get("report", "") + "\n")
+        _write_files(tmp, art)
+        if art.prefill is not None:
+            (tmp / PREFILL).mkdir()
+            _write_files(tmp / PREFILL, art.prefill)
         keep = path.with_name(path.name + ".old") if path.exists() else None
         if keep is not None:
             if keep.exists():
@@ -96,11 +96,22 @@ def write_artifact(path: str | os.PathLike, art: Artifact) -> Path:
     return path
 
 
+def _write_files(folder: Path, art: Artifact) -> None:
+    (folder / MANIFEST).write_text(json.dumps(art.manifest, indent=1, sort_keys=True))
+    art.table.save(folder / TASKS)
+    (folder / SOURCE).write_text(art.source)
+    if art.cubin is not None:
+        (folder / CUBIN).write_bytes(art.cubin)
+    res = art.manifest.get("resources")
+    if res:
+        (folder / RESOURCES).write_text(res.get("report", "") + "\n")
+
+
 def _merge_back(old: Path, new: Path) -> None:
     """Keep what the user put beside the artifact (e.g. ir/ dumps), drop our old files."""
     for entry in old.iterdir():
         if (
-            entry.name not in (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES)
+            entry.name not in (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES, PREFILL)
             and not (new / entry.name).exists()
         ):
             entry.rename(new / entry.name)
@@ -154,7 +165,14 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
         _check_cubin(path / CUBIN, cubin, str(manifest["arch"]))
     elif need_cubin:
         raise ArtifactError(f"{path}: no {CUBIN}; compile on a machine with nvcc")
-    return Artifact(manifest, table, src, cubin)
+    prefill = None
+    if (path / PREFILL).is_dir() and manifest.get("rows", 1) == 1:
+        prefill = load_artifact(path / PREFILL, need_cubin=need_cubin)
+        if prefill.manifest.get("rows", 1) < 2 or prefill.manifest["arenas"].get(
+            "weights"
+        ) != manifest["arenas"].get("weights"):
+            raise ArtifactError(f"{path / PREFILL}: not this model's prefill program; recompile")
+    return Artifact(manifest, table, src, cubin, prefill)
 
 
 # What the runtime and the interpreter read from the manifest; a missing one is a damaged

@@ -235,11 +235,15 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
     dt = time.perf_counter() - t0
     steps = len(plan.prompt) + len(generated) - 1
     how = "one launch per token" if plan.per_token else "one launch"
+    if not plan.per_token and model.prefill_rows > 1 and len(plan.prompt) > 1:
+        how = f"prompt in launches of {model.prefill_rows} tokens, then one launch"
     say(f"prompt:    {','.join(map(str, plan.prompt))}")
     say(f"generated: {','.join(map(str, generated))}")
     if plan.codec is not None:
         say(f"text:      {plan.codec.decode(generated)!r}")
     say(f"{where}, {how}: {steps} steps in {dt:.3f} s, {steps / dt:.1f} steps/s")
+    if stamps:
+        say(f"first token after {(stamps[0] - t0) * 1e3:.1f} ms ({len(plan.prompt)} prompt tokens)")
     if len(stamps) > 1:  # new tokens after the first, as they reached the host
         say(f"decode: {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s")
 

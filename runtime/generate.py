@@ -1,9 +1,11 @@
 """Token generation on top of any stepper (the GPU kernel or the CPU interpreter).
 
-The prompt is fed one position at a time (prefill runs through the decode step), then
-each new token is sampled from the last logits and fed back, by the rules of
-runtime.sampling (the kernel's sample task follows the same ones). This loop runs on the
-host, one launch per token; GpuModel.generate runs a whole request in one launch.
+`generate_on` (what GpuModel.generate and Interpreter.generate call) writes the prompt's
+cache rows with the prefill program, several tokens per launch, then runs the prompt's last
+token and every new one in one multi-step launch that samples on the GPU. `generate` is
+the host loop: one decode step per token (the prompt too), each new token sampled from
+the last logits by the rules of runtime.sampling (the kernel's sample task follows the
+same ones) and fed back.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def generate_on(
     stream: Callable[[int], None] | None = None,
 ) -> list[int]:
     """Generation on the GPU model or the interpreter, from a fresh cache. By default the
-    whole request (prompt and new tokens) is one multi-step run, sampled by the kernel's
-    sample task (`model.run`); `per_token` runs one step per token and samples on the host."""
+    prompt but its last token goes through the prefill program (`model.prefill`, when the
+    artifact has one), then the rest of the request is one multi-step run, sampled by the
+    kernel's sample task (`model.run`); `per_token` runs one step per token and samples on
+    the host."""
     model.reset()
     rules = Sampling(temperature, top_k, top_p, seed)
     if per_token:
@@ -49,6 +53,10 @@ def generate_on(
     prompt = check_request(
         prompt_ids, max_new_tokens, max_seq_len=model.max_seq_len, vocab=model.vocab
     )
+    if len(prompt) > 1 and model.prefill_rows > 1:
+        model.prefill(prompt[:-1], 0)
+        pos = len(prompt) - 1
+        return model.run(prompt[-1:], pos, max_new_tokens, rules, stop_ids, stream)
     steps = len(prompt) + max_new_tokens - 1
     return model.run(prompt, 0, steps, rules, stop_ids, stream)
 

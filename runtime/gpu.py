@@ -49,7 +49,7 @@ class _Params(ctypes.Structure):
         ("token", ctypes.c_int),
         ("pos", ctypes.c_int),
         ("epoch", ctypes.c_uint),
-        ("pad", ctypes.c_uint),
+        ("n_rows", ctypes.c_int),
         ("timeout_ns", ctypes.c_ulonglong),
         ("profile", ctypes.c_void_p),
         ("tokens", ctypes.c_void_p),
@@ -100,6 +100,95 @@ def _check(result, what: str):
     return rest[0] if len(rest) == 1 else rest
 
 
+def _load_kernel(art: Artifact):
+    """(module, function) of the artifact's kernel, its dynamic shared memory raised, after
+    checking that one CTA fits an SM."""
+    from cuda.bindings import driver
+
+    m = art.manifest
+    module = _check(driver.cuModuleLoadData(art.cubin), "loading the cubin")
+    fn = _check(
+        driver.cuModuleGetFunction(module, m["kernel"].encode()), f"finding kernel {m['kernel']}"
+    )
+    smem = int(m["smem_bytes"])
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    _check(driver.cuFuncSetAttribute(fn, attr, smem), "raising dynamic smem")
+    per_sm = _check(
+        driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, m["threads"], smem),
+        "occupancy query",
+    )
+    if per_sm < 1:
+        raise KernelError(
+            f"the kernel {m['kernel']} cannot run one CTA of {m['threads']} threads with {smem} "
+            "B of shared memory per SM; recompile with a smaller max_seq_len"
+        )
+    return module, fn
+
+
+class _Prefill:
+    """The prefill program of a GpuModel: its own task table and counters, the model's
+    weights, activations (its rows lie past the decode program's) and KV cache."""
+
+    def __init__(self, model: GpuModel, art: Artifact):
+        m, t, dev = art.manifest, art.table, model.device
+        self.art, self.rows, self.smem = art, int(m["rows"]), int(m["smem_bytes"])
+        self.records = torch.from_numpy(t.records).to(dev)
+        self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
+        self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
+        self.stream = torch.from_numpy(t.stream.reshape(-1)).to(dev)
+        self.sm_start = torch.from_numpy(t.sm_start).to(dev)
+        self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
+        self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
+        self.tokens = torch.zeros(model.max_seq_len, dtype=torch.int32, device=dev)
+        splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_prefill"]
+        self._max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
+        self.epoch = 0
+        self._module, self._fn = _load_kernel(art)
+        self.model = model
+        p = self.params = _Params()
+        self._argv = (ctypes.c_void_p * 1)(ctypes.addressof(p))
+        p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
+        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
+        p.stream, p.sm_tasks = self.stream.data_ptr(), self.sm_tasks.data_ptr()
+        p.w, p.act = model.w.data_ptr(), model.act.data_ptr()
+        p.counters, p.error = self.counters.data_ptr(), model.error.data_ptr()
+        p.n_steps, p.n_forced, p.mode, p.sample_counter = 1, 1, MODE_LOGITS, -1
+
+    def launch(self, tokens: list[int], pos: int) -> None:
+        """Enqueue one launch per chunk of `rows` tokens; no synchronisation."""
+        from cuda.bindings import driver
+
+        self.tokens[: len(tokens)].copy_(torch.tensor(tokens, dtype=torch.int32))
+        n_chunks = -(-len(tokens) // self.rows)
+        if (self.epoch + n_chunks) * self._max_producers >= 2**31:
+            torch.cuda.synchronize(self.model.device)
+            self.counters.zero_()
+            self.epoch = 0
+        p, m = self.params, self.art.manifest
+        p.timeout_ns = self.model.timeout_ns
+        stream = torch.cuda.current_stream(self.model.device).cuda_stream
+        for at in range(0, len(tokens), self.rows):
+            self.epoch += 1
+            p.pos, p.epoch = pos + at, self.epoch
+            p.n_rows = min(self.rows, len(tokens) - at)
+            p.tokens = self.tokens.data_ptr() + 4 * at
+            _check(
+                driver.cuLaunchCooperativeKernel(
+                    self._fn,
+                    m["sms"],
+                    1,
+                    1,
+                    m["threads"],
+                    1,
+                    1,
+                    self.smem,
+                    stream,
+                    ctypes.addressof(self._argv),
+                ),
+                "launching the prefill kernel",
+            )
+
+
 class GpuModel:
     def __init__(
         self,
@@ -125,7 +214,9 @@ class GpuModel:
             weights = load_weights(ModelConfig.from_dict(m["config"]))
         dev = self.device
         self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
-        self.act = torch.full((m["arenas"]["act"],), float("nan"), device=dev)
+        pre = self.art.prefill
+        acts = [m["arenas"]["act"]] + ([pre.manifest["arenas"]["act"]] if pre else [])
+        self.act = torch.full((max(acts),), float("nan"), device=dev)
         t = self.art.table
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
@@ -151,23 +242,8 @@ class GpuModel:
         splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_decode"]
         self._max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
         torch.cuda.synchronize()
-        self._module = _check(driver.cuModuleLoadData(self.art.cubin), "loading the cubin")
-        self._fn = _check(
-            driver.cuModuleGetFunction(self._module, m["kernel"].encode()),
-            f"finding kernel {m['kernel']}",
-        )
+        self._module, self._fn = _load_kernel(self.art)
         self.smem = int(m["smem_bytes"])
-        attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        _check(driver.cuFuncSetAttribute(self._fn, attr, self.smem), "raising dynamic smem")
-        per_sm = _check(
-            driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self._fn, m["threads"], self.smem),
-            "occupancy query",
-        )
-        if per_sm < 1:
-            raise KernelError(
-                f"the kernel cannot run one CTA of {m['threads']} threads with {self.smem} B "
-                "of shared memory per SM; recompile with a smaller max_seq_len"
-            )
         self._params = _Params()
         self._argv = (ctypes.c_void_p * 1)(ctypes.addressof(self._params))
         # Multi-step launches: the tokens steps feed, stop ids, and the sample task's
@@ -200,6 +276,28 @@ class GpuModel:
         p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
         p.tokens, p.stop_ids = self.tokens.data_ptr(), self.stop_ids.data_ptr()
         p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
+        self._prefill = _Prefill(self, pre) if pre is not None else None
+
+    @property
+    def prefill_rows(self) -> int:
+        """Tokens per prefill launch (1: no prefill program, prompts run as decode steps)."""
+        return self._prefill.rows if self._prefill is not None else 1
+
+    def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
+        """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
+        computed): the prefill program, `prefill_rows` tokens per launch, or one decode step
+        per token when the artifact has none. Synchronises; raises KernelError on a fault."""
+        toks = [int(t) for t in tokens]
+        for i, tok in enumerate(toks):
+            self._check_step(tok, pos + i)
+        if not toks:
+            return
+        if self._prefill is None:
+            for i, tok in enumerate(toks):
+                self.launch(tok, pos + i)
+        else:
+            self._prefill.launch(toks, pos)
+        self.check()
 
     # ------------------------------------------------------------ stepping
     def launch(self, token: int, pos: int) -> None:
@@ -335,6 +433,9 @@ class GpuModel:
         self.error.zero_()
         self.act.fill_(float("nan"))
         self.epoch = 0
+        if self._prefill is not None:
+            self._prefill.counters.zero_()
+            self._prefill.epoch = 0
 
     def timeline(self):
         """After a profiled step: int64 [n_tasks, PROFILE_WORDS] per task (global-timer ns at

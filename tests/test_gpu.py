@@ -111,7 +111,8 @@ def test_one_launch_generates_what_one_launch_per_token_does(loaded):
     prompt = torch.randint(0, cm.config.vocab, (5,)).tolist()
     seen: list[int] = []
     one = m.generate(prompt, 20, stream=seen.append)
-    assert m.epoch == len(prompt) + 20 - 1  # every step ran, in one launch
+    # every step ran, in one launch (the prompt but its last token: the prefill program)
+    assert m.epoch == (20 if m.prefill_rows > 1 else len(prompt) + 20 - 1)
     assert seen == one
     assert m.generate(prompt, 20, per_token=True) == one
 
@@ -146,3 +147,43 @@ def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
     cut = m.generate(prompt, 12, stop_ids=[stop])
     assert cut == full[: full.index(stop) + 1]
     assert m.generate(prompt, 12) == full  # counters and cache are consistent afterwards
+
+
+# ---------------------------------------------------------------- the prefill program
+def test_prefill_then_a_step_matches_transformers_float32(loaded):
+    from tilert_compiler.models.reference import hf_model, reference_logits
+
+    cm, m, w = loaded
+    rows = m.prefill_rows
+    assert rows > 1
+    n = 2 * rows + 5  # full chunks and a partial one
+    toks = torch.randint(0, cm.config.vocab, (n,))
+    m.reset()
+    cut = rows + 3  # the second call starts mid-chunk, on cached rows
+    m.prefill(toks[:cut].tolist(), 0)
+    m.prefill(toks[cut:-1].tolist(), cut)
+    ours = m.step(int(toks[-1]), n - 1).cpu()
+    ref = reference_logits(hf_model(cm.config, w), toks)[-1]
+    assert float((ours - ref).norm() / ref.norm()) < 2e-2
+
+
+def test_prefill_writes_the_cache_rows_decode_steps_write(loaded):
+    cm, m, _ = loaded
+    toks = torch.randint(0, cm.config.vocab, (2 * m.prefill_rows + 3,)).tolist()
+    caches = []
+    for fill in ("steps", "prefill"):
+        m.reset()
+        if fill == "steps":
+            for p, t in enumerate(toks):
+                m.step(t, p)
+        else:
+            m.prefill(toks, 0)
+        rows = []
+        for t in cm.manifest["tensors"]:
+            if t["storage"] == "cache":
+                kv, s, hd = t["shape"]
+                c = m.act[t["offset"] : t["offset"] + kv * s * hd].view(kv, s, hd)
+                rows.append(c[:, : len(toks)].cpu())
+        caches.append(torch.stack(rows))
+    assert not caches[1].isnan().any()
+    torch.testing.assert_close(caches[1], caches[0], rtol=1e-3, atol=1e-4)
