@@ -98,6 +98,11 @@ def main() -> None:
         m.prefill(long_prompt, 0)  # synchronises
         times.append((time.perf_counter() - t0) * 1e3)
     ours_prefill_ms = sorted(times[1:])[2]
+    # Parity of the prefill program: its cache, then one decode step on the last token,
+    # against transformers' forward over the whole prompt (below).
+    m.reset()
+    m.prefill(long_prompt[:-1], 0)
+    ours_last = m.step(long_prompt[-1], a.prefill - 1).float().cpu()
     print(
         f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms ({m.prefill_rows} tokens per launch), "
         f"{steps_prefill_ms:.1f} ms as decode steps"
@@ -120,6 +125,8 @@ def main() -> None:
             pad_token_id=0,
         )
     ref = out.sequences[0, len(prompt) :].tolist()
+    with torch.no_grad():
+        ref_last = model(torch.tensor([long_prompt], device="cuda")).logits[0, -1].float().cpu()
     near_tie = None
     for i, lg in enumerate(out.logits):
         top2 = lg[0].float().topk(2).values
@@ -145,7 +152,10 @@ def main() -> None:
             model(ids)
             torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1e3)
+        bf16_last = model(ids).logits[0, -1].float().cpu()
     hf_prefill_ms = sorted(times)[len(times) // 2]
+    err_ours = float((ours_last - ref_last).norm() / ref_last.norm())
+    err_bf16 = float((bf16_last - ref_last).norm() / ref_last.norm())
 
     result = {
         "model": cfg.name,
@@ -164,6 +174,10 @@ def main() -> None:
         "prefill_ms_ours": ours_prefill_ms,
         "prefill_ms_ours_decode_steps_one_launch": steps_prefill_ms,
         "prefill_ms_hf_bf16_forward": hf_prefill_ms,
+        # last-position logits after the prompt, relative L2 against transformers float32
+        "prefill_rel_err_ours": err_ours,
+        "prefill_rel_err_hf_bf16": err_bf16,
+        "prefill_argmax_equal": int(ours_last.argmax()) == int(ref_last.argmax()),
     }
     print(json.dumps(result, indent=1))
     if a.out:
@@ -176,7 +190,8 @@ def main() -> None:
         f"(first difference: {first_diff}); one launch {rate_one:.0f} tok/s vs one launch per "
         f"token {rate_pt:.0f} tok/s ({rate_one / rate_pt:.2f}x); prefill {a.prefill}: ours "
         f"{ours_prefill_ms:.1f} ms ({m_rows} tokens per launch; {steps_prefill_ms:.1f} ms as "
-        f"decode steps), transformers bf16 {hf_prefill_ms:.1f} ms; "
+        f"decode steps), transformers bf16 {hf_prefill_ms:.1f} ms; logits after it: error "
+        f"{err_ours:.2e} vs transformers bf16's {err_bf16:.2e} (ratio {err_ours / err_bf16:.2f}); "
         "sampled in one launch: "
         + ", ".join(f"{k} {v:.0f} tok/s" for k, v in rates_sampled.items())
     )
