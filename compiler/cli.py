@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
         help="one dependency counter per op instead of per tile group (ablation)",
     )
     p.add_argument(
+        "--prefill-rows",
+        type=int,
+        metavar="N",
+        help="prompt tokens per launch of the prefill program, at most (default 8, halved until"
+        " it fits shared memory); 0: no prefill program, prompts run as decode steps",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="kernel records per-task timestamps; a GPU run writes trace.json",
@@ -139,6 +146,12 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "fine_deps": not args.coarse_deps,
         "profile": args.profile,
     }
+    if args.prefill_rows is not None:
+        if args.prefill_rows < 0:
+            from tilert_compiler.models.config import ConfigError
+
+            raise ConfigError(f"--prefill-rows must be >= 0 (got {args.prefill_rows})")
+        flags["prefill_rows"] = args.prefill_rows
     defaults = {
         "nvcc": True,
         "l2_prefetch": False,
@@ -146,7 +159,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "fine_deps": True,
         "profile": False,
     }
-    return {k: v for k, v in flags.items() if not only_set or v != defaults[k]}
+    return {k: v for k, v in flags.items() if not only_set or v != defaults.get(k)}
 
 
 def _run(args, say) -> int:
@@ -203,9 +216,14 @@ def _run(args, say) -> int:
         if r
         else "no cubin (--no-nvcc)"
     )
+    pre = cm.prefill
+    pre_text = "; no prefill program"
+    if pre is not None:
+        rows, tasks = pre.manifest["rows"], pre.manifest["tasks"]
+        pre_text = f"; prefill: {rows} tokens per launch, {tasks} tasks"
     say(
         f"wrote {out}/ in {time.perf_counter() - t0:.1f} s: {cm.manifest['tasks']} tasks, "
-        f"{cm.manifest['counters']} counters, {res}"
+        f"{cm.manifest['counters']} counters, {res}{pre_text}"
     )
     if args.no_run or args.explain or args.tokens <= 0:
         return 0

@@ -266,4 +266,6 @@ def compile_from_ir(
     # From here on, the same as compile() (codegen, nvcc, manifest).
     table, plan, inv_freq, src, cubin, resources, toolkit = _codegen(cfg, opts, sched, timings, say)
     manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, src, resources, toolkit)
-    return CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)
+    cm = CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)
+    cm.prefill = _compile_prefill(cfg, opts, sched, say)  # laid out against the edited program
+    return cm
