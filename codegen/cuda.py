@@ -70,7 +70,8 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
         return q * hd + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
     rpc = _rows_per_chunk(k, stage_bytes)
-    split = 1 if rpc >= consumer_warps else consumer_warps // rpc
+    groups = rpc if rows == 1 else -(-rpc // 8)  # prefill: a warp takes 8 rows (one mma's n)
+    split = 1 if groups >= consumer_warps else consumer_warps // groups
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
 
