@@ -140,6 +140,8 @@ class _Prefill:
         self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
         self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
         self.tokens = torch.zeros(model.max_seq_len, dtype=torch.int32, device=dev)
+        n_prof = len(t.records) if model.profiled else 0  # profiled builds: the last launch's
+        self.profile = torch.zeros((n_prof, PROFILE_WORDS), dtype=torch.int64, device=dev)
         splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_prefill"]
         self._max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
         self.epoch = 0
@@ -152,6 +154,7 @@ class _Prefill:
         p.stream, p.sm_tasks = self.stream.data_ptr(), self.sm_tasks.data_ptr()
         p.w, p.act = model.w.data_ptr(), model.act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), model.error.data_ptr()
+        p.profile = self.profile.data_ptr() if model.profiled else None
         p.n_steps, p.n_forced, p.mode, p.sample_counter = 1, 1, MODE_LOGITS, -1
 
     def launch(self, tokens: list[int], pos: int) -> None:
@@ -437,19 +440,22 @@ class GpuModel:
             self._prefill.counters.zero_()
             self._prefill.epoch = 0
 
-    def timeline(self):
-        """After a profiled step: int64 [n_tasks, PROFILE_WORDS] per task (global-timer ns at
-        wait start, run start and end; ns spent waiting for weights in the ring), and each
-        task's SM."""
+    def timeline(self, prefill: bool = False):
+        """After a profiled step (prefill: the last prefill launch): int64 [n_tasks,
+        PROFILE_WORDS] per task (global-timer ns at wait start, run start and end; ns spent
+        waiting for weights in the ring), and each task's SM."""
         if not self.profiled:
             raise RuntimeError("compiled without profile=True (tilert-compile --profile)")
+        if prefill and self._prefill is None:
+            raise RuntimeError("the artifact has no prefill program")
         torch.cuda.synchronize(self.device)
-        t = self.art.table
+        t = (self._prefill.art if prefill else self.art).table
+        buf = self._prefill.profile if prefill else self.profile
         sm_of = [0] * len(t.records)
         for s in range(len(t.sm_start) - 1):
             for i in range(int(t.sm_start[s]), int(t.sm_start[s + 1])):
                 sm_of[int(t.sm_tasks[i])] = s
-        return self.profile.cpu().numpy(), sm_of
+        return buf.cpu().numpy(), sm_of
 
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
         """Greedy or sampled generation from a fresh cache (runtime.generate.generate_on's
