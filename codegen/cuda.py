@@ -65,9 +65,9 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
     if v.kind == "attention_prefill":  # the same with `rows` query rows and new cache rows
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
         chunk = -(-(v.get("S") - 1) // splits) + rows
-        q = rows * g
-        cache = max(2 * chunk * hd, splits * g * (hd + 2))
-        return q * hd + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
+        q, padded = rows * g, hd + 4  # q and k rows padded (conflict-free float4 reads)
+        cache = max(chunk * (padded + hd), splits * g * (hd + 2))  # rows, then the partials
+        return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
     rpc = _rows_per_chunk(k, stage_bytes)
     groups = rpc if rows == 1 else -(-rpc // 8)  # prefill: a warp takes 8 rows (one mma's n)
