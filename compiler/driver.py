@@ -135,14 +135,14 @@ def _compile_prefill(cfg, opts, decode: Schedule, say) -> CompiledModel | None:
     """The prefill program with the most token rows per launch (opts.prefill_rows, then
     half as many, down to 2) whose kernel fits the target's shared memory; None if none
     does or it is off. Its passes are the decode program's, on the prefill graph."""
-    rows = opts.prefill_rows
+    rows = prefill_rows(decode, cfg.target, opts)
     while rows >= 2:
         stages: dict[str, Any] = {}
         sched = run_pipeline(cfg, opts, stages.__setitem__, rows=rows, base=decode)
         timings: dict[str, float] = {}
         try:
             out = _codegen(cfg, opts, sched, timings, lambda _m: None, PREFILL_KERNEL_NAME)
-        except CodegenError:
+        except CodegenError:  # e.g. ptxas's static shared memory on top of the plan
             rows //= 2
             continue
         table, plan, inv_freq, source, cubin, resources, toolkit = out
@@ -152,6 +152,30 @@ def _compile_prefill(cfg, opts, decode: Schedule, say) -> CompiledModel | None:
             cfg, opts, stages, sched, table, source, cubin, resources, manifest, timings
         )
     return None
+
+
+def prefill_rows(decode: Schedule, target, opts) -> int:
+    """The most token rows (opts.prefill_rows, halved) whose prefill kernel plan fits the
+    target, read off the decode program's task kinds (the prefill program cuts its ops the
+    same way, without the LM head and the sample); 0 if none fits or prefill is off."""
+    from types import SimpleNamespace
+
+    from tilert_compiler.ir.tasktable import Variant
+
+    kinds = []
+    for v in serialize(decode).variants:
+        if v.kind == "sample" or (v.kind == "norm_linear" and v.get("ARGMAX")):
+            continue
+        kinds.append(Variant("attention_prefill", v.static) if v.kind == "attention_decode" else v)
+    ring = bool(dict(decode.options).get("weight_ring"))
+    rows = opts.prefill_rows
+    while rows >= 2:
+        try:
+            plan_kernel(SimpleNamespace(variants=kinds), target, ring=ring, rows=rows)
+            return rows
+        except CodegenError:
+            rows //= 2
+    return 0
 
 
 def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = KERNEL_NAME):

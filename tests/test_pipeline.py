@@ -46,6 +46,19 @@ def test_one_global_kernel_that_compiles_clean_for_sm_90a(compiled):
     assert r.registers <= 255
 
 
+def test_the_prefill_program_verifies_and_compiles_clean(compiled):
+    """Every bundled model gets a prefill program: its passes' output verifies (coverage,
+    ordering, deadlock freedom) and its kernel compiles without spills."""
+    pre = compiled.prefill
+    assert pre is not None and pre.manifest["rows"] >= 2
+    verify_program(pre.stages["deps"])
+    verify_schedule(pre.schedule)
+    assert pre.cubin is not None and pre.cubin[:4] == b"\x7fELF"
+    r = pre.resources
+    assert r.spill_stores == 0 and r.spill_loads == 0, r.report
+    assert pre.manifest["smem_bytes"] + r.static_smem <= compiled.config.target.smem_per_block
+
+
 def test_kernel_code_does_not_grow_with_layers():
     small = tc.compile("tiny-llama", overrides={"layers": 2}, nvcc=False)
     big = tc.compile("tiny-llama", overrides={"layers": 12}, nvcc=False)
