@@ -125,13 +125,14 @@ def _load_kernel(art: Artifact):
     return module, fn
 
 
-class _Prefill:
-    """The prefill program of a GpuModel: its own task table and counters, the model's
-    weights, activations (its rows lie past the decode program's) and KV cache."""
+class _Program:
+    """One program of an artifact on the GPU: its task table, counters and profile buffer
+    in device memory, its kernel, and the kernel's Params with every buffer address set
+    once (the buffers live as long as the model; a launch sets only what varies)."""
 
-    def __init__(self, model: GpuModel, art: Artifact):
-        m, t, dev = art.manifest, art.table, model.device
-        self.art, self.rows, self.smem = art, int(m["rows"]), int(m["smem_bytes"])
+    def __init__(self, art: Artifact, dev, w, act, error, profiled: bool):
+        m, t = art.manifest, art.table
+        self.art, self.smem = art, int(m["smem_bytes"])
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
         self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
@@ -139,57 +140,64 @@ class _Prefill:
         self.sm_start = torch.from_numpy(t.sm_start).to(dev)
         self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
         self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
-        self.tokens = torch.zeros(model.max_seq_len, dtype=torch.int32, device=dev)
-        n_prof = len(t.records) if model.profiled else 0  # profiled builds: the last launch's
+        n_prof = len(t.records) if profiled else 0  # profiled builds: the last launch's stamps
         self.profile = torch.zeros((n_prof, PROFILE_WORDS), dtype=torch.int64, device=dev)
-        splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_prefill"]
-        self._max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
-        self.epoch = 0
-        self._module, self._fn = _load_kernel(art)
-        self.model = model
+        # The largest per-step increment any counter sees: dependency waits and the split
+        # attention's arrival counters (one arrival per split).
+        splits = [v.get("NSPLIT") for v in t.variants if v.kind.startswith("attention")]
+        self.max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
+        self.module, self.fn = _load_kernel(art)
         p = self.params = _Params()
-        self._argv = (ctypes.c_void_p * 1)(ctypes.addressof(p))
+        self.argv = (ctypes.c_void_p * 1)(ctypes.addressof(p))
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
         p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
         p.stream, p.sm_tasks = self.stream.data_ptr(), self.sm_tasks.data_ptr()
-        p.w, p.act = model.w.data_ptr(), model.act.data_ptr()
-        p.counters, p.error = self.counters.data_ptr(), model.error.data_ptr()
-        p.profile = self.profile.data_ptr() if model.profiled else None
-        p.n_steps, p.n_forced, p.mode, p.sample_counter = 1, 1, MODE_LOGITS, -1
+        p.w, p.act = w.data_ptr(), act.data_ptr()
+        p.counters, p.error = self.counters.data_ptr(), error.data_ptr()
+        p.profile = self.profile.data_ptr() if profiled else None
 
-    def launch(self, tokens: list[int], pos: int) -> None:
-        """Enqueue one launch per chunk of `rows` tokens; no synchronisation."""
+    def launch(self, device, what: str) -> None:
+        """One cooperative launch with the Params as they are, on the current stream."""
         from cuda.bindings import driver
 
+        m = self.art.manifest
+        stream = torch.cuda.current_stream(device).cuda_stream
+        grid, block = (m["sms"], 1, 1), (m["threads"], 1, 1)
+        argv = ctypes.addressof(self.argv)
+        _check(
+            driver.cuLaunchCooperativeKernel(self.fn, *grid, *block, self.smem, stream, argv),
+            what,
+        )
+
+
+class _Prefill(_Program):
+    """The prefill program of a GpuModel: its own task table and counters, the model's
+    weights, activations (its rows lie past the decode program's) and KV cache."""
+
+    def __init__(self, model: GpuModel, art: Artifact):
+        dev = model.device
+        super().__init__(art, dev, model.w, model.act, model.error, model.profiled)
+        self.rows, self.model, self.epoch = int(art.manifest["rows"]), model, 0
+        self.tokens = torch.zeros(model.max_seq_len, dtype=torch.int32, device=dev)
+        p = self.params
+        p.n_steps, p.n_forced, p.mode, p.sample_counter = 1, 1, MODE_LOGITS, -1
+
+    def run(self, tokens: list[int], pos: int) -> None:
+        """Enqueue one launch per chunk of `rows` tokens; no synchronisation."""
         self.tokens[: len(tokens)].copy_(torch.tensor(tokens, dtype=torch.int32))
         n_chunks = -(-len(tokens) // self.rows)
-        if (self.epoch + n_chunks) * self._max_producers >= 2**31:
+        if (self.epoch + n_chunks) * self.max_producers >= 2**31:
             torch.cuda.synchronize(self.model.device)
             self.counters.zero_()
             self.epoch = 0
-        p, m = self.params, self.art.manifest
+        p = self.params
         p.timeout_ns = self.model.timeout_ns
-        stream = torch.cuda.current_stream(self.model.device).cuda_stream
         for at in range(0, len(tokens), self.rows):
             self.epoch += 1
             p.pos, p.epoch = pos + at, self.epoch
             p.n_rows = min(self.rows, len(tokens) - at)
             p.tokens = self.tokens.data_ptr() + 4 * at
-            _check(
-                driver.cuLaunchCooperativeKernel(
-                    self._fn,
-                    m["sms"],
-                    1,
-                    1,
-                    m["threads"],
-                    1,
-                    1,
-                    self.smem,
-                    stream,
-                    ctypes.addressof(self._argv),
-                ),
-                "launching the prefill kernel",
-            )
+            self.launch(self.model.device, "launching the prefill kernel")
 
 
 class GpuModel:
@@ -221,34 +229,17 @@ class GpuModel:
         acts = [m["arenas"]["act"]] + ([pre.manifest["arenas"]["act"]] if pre else [])
         self.act = torch.full((max(acts),), float("nan"), device=dev)
         t = self.art.table
-        self.records = torch.from_numpy(t.records).to(dev)
-        self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
-        self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
-        self.stream = torch.from_numpy(t.stream.reshape(-1)).to(dev)
-        self.sm_start = torch.from_numpy(t.sm_start).to(dev)
-        self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
-        self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
         self.profiled = bool(m.get("options", {}).get("profile"))
-        n_tasks = len(t.records)
-        self.profile = torch.zeros(
-            (n_tasks if self.profiled else 0, PROFILE_WORDS), dtype=torch.int64, device=dev
-        )
         lg = self.art.tensor("logits")
         self.logits = self.act[lg["offset"] : lg["offset"] + lg["shape"][0]]
         self.vocab = lg["shape"][0]
         self.max_seq_len = int(m["config"]["max_seq_len"])
         self.timeout_ns = int((timeout_ms or m.get("wait_timeout_ms", 1000)) * 1e6)
         self.epoch = 0
-        # The largest per-step increment any counter sees: dependency waits and the split
-        # attention's arrival counters (one arrival per split).
-        splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_decode"]
-        self._max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
         torch.cuda.synchronize()
-        self._module, self._fn = _load_kernel(self.art)
-        self.smem = int(m["smem_bytes"])
-        self._params = _Params()
-        self._argv = (ctypes.c_void_p * 1)(ctypes.addressof(self._params))
+        self._decode = _Program(self.art, dev, self.w, self.act, self.error, self.profiled)
+        self.counters, self.profile = self._decode.counters, self._decode.profile
         # Multi-step launches: the tokens steps feed, stop ids, and the sample task's
         # counter (the step gate waits on it).
         n = self.max_seq_len + 1
@@ -268,15 +259,7 @@ class GpuModel:
         self._host_tokens = np.ctypeslib.as_array(
             (ctypes.c_int32 * n).from_address(int(self._host_ptr))
         )
-        # Every buffer lives as long as the model (reset() refills in place): their
-        # addresses go into the kernel's Params once; a launch sets only what varies.
-        p = self._params
-        p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
-        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
-        p.stream = self.stream.data_ptr()
-        p.profile = self.profile.data_ptr() if self.profiled else None
-        p.sm_tasks, p.w, p.act = self.sm_tasks.data_ptr(), self.w.data_ptr(), self.act.data_ptr()
-        p.counters, p.error = self.counters.data_ptr(), self.error.data_ptr()
+        p = self._decode.params  # the buffers' addresses are set: add the multi-step ones
         p.tokens, p.stop_ids = self.tokens.data_ptr(), self.stop_ids.data_ptr()
         p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
         self._prefill = _Prefill(self, pre) if pre is not None else None
@@ -299,7 +282,7 @@ class GpuModel:
             for i, tok in enumerate(toks):
                 self.launch(tok, pos + i)
         else:
-            self._prefill.launch(toks, pos)
+            self._prefill.run(toks, pos)
         self.check()
 
     # ------------------------------------------------------------ stepping
@@ -318,11 +301,9 @@ class GpuModel:
     def _launch(self, token, pos, n_steps, n_forced, mode, rules, n_stop, host) -> None:
         """One cooperative launch of n_steps steps; epochs from self.epoch + 1 (the caller
         adds the steps that ran)."""
-        from cuda.bindings import driver
-
-        if (self.epoch + n_steps) * self._max_producers >= 2**31:
+        if (self.epoch + n_steps) * self._decode.max_producers >= 2**31:
             self._rebase_counters()
-        p = self._params  # the buffers' addresses were set once, in __init__
+        p = self._decode.params  # the buffers' addresses were set once, in __init__
         p.token, p.pos, p.epoch = int(token), int(pos), self.epoch + 1
         p.timeout_ns = self.timeout_ns
         p.host_tokens = host
@@ -333,23 +314,7 @@ class GpuModel:
             rules.top_k,
             rules.seed,
         )
-        m = self.art.manifest
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        _check(
-            driver.cuLaunchCooperativeKernel(
-                self._fn,
-                m["sms"],
-                1,
-                1,
-                m["threads"],
-                1,
-                1,
-                self.smem,
-                stream,
-                ctypes.addressof(self._argv),
-            ),
-            "launching the persistent kernel",
-        )
+        self._decode.launch(self.device, "launching the persistent kernel")
 
     def run(
         self,
