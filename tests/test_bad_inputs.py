@@ -124,6 +124,14 @@ def test_bad_description_is_one_line_exit_2_nothing_written(case, tmp_path, caps
     assert list(tmp_path.iterdir()) == []  # not even a temporary sibling
 
 
+def test_a_negative_prefill_row_count_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = compile_main(["tiny-llama", "--prefill-rows", "-2", "--no-run", "-q", "-o", str(out)])
+    line = one_error_line(capsys.readouterr().err, "tilert-compile")
+    assert rc == 2 and "--prefill-rows must be >= 0 (got -2)" in line
+    assert not out.exists()
+
+
 def test_the_weight_folders_fail_for_their_weights_not_their_config(tmp_path):
     # The same config.json beside correct weights compiles: the corpus cases test weights.
     from safetensors.torch import save_file
