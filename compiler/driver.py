@@ -178,11 +178,16 @@ def prefill_rows(decode: Schedule, target, opts) -> int:
     return 0
 
 
+def _rows(sched: Schedule) -> int:
+    """Token rows per launch of the program (a dump from before prefill programs has none)."""
+    return int(dict(sched.program.consts).get("rows", 1))
+
+
 def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = KERNEL_NAME):
     """Schedule -> task table, kernel plan, CUDA source and (with nvcc) cubin."""
     t0 = time.perf_counter()
     table = serialize(sched)
-    rows = int(sched.program.const("rows"))
+    rows = _rows(sched)
     ring = bool(dict(sched.options).get("weight_ring"))
     plan = plan_kernel(table, cfg.target, ring=ring, rows=rows)
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
@@ -234,8 +239,8 @@ def _manifest(
         "smem_bytes": plan.smem_bytes,
         "consumers": plan.consumers,
         "weight_ring": {"stages": plan.stages, "stage_bytes": plan.stage_bytes},
-        "kernel": KERNEL_NAME if sched.program.const("rows") == 1 else PREFILL_KERNEL_NAME,
-        "rows": int(sched.program.const("rows")),
+        "kernel": KERNEL_NAME if _rows(sched) == 1 else PREFILL_KERNEL_NAME,
+        "rows": _rows(sched),
         "row_stride": sched.row_stride,
         "variants": variants_to_json(table.variants),
         "arenas": dict(sched.arena_sizes),
