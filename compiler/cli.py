@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         "--prefill-rows",
         type=int,
         metavar="N",
-        help="prompt tokens per launch of the prefill program, at most (default 8, halved until"
-        " it fits shared memory); 0: no prefill program, prompts run as decode steps",
+        help="prompt tokens per launch of the prefill program, at most (0..8, default 8, halved"
+        " until it fits shared memory); 0: no prefill program, prompts run as decode steps",
     )
     p.add_argument(
         "--profile",
@@ -147,10 +147,14 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "profile": args.profile,
     }
     if args.prefill_rows is not None:
-        if args.prefill_rows < 0:
+        from tilert_compiler.options import MAX_PREFILL_ROWS
+
+        if not 0 <= args.prefill_rows <= MAX_PREFILL_ROWS:
             from tilert_compiler.models.config import ConfigError
 
-            raise ConfigError(f"--prefill-rows must be >= 0 (got {args.prefill_rows})")
+            raise ConfigError(
+                f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
+            )
         flags["prefill_rows"] = args.prefill_rows
     defaults = {
         "nvcc": True,
@@ -188,8 +192,9 @@ def _run(args, say) -> int:
     else:
         cfg = tc.load_config(args.model or DEFAULT_MODEL, overrides=overrides or None)
         out = Path(args.out) if args.out else Path("build") / cfg.name
+        flags = _option_flags(args)  # bad flag values fail before any work
         say(f"compiling {describe(cfg)}")
-        cm = tc.compile(cfg, progress=say, **_option_flags(args))
+        cm = tc.compile(cfg, progress=say, **flags)
     cm.save(out)
     if args.dump_ir is not None:
         from tilert_compiler.dumps import write_dumps

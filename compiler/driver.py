@@ -21,9 +21,9 @@ from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nv
 from tilert_compiler.codegen.serialize import serialize
 from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
-from tilert_compiler.models.config import ModelConfig, load_config
+from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
-from tilert_compiler.options import Options, from_env
+from tilert_compiler.options import MAX_PREFILL_ROWS, Options, from_env
 from tilert_compiler.pipeline import STAGES, format_stage, run_pipeline
 from tilert_compiler.runtime.artifact import (
     FORMAT_VERSION,
@@ -105,6 +105,7 @@ def compile(  # noqa: A001 - the verb users expect
     opts = from_env(options or Options())
     if option_kw:
         opts = opts.with_(**option_kw)
+    _check_options(opts)
     timings: dict[str, float] = {}
     stages: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -176,6 +177,14 @@ def prefill_rows(decode: Schedule, target, opts) -> int:
         except CodegenError:
             rows //= 2
     return 0
+
+
+def _check_options(opts: Options) -> None:
+    """Option values the passes cannot honour, said before any work."""
+    if not 0 <= opts.prefill_rows <= MAX_PREFILL_ROWS:
+        raise ConfigError(
+            f"option prefill_rows must be 0..{MAX_PREFILL_ROWS} (got {opts.prefill_rows})"
+        )
 
 
 def _rows(sched: Schedule) -> int:
@@ -286,6 +295,7 @@ def compile_from_ir(
     say = progress or (lambda _msg: None)
     d = read_dump(path, source, overrides)
     cfg, opts = d.config, from_env(Options(**d.options)).with_(**option_kw)
+    _check_options(opts)
     stages: dict[str, Any] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 
+MAX_PREFILL_ROWS = 8
+
 
 @dataclass(frozen=True)
 class Options:
@@ -21,6 +23,7 @@ class Options:
     wait_timeout_ms: int = 1000  # bound on each dependency wait in the kernel
     # Prefill program: prompt tokens per launch, at most (halved until its kernel fits the
     # shared memory, down to 2); 0 or 1: no prefill program (prompts run as decode steps).
+    # At most MAX_PREFILL_ROWS: the tensor-core tile takes the tokens as its 8 live A rows.
     prefill_rows: int = 8
 
     def with_(self, **kw) -> Options:

@@ -168,11 +168,27 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
     prefill = None
     if (path / PREFILL).is_dir() and manifest.get("rows", 1) == 1:
         prefill = load_artifact(path / PREFILL, need_cubin=need_cubin)
-        if prefill.manifest.get("rows", 1) < 2 or prefill.manifest["arenas"].get(
-            "weights"
-        ) != manifest["arenas"].get("weights"):
+        if not _prefill_fits(manifest, prefill.manifest):
             raise ArtifactError(f"{path / PREFILL}: not this model's prefill program; recompile")
     return Artifact(manifest, table, src, cubin, prefill)
+
+
+def _prefill_fits(decode: dict, pre: dict) -> bool:
+    """The prefill program was laid out against this decode program: same config, same
+    weight arena, every weight and cache tensor at the same offset, its own activations
+    past the decode program's."""
+    if pre.get("rows", 1) < 2 or pre.get("config") != decode.get("config"):
+        return False
+    if pre["arenas"].get("weights") != decode["arenas"].get("weights"):
+        return False
+    home = {t["name"]: t["offset"] for t in decode["tensors"] if t.get("storage") != "act"}
+    for t in pre["tensors"]:
+        if t.get("storage") == "act":
+            if t["offset"] < decode["arenas"]["act"]:
+                return False
+        elif home.get(t["name"]) != t["offset"]:
+            return False
+    return True
 
 
 # What the runtime and the interpreter read from the manifest; a missing one is a damaged

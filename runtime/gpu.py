@@ -281,9 +281,10 @@ class GpuModel:
         if self._prefill is None:
             for i, tok in enumerate(toks):
                 self.launch(tok, pos + i)
+            self.check()
         else:
             self._prefill.run(toks, pos)
-        self.check()
+            self.check(f"prefill, launches up to {self._prefill.epoch}")
 
     # ------------------------------------------------------------ stepping
     def launch(self, token: int, pos: int) -> None:
@@ -376,8 +377,9 @@ class GpuModel:
         self.counters.zero_()
         self.epoch = 0
 
-    def check(self) -> None:
-        """Synchronise and raise KernelError if the kernel reported one."""
+    def check(self, where: str = "") -> None:
+        """Synchronise and raise KernelError if the kernel reported one (`where`: which
+        launch, for the message; default the decode step)."""
         torch.cuda.synchronize(self.device)
         e = self.error.tolist()
         if e[0]:
@@ -385,7 +387,7 @@ class GpuModel:
             self.error.zero_()
             raise KernelError(
                 f"{what}: sm {e[1]}, task t{e[2]}, counter c{e[3]} = {e[4]}, expected >= {e[5]}"
-                f" (step {self.epoch}); the counters are now stale, call reset()"
+                f" ({where or f'step {self.epoch}'}); the counters are now stale, call reset()"
             )
 
     def step(self, token: int, pos: int) -> torch.Tensor:
@@ -428,6 +430,9 @@ class GpuModel:
         per_token=True launches once per token and samples on the host."""
         from tilert_compiler.runtime.generate import generate_on
 
+        stops = kw.get("stop_ids") or ()
+        if not kw.get("per_token") and len(stops) > MAX_STOP_IDS:  # before any launch
+            raise GenerationError(f"at most {MAX_STOP_IDS} stop ids (got {len(stops)})")
         return generate_on(self, prompt_ids, max_new_tokens, **kw)
 
     def __del__(self):

@@ -120,16 +120,30 @@ def test_prefill_past_the_cache_is_a_clear_error():
         it.prefill([1] * 5, s - 3)
 
 
-def test_the_artifact_keeps_the_prefill_program(tmp_path):
+def _move_a_cache_tensor(m: dict) -> None:
+    cache = next(t for t in m["tensors"] if t["storage"] == "cache")
+    cache["offset"] += 32
+
+
+def _grow_the_weights(m: dict) -> None:
+    m["arenas"]["weights"] += 1
+
+
+def _another_context(m: dict) -> None:
+    m["config"]["max_seq_len"] *= 2
+
+
+@pytest.mark.parametrize("damage", [_move_a_cache_tensor, _grow_the_weights, _another_context])
+def test_the_artifact_keeps_the_prefill_program(damage, tmp_path):
     cm = _compile("tiny-qwen3")
     cm.save(tmp_path / "a")
     art = load_artifact(tmp_path / "a")
     assert art.prefill is not None
     assert art.prefill.manifest == cm.prefill.manifest
     assert (art.prefill.table.records == cm.prefill.table.records).all()
-    # A prefill program laid out for other weights is refused, not run on these.
+    # A prefill program laid out for another cache or other weights is refused, not run.
     m = json.loads((tmp_path / "a" / "prefill" / "manifest.json").read_text())
-    m["arenas"]["weights"] += 1
+    damage(m)
     (tmp_path / "a" / "prefill" / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match="prefill"):
+    with pytest.raises(ArtifactError, match="not this model's prefill program"):
         load_artifact(tmp_path / "a")
