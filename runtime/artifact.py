@@ -174,19 +174,20 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
 
 
 def _prefill_fits(decode: dict, pre: dict) -> bool:
-    """The prefill program was laid out against this decode program: same config, same
-    weight arena, every weight and cache tensor at the same offset, its own activations
-    past the decode program's."""
-    if pre.get("rows", 1) < 2 or pre.get("config") != decode.get("config"):
+    """The prefill program was laid out against this decode program: the same weight arena,
+    every weight and cache tensor at the same offset and of the same shape (so the same
+    context length), its own activations past the decode program's. (The config itself is
+    checked where the runtime reads it.)"""
+    if pre.get("rows", 1) < 2 or pre["arenas"].get("weights") != decode["arenas"].get("weights"):
         return False
-    if pre["arenas"].get("weights") != decode["arenas"].get("weights"):
-        return False
-    home = {t["name"]: t["offset"] for t in decode["tensors"] if t.get("storage") != "act"}
+    home = {
+        t["name"]: (t["offset"], t["shape"]) for t in decode["tensors"] if t.get("storage") != "act"
+    }
     for t in pre["tensors"]:
         if t.get("storage") == "act":
             if t["offset"] < decode["arenas"]["act"]:
                 return False
-        elif home.get(t["name"]) != t["offset"]:
+        elif home.get(t["name"]) != (t["offset"], t["shape"]):
             return False
     return True
 

@@ -130,7 +130,8 @@ def _grow_the_weights(m: dict) -> None:
 
 
 def _another_context(m: dict) -> None:
-    m["config"]["max_seq_len"] *= 2
+    cache = next(t for t in m["tensors"] if t["storage"] == "cache")
+    cache["shape"][1] *= 2  # [kv_heads, max_seq_len, head_dim]
 
 
 @pytest.mark.parametrize("damage", [_move_a_cache_tensor, _grow_the_weights, _another_context])
