@@ -25,7 +25,7 @@ import json
 import time
 
 import torch
-from measure import provenance
+from measure import provenance, rel_l2
 
 from tilert_compiler.models.config import ModelConfig
 from tilert_compiler.models.reference import hf_model
@@ -154,8 +154,7 @@ def main() -> None:
             times.append((time.perf_counter() - t0) * 1e3)
         bf16_last = model(ids).logits[0, -1].float().cpu()
     hf_prefill_ms = sorted(times)[len(times) // 2]
-    err_ours = float((ours_last - ref_last).norm() / ref_last.norm())
-    err_bf16 = float((bf16_last - ref_last).norm() / ref_last.norm())
+    err_ours, err_bf16 = float(rel_l2(ours_last, ref_last)), float(rel_l2(bf16_last, ref_last))
 
     result = {
         "model": cfg.name,

@@ -18,18 +18,13 @@ import json
 import time
 
 import torch
-from measure import copy_bandwidth, provenance, step_ms
+from measure import copy_bandwidth, provenance, rel_l2, step_ms
 
 from tilert_compiler.models.config import ModelConfig
 from tilert_compiler.models.reference import hf_model, reference_logits
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per row ||a - b|| / ||b||."""
-    return (a.double() - b.double()).norm(dim=-1) / b.double().norm(dim=-1)
 
 
 def main() -> None:

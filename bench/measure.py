@@ -47,6 +47,11 @@ def step_ms(m, tokens: list[int], pos: int, iters: int, fill: bool = True) -> fl
     return ms
 
 
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row ||a - b|| / ||b||."""
+    return (a.double() - b.double()).norm(dim=-1) / b.double().norm(dim=-1)
+
+
 def provenance() -> dict:
     """Card, date and commit for a result file."""
     # The device machine's copy of the repository may carry a stale .git: the command line

@@ -126,17 +126,20 @@ def compile(  # noqa: A001 - the verb users expect
     cm = CompiledModel(
         cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
     )
-    cm.prefill = _compile_prefill(cfg, opts, sched, say)
+    cm.prefill = _compile_prefill(cfg, opts, sched, table, say)
     if opts.dump_ir:
         cm.dump_ir(opts.dump_ir)
     return cm
 
 
-def _compile_prefill(cfg, opts, decode: Schedule, say) -> CompiledModel | None:
+def _compile_prefill(
+    cfg, opts, decode: Schedule, decode_table: TaskTable, say
+) -> CompiledModel | None:
     """The prefill program with the most token rows per launch (opts.prefill_rows, then
     half as many, down to 2) whose kernel fits the target's shared memory; None if none
     does or it is off. Its passes are the decode program's, on the prefill graph."""
-    rows = prefill_rows(decode, cfg.target, opts)
+    ring = bool(dict(decode.options).get("weight_ring"))
+    rows = prefill_rows(decode_table.variants, cfg.target, ring, opts.prefill_rows)
     while rows >= 2:
         stages: dict[str, Any] = {}
         sched = run_pipeline(cfg, opts, stages.__setitem__, rows=rows, base=decode)
@@ -155,21 +158,20 @@ def _compile_prefill(cfg, opts, decode: Schedule, say) -> CompiledModel | None:
     return None
 
 
-def prefill_rows(decode: Schedule, target, opts) -> int:
-    """The most token rows (opts.prefill_rows, halved) whose prefill kernel plan fits the
-    target, read off the decode program's task kinds (the prefill program cuts its ops the
-    same way, without the LM head and the sample); 0 if none fits or prefill is off."""
+def prefill_rows(decode_variants, target, ring: bool, most: int) -> int:
+    """The most token rows (`most`, halved) whose prefill kernel plan fits the target, read
+    off the decode program's task kinds (the prefill program cuts its ops the same way,
+    without the LM head and the sample); 0 if none fits or prefill is off."""
     from types import SimpleNamespace
 
     from tilert_compiler.ir.tasktable import Variant
 
     kinds = []
-    for v in serialize(decode).variants:
+    for v in decode_variants:
         if v.kind == "sample" or (v.kind == "norm_linear" and v.get("ARGMAX")):
             continue
         kinds.append(Variant("attention_prefill", v.static) if v.kind == "attention_decode" else v)
-    ring = bool(dict(decode.options).get("weight_ring"))
-    rows = opts.prefill_rows
+    rows = most
     while rows >= 2:
         try:
             plan_kernel(SimpleNamespace(variants=kinds), target, ring=ring, rows=rows)
@@ -306,5 +308,5 @@ def compile_from_ir(
     table, plan, inv_freq, src, cubin, resources, toolkit = _codegen(cfg, opts, sched, timings, say)
     manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, src, resources, toolkit)
     cm = CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)
-    cm.prefill = _compile_prefill(cfg, opts, sched, say)  # laid out against the edited program
+    cm.prefill = _compile_prefill(cfg, opts, sched, table, say)  # against the edited program
     return cm

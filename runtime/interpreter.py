@@ -128,9 +128,8 @@ class Interpreter:
         for i, tok in enumerate(toks):
             self._check(tok, pos + i)
         if self._prefill is None:
-            self._mode = None
             for i, tok in enumerate(toks):
-                self._run_step(tok, pos + i, 0)
+                self.step(tok, pos + i)
             return
         pre = self._prefill
         for at in range(0, len(toks), pre.rows):
