@@ -137,7 +137,9 @@ def emit_cuda(
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),
-        l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)),
+        # L2 prefetch: the producer's window past the ring, or (no ring) the per-task plan
+        l2_window=int(dict(sched.options).get("l2_window", 0)) if plan.ring else 0,
+        l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)) and not plan.ring,
         profile=profile,
         profile_words=PROFILE_WORDS,
         fault_skip_signal=fault_skip_signal,

@@ -77,7 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--l2-prefetch",
         action="store_true",
-        help="bulk-prefetch upcoming weights into L2 (off: measured slower with the ring)",
+        help="prefetch upcoming weights into L2: the producer keeps a window of requests past"
+        " its ring copies (without the ring: each task prefetches the next tasks' weights)",
+    )
+    p.add_argument(
+        "--l2-window",
+        type=int,
+        metavar="KB",
+        help="KiB per SM of that L2 window (default: the pass sizes it from the target's L2)",
     )
     p.add_argument(
         "--no-weight-ring",
@@ -156,6 +163,12 @@ def _option_flags(args, only_set: bool = False) -> dict:
                 f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
             )
         flags["prefill_rows"] = args.prefill_rows
+    if args.l2_window is not None:
+        if args.l2_window < 0:
+            from tilert_compiler.models.config import ConfigError
+
+            raise ConfigError(f"--l2-window must be 0 or more KiB (got {args.l2_window})")
+        flags["l2_window_kb"] = args.l2_window
     defaults = {
         "nvcc": True,
         "l2_prefetch": False,

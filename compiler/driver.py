@@ -187,6 +187,8 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(
             f"option prefill_rows must be 0..{MAX_PREFILL_ROWS} (got {opts.prefill_rows})"
         )
+    if opts.l2_window_kb is not None and opts.l2_window_kb < 0:
+        raise ConfigError(f"option l2_window_kb must be 0 or more (got {opts.l2_window_kb})")
 
 
 def _rows(sched: Schedule) -> int:

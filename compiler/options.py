@@ -10,9 +10,12 @@ MAX_PREFILL_ROWS = 8
 
 @dataclass(frozen=True)
 class Options:
-    # passes.prefetch: bulk L2 prefetch of upcoming weights. Off by default: measured slower
-    # on H100 with the weight ring on (bench/NOTES.md, 2026-11-27: 1.277 vs 1.404 ms).
+    # passes.prefetch: L2 prefetch of upcoming weights. With the weight ring: the producer
+    # keeps an L2 window of requests past its ring copies. Without it: each task asks L2
+    # for the next tasks' weights before its wait.
     l2_prefetch: bool = False
+    # Bytes per SM (KiB) of that window; None: the pass sizes it from the target's L2.
+    l2_window_kb: int | None = None
     weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     fault_skip_signal: int = -1  # debug build: this task never signals (fault injection)

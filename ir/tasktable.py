@@ -25,8 +25,9 @@ F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF, F_NSTREAM, F_STREAM
 F_ARG0 = 9
 NO_OFFSET = -1
 # Profiled builds: int64 words per task in the profile buffer (wait start, run start, end
-# in global-timer ns; ns spent waiting for weights in the ring).
-PROFILE_WORDS = 4
+# in global-timer ns; ns spent waiting for weights in the ring; when the inputs were
+# loaded, or 0 for kinds without an input phase).
+PROFILE_WORDS = 5
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).

@@ -119,10 +119,15 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection():
 # Each switch, and what must show in the generated source when it is set.
 OPTION_EFFECTS = [
     ({"weight_ring": False}, lambda src: "produce(p, ring" not in src),
-    ({"l2_prefetch": True}, lambda src: "prefetch_l2(base" in src),
-    ({"l2_prefetch": True, "weight_ring": False}, lambda src: "produce(p, ring" not in src),
+    ({"l2_prefetch": True}, lambda src: "kL2Window = 0;" not in src and "prefetch_l2(s2" in src),
+    ({"l2_prefetch": True, "l2_window_kb": 96}, lambda src: f"kL2Window = {96 * 1024};" in src),
+    (
+        {"l2_prefetch": True, "weight_ring": False},
+        lambda src: "produce(p, ring" not in src and "prefetch_l2(base" in src,
+    ),
     ({"fine_deps": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
+    ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
     ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
     ({"fault_skip_signal": 0}, lambda src: "if (task != 0)" in src),
 ]
@@ -168,3 +173,25 @@ def test_the_handoff_term_moves_predictions_not_placement(name):
     assert without.sm_lists == cm.schedule.sm_lists
     step = max(e for _, e in cm.schedule.predicted)
     assert step > max(e for _, e in without.predicted) + target.handoff_s  # a chain of hops
+
+
+def test_the_l2_window_is_sized_from_the_target_and_only_with_the_ring():
+    from dataclasses import replace
+
+    from tilert_compiler.ir.target import DEFAULT_TARGET
+    from tilert_compiler.passes.prefetch import L2_WINDOW_SHARE, window_bytes
+
+    per_sm = DEFAULT_TARGET.l2_bytes * L2_WINDOW_SHARE / DEFAULT_TARGET.sms
+    assert per_sm - 1024 < window_bytes(DEFAULT_TARGET) <= per_sm
+    bigger = replace(DEFAULT_TARGET, l2_bytes=2 * DEFAULT_TARGET.l2_bytes)
+    assert window_bytes(bigger) > window_bytes(DEFAULT_TARGET)
+    assert window_bytes(DEFAULT_TARGET, kb=96) == 96 * 1024
+
+    cm = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True)
+    opts = dict(cm.schedule.options)
+    assert opts["l2_window"] == window_bytes(cm.config.target) > 0
+    assert not any(cm.schedule.prefetch)  # the producer streams; no per-task plan
+    off = dict(tc.compile("tiny-llama", nvcc=False).schedule.options)
+    assert off["l2_window"] == 0
+    no_ring = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True, weight_ring=False)
+    assert dict(no_ring.schedule.options)["l2_window"] == 0 and any(no_ring.schedule.prefetch)
