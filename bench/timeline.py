@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
 import torch
 from measure import step_ms
 
@@ -45,6 +46,8 @@ def main() -> None:
     tl = timeline(stamps, sm_of, art.table)
     os.makedirs(a.out, exist_ok=True)
     tl.write_trace(os.path.join(a.out, "trace.json"))
+    np.save(os.path.join(a.out, "stamps.npy"), stamps)  # raw, for analyses beyond the summary
+    np.save(os.path.join(a.out, "sm_of.npy"), np.array(sm_of))
     tl.write_gantt(
         os.path.join(a.out, "timeline.png"),
         f"{cfg.name}: measured step at pos {a.pos} on {torch.cuda.get_device_name()}",
