@@ -110,7 +110,7 @@ def emit_cuda(
     version: str,
     arch: str,
     profile: bool = False,
-    fault_skip_signal: int = -1,
+    fault_skip_task: int = -1,
     kernel_name: str = KERNEL_NAME,
 ) -> str:
     """`profile`: record per task the global timer at wait start, run start and end (the
@@ -142,7 +142,8 @@ def emit_cuda(
         l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)) and not plan.ring,
         profile=profile,
         profile_words=PROFILE_WORDS,
-        fault_skip_signal=fault_skip_signal,
+        fault_skip_task=fault_skip_task,
+        flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=kernel_name,

@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
         help="no producer warp / shared-memory weight ring (ablation)",
     )
     p.add_argument(
+        "--flags",
+        action="store_true",
+        help="activations carry their step's parity; consumers poll the data, not counters",
+    )
+    p.add_argument(
         "--coarse-deps",
         action="store_true",
         help="one dependency counter per op instead of per tile group (ablation)",
@@ -151,6 +156,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "l2_prefetch": args.l2_prefetch,
         "weight_ring": not args.no_weight_ring,
         "fine_deps": not args.coarse_deps,
+        "flags": args.flags,
         "profile": args.profile,
     }
     if args.prefill_rows is not None:
@@ -174,6 +180,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "l2_prefetch": False,
         "weight_ring": True,
         "fine_deps": True,
+        "flags": False,
         "profile": False,
     }
     return {k: v for k, v in flags.items() if not only_set or v != defaults.get(k)}

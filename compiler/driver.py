@@ -212,7 +212,7 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = 
         version=VERSION,
         arch=cfg.target.arch,
         profile=opts.profile,
-        fault_skip_signal=opts.fault_skip_signal,
+        fault_skip_task=opts.fault_skip_task,
         kernel_name=kernel_name,
     )
     timings["codegen"] = time.perf_counter() - t0

@@ -18,7 +18,10 @@ class Options:
     l2_window_kb: int | None = None
     weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
-    fault_skip_signal: int = -1  # debug build: this task never signals (fault injection)
+    # passes.deps: activations carry their step's parity in the lowest mantissa bit and
+    # consumers poll the data itself, not a counter (one round trip per hand-off)
+    flags: bool = False
+    fault_skip_task: int = -1  # debug build: this task never runs, writes or signals
     profile: bool = False  # kernel records per-task timestamps (runtime writes a trace)
     context: int = 512  # cache length the cost model assumes for attention
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
@@ -47,4 +50,6 @@ def from_env(base: Options | None = None) -> Options:
         o = replace(o, l2_prefetch=True)
     if env.get("TILERT_NO_WEIGHT_RING"):
         o = replace(o, weight_ring=False)
+    if env.get("TILERT_FLAGS") in ("0", "1"):  # e.g. the GPU tests in either mode
+        o = replace(o, flags=env["TILERT_FLAGS"] == "1")
     return o

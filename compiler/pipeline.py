@@ -33,7 +33,7 @@ def run_pipeline(
     on_stage("fuse", ir)
     ir = tile(ir, t, context=opts.context)  # needs fused kinds: one task kind per op kind
     on_stage("tile", ir)
-    ir = deps(ir, fine=opts.fine_deps)  # producers from regions, reduction, counters
+    ir = deps(ir, fine=opts.fine_deps, flags=opts.flags)  # producers, reduction, counters
     verify_program(ir)  # coverage: each output element written by exactly one task
     on_stage("deps", ir)
     ir = schedule(ir, t)  # per-SM lists in one global topological order
@@ -65,7 +65,7 @@ STAGES = ("graph", "fuse", "tile", "deps", "schedule", "prefetch", "layout")
 # that resuming from every stage gives what run_pipeline gives, so the two stay in step.
 RESUMABLE = ("tile", "deps", "schedule", "prefetch", "layout")
 _STEPS_AFTER: dict[str, tuple[str, Callable[[Any, Any, Any], Any]]] = {
-    "tile": ("deps", lambda ir, t, opts: deps(ir, fine=opts.fine_deps)),
+    "tile": ("deps", lambda ir, t, opts: deps(ir, fine=opts.fine_deps, flags=opts.flags)),
     "deps": ("schedule", lambda ir, t, opts: schedule(ir, t)),
     "schedule": (
         "prefetch",

@@ -107,6 +107,15 @@ class Task:
         return dict(self.args)[key]
 
 
+# Task kinds whose kernel code reads every activation input until it carries this step's
+# parity (codegen/templates/persistent_kernel.cu.j2, `fresh` loads), and writes its
+# activation outputs with it (the LM head's logits excepted: the sample task waits on a
+# counter). Embed writes with it too.
+POLLING_KINDS = frozenset(
+    {OpKind.NORM_LINEAR, OpKind.ATTENTION_DECODE, OpKind.LINEAR_RESIDUAL, OpKind.GATE_UP_SILU}
+)
+
+
 @dataclass(frozen=True)
 class Counter:
     name: str

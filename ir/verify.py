@@ -2,8 +2,9 @@
 
 - coverage: every element of every tensor a step writes is written by exactly one task;
 - completion: the per-SM lists, run against their counters, finish (no deadlock);
-- ordering: every read happens after every write it overlaps (through counter waits or
-  the SM's own program order), so no task can read a value before it exists.
+- ordering: every read happens after every write it overlaps (through counter waits,
+  polling for data that carries the step's parity, or the SM's own program order), so
+  no task can read a value before it exists.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import Storage
-from tilert_compiler.ir.tile import Schedule, Task, TileProgram
+from tilert_compiler.ir.tile import POLLING_KINDS, Schedule, Task, TileProgram
 
 
 class VerifyError(ValueError):
@@ -65,10 +66,17 @@ def _contains(box, at, sym) -> bool:
     )
 
 
+def _polled(p: TileProgram) -> list[tuple[int, ...]]:
+    """Per task, the dependencies it orders by polling their data (passes.deps, flags)."""
+    on = bool(dict(p.consts).get("flags", 0))
+    return [t.deps if on and t.kind in POLLING_KINDS else () for t in p.tasks]
+
+
 def _happens_before(s: Schedule) -> list[int]:
     """Ancestor bitmask per task: what finished before it may start, through counter
-    waits and the SM's own order."""
+    waits, polled inputs and the SM's own order."""
     tasks = s.program.tasks
+    polled = _polled(s.program)
     producers: dict[int, list[int]] = {}
     for t in tasks:
         producers.setdefault(t.signal, []).append(t.id)
@@ -89,6 +97,10 @@ def _happens_before(s: Schedule) -> list[int]:
                     cm |= anc[x] | (1 << x)
                 counter_mask[c] = cm
             m |= counter_mask[c]
+        for x in polled[t.id]:
+            if x >= t.id:
+                raise VerifyError(f"t{t.id} polls the output of later t{x}")
+            m |= anc[x] | (1 << x)
         if t.id in prev_on_sm:
             x = prev_on_sm[t.id]
             m |= anc[x] | (1 << x)
@@ -98,6 +110,8 @@ def _happens_before(s: Schedule) -> list[int]:
 
 def verify_completes(s: Schedule) -> None:
     tasks = s.program.tasks
+    polled = _polled(s.program)
+    ran = [False] * len(tasks)
     count = [0] * len(s.program.counters)
     head = [0] * len(s.sm_lists)
     done = 0
@@ -106,10 +120,11 @@ def verify_completes(s: Schedule) -> None:
         for sm, ids in enumerate(s.sm_lists):
             while head[sm] < len(ids):
                 t = tasks[ids[head[sm]]]
-                if any(count[c] < n for c, n in t.waits):
+                if any(count[c] < n for c, n in t.waits) or not all(ran[x] for x in polled[t.id]):
                     break
                 if t.signal >= 0:
                     count[t.signal] += 1
+                ran[t.id] = True
                 head[sm] += 1
                 done += 1
                 progress = True

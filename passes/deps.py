@@ -7,11 +7,20 @@
    consumer's dependency set is a union of groups. A consumer that needs every tile of an
    op waits on one counter; attention for one head waits only on that head's q and kv
    tasks. Counters are monotonic across steps: a wait is `count >= step * producers`.
+4. With `flags`, activations carry their step: the kernel writes each float with the
+   step's parity in its lowest mantissa bit, and the task kinds in POLLING_KINDS read
+   their inputs until every element has this step's parity. Their dependencies need no
+   counter: the data is the signal, so the producer skips the release (a fence that waits
+   for its writes to reach L2) and the consumer skips the poll of a counter before its
+   loads: one memory round trip per hand-off instead of three. The sample task still
+   waits on the LM head's counter, and the step gate on the sample task's.
 """
 
 from __future__ import annotations
 
-from tilert_compiler.ir.tile import Counter, Task, TileProgram
+from dataclasses import replace
+
+from tilert_compiler.ir.tile import POLLING_KINDS, Counter, Task, TileProgram
 
 
 def _direct_deps(tasks: tuple[Task, ...]) -> list[set[int]]:
@@ -66,17 +75,24 @@ def _partition(members: list[int], needs: list[frozenset[int]]) -> list[list[int
     return blocks
 
 
-def deps(program: TileProgram, fine: bool = True) -> TileProgram:
+def deps(program: TileProgram, fine: bool = True, flags: bool = False) -> TileProgram:
     """`fine` off: one counter per op, so every consumer waits for all of a producer op's
-    tasks (the ablation baseline for fine-grained dependencies)."""
+    tasks (the ablation baseline for fine-grained dependencies). `flags`: consumers of
+    POLLING_KINDS read their inputs until they carry the step's parity, and wait on no
+    counter; a producer whose every consumer polls signals none."""
     tasks = program.tasks
     reduced = _reduce(_direct_deps(tasks))
+    polls = [flags and t.kind in POLLING_KINDS for t in tasks]
+    waited = {x for t, d in zip(tasks, reduced, strict=True) if not polls[t.id] for x in d}
+    consumed = {x for d in reduced for x in d}
     by_op: dict[str, list[int]] = {}
     for t in tasks:
         by_op.setdefault(t.op, []).append(t.id)
-    # What each consumer needs of each producer op.
+    # What each counter-waiting consumer needs of each producer op.
     needs: dict[str, set[frozenset[int]]] = {op: set() for op in by_op}
-    for d in reduced:
+    for t, d in zip(tasks, reduced, strict=True):
+        if polls[t.id]:
+            continue
         per_op: dict[str, set[int]] = {}
         for x in d:
             per_op.setdefault(tasks[x].op, set()).add(x)
@@ -85,6 +101,11 @@ def deps(program: TileProgram, fine: bool = True) -> TileProgram:
     counters: list[Counter] = list(program.counters)  # the tile pass's arrival counters
     signal: dict[int, int] = {}
     for op, members in by_op.items():
+        # Read only by polling consumers: no counter (a task nobody reads, such as the
+        # sample task, keeps one: the step gate waits on it).
+        if all(x in consumed and x not in waited for x in members):
+            signal.update({x: -1 for x in members})
+            continue
         blocks = _partition(members, sorted(needs[op], key=sorted)) if fine else [members]
         for b in blocks:
             name = op if len(blocks) == 1 else f"{op}#{tasks[b[0]].id}"
@@ -93,7 +114,7 @@ def deps(program: TileProgram, fine: bool = True) -> TileProgram:
             counters.append(Counter(name, len(b)))
     out = []
     for t, d in zip(tasks, reduced, strict=True):
-        waits = sorted({signal[x] for x in d})
+        waits = [] if polls[t.id] else sorted({signal[x] for x in d})
         out.append(
             Task(
                 **{
@@ -104,4 +125,5 @@ def deps(program: TileProgram, fine: bool = True) -> TileProgram:
                 }
             )
         )
-    return program.with_tasks(out, counters=tuple(counters))
+    consts = tuple((k, v) for k, v in program.consts if k != "flags") + (("flags", int(flags)),)
+    return replace(program.with_tasks(out, counters=tuple(counters)), consts=consts)

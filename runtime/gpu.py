@@ -26,6 +26,7 @@ _ERR_NAMES = {
     1: "dependency wait timed out",
     2: "unknown task kind in the task table",
     3: "weight-ring wait timed out",
+    4: "input wait timed out",  # flags: an input never got this step's parity
 }
 
 
@@ -133,6 +134,13 @@ class _Program:
     def __init__(self, art: Artifact, dev, w, act, error, profiled: bool):
         m, t = art.manifest, art.table
         self.art, self.smem = art, int(m["smem_bytes"])
+        # The step's activations (not the KV cache): with flags they carry their step's
+        # parity, so restarting the epochs must first forget them (see restart()).
+        self._acts = [
+            act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))]
+            for x in m["tensors"]
+            if x["arena"] == "act" and x["storage"] == "act"
+        ]
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
         self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
@@ -155,6 +163,17 @@ class _Program:
         p.w, p.act = w.data_ptr(), act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), error.data_ptr()
         p.profile = self.profile.data_ptr() if profiled else None
+
+    def restart(self) -> None:
+        """Counters to 0 for epoch 1 next (the caller resets its epoch count); the step's
+        activations to NaN (parity 0), so none passes for epoch 1's data (parity 1)."""
+        self.counters.zero_()
+        self.forget()
+
+    def forget(self) -> None:
+        """The step's activations to NaN (on the stream, after what is enqueued)."""
+        for a in self._acts:
+            a.fill_(float("nan"))
 
     def launch(self, device, what: str) -> None:
         """One cooperative launch with the Params as they are, on the current stream."""
@@ -188,7 +207,7 @@ class _Prefill(_Program):
         n_chunks = -(-len(tokens) // self.rows)
         if (self.epoch + n_chunks) * self.max_producers >= 2**31:
             torch.cuda.synchronize(self.model.device)
-            self.counters.zero_()
+            self.restart()
             self.epoch = 0
         p = self.params
         p.timeout_ns = self.model.timeout_ns
@@ -198,6 +217,10 @@ class _Prefill(_Program):
             p.n_rows = min(self.rows, len(tokens) - at)
             p.tokens = self.tokens.data_ptr() + 4 * at
             self.launch(self.model.device, "launching the prefill kernel")
+            if p.n_rows < self.rows:
+                # The rows this chunk did not feed keep an older launch's values; with flags
+                # one of the same parity as the launch after next could pass for fresh.
+                self.forget()
 
 
 class GpuModel:
@@ -374,7 +397,7 @@ class GpuModel:
         """Counters are 32-bit and monotonic (step e waits for e * producers): before that
         product could wrap, restart them at 0 with the step count. The cache is kept."""
         torch.cuda.synchronize(self.device)
-        self.counters.zero_()
+        self._decode.restart()
         self.epoch = 0
 
     def check(self, where: str = "") -> None:
@@ -385,9 +408,14 @@ class GpuModel:
         if e[0]:
             what = _ERR_NAMES.get(e[0], f"error {e[0]}")
             self.error.zero_()
+            at = (
+                f"its input at act offset {e[4]} never carried parity {e[5]}"
+                if e[0] == 4
+                else f"counter c{e[3]} = {e[4]}, expected >= {e[5]}"
+            )
             raise KernelError(
-                f"{what}: sm {e[1]}, task t{e[2]}, counter c{e[3]} = {e[4]}, expected >= {e[5]}"
-                f" ({where or f'step {self.epoch}'}); the counters are now stale, call reset()"
+                f"{what}: sm {e[1]}, task t{e[2]}, {at} ({where or f'step {self.epoch}'}); "
+                "the counters are now stale, call reset()"
             )
 
     def step(self, token: int, pos: int) -> torch.Tensor:

@@ -12,12 +12,18 @@ pytestmark = pytest.mark.gpu
 TINY = ["tiny-llama", "tiny-qwen3"]
 
 
-@pytest.fixture(scope="module", params=TINY)
+# Each tiny model with counters between all tasks, and with flags (activations carry
+# their step's parity; consumers poll the data).
+BUILDS = [(name, flags) for flags in (False, True) for name in TINY]
+
+
+@pytest.fixture(scope="module", params=BUILDS, ids=[f"{n}-flags{int(f)}" for n, f in BUILDS])
 def loaded(request, tmp_path_factory):
     from tilert_compiler.runtime.gpu import GpuModel
 
-    cm = tc.compile(request.param)
-    out = cm.save(tmp_path_factory.mktemp(request.param))
+    name, flags = request.param
+    cm = tc.compile(name, flags=flags)
+    out = cm.save(tmp_path_factory.mktemp(name))
     w = load_weights(cm.config)
     return cm, GpuModel(out, weights=w), w
 
@@ -67,20 +73,24 @@ def test_missing_dependency_times_out_with_a_named_error(loaded):
     m.step(1, 0)  # the GPU is usable again
 
 
-def test_a_signal_that_never_comes_ends_in_a_named_error_within_2s(tmp_path):
-    """Fault injection: a debug build where the embedding task never signals. Every wait
-    downstream is bounded; the launch must fail fast with SM/task/counter named, and the
-    GPU must run the next (correct) launch."""
+@pytest.mark.parametrize(
+    "flags,named", [(False, r"counter c\d+ = 0"), (True, r"its input at act offset \d+")]
+)
+def test_a_task_that_never_runs_ends_in_a_named_error_within_2s(tmp_path, flags, named):
+    """Fault injection: a debug build where the embedding task never runs (writes and
+    signals nothing). Every wait downstream, on a counter or (flags) on data with this
+    step's parity, is bounded; the launch must fail fast naming SM, task and what it
+    waited for, and the GPU must run the next (correct) launch."""
     import time
 
     from tilert_compiler.runtime.gpu import GpuModel, KernelError
 
-    faulty = tc.compile("tiny-llama", fault_skip_signal=0)
-    good = tc.compile("tiny-llama")
+    faulty = tc.compile("tiny-llama", fault_skip_task=0, flags=flags)
+    good = tc.compile("tiny-llama", flags=flags)
     w = load_weights(faulty.config)
     m = GpuModel(faulty.save(tmp_path / "faulty"), weights=w)
     t0 = time.perf_counter()
-    with pytest.raises(KernelError, match=r"timed out: sm \d+, task t\d+, counter c\d+"):
+    with pytest.raises(KernelError, match=r"timed out: sm \d+, task t\d+, " + named):
         m.step(1, 0)
     assert time.perf_counter() - t0 < 2.0
     ok = GpuModel(good.save(tmp_path / "good"), weights=w)

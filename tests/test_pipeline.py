@@ -129,7 +129,8 @@ OPTION_EFFECTS = [
     ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
     ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
-    ({"fault_skip_signal": 0}, lambda src: "if (task != 0)" in src),
+    ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
+    ({"flags": True}, lambda src: "kFlags = true;" in src),
 ]
 
 
@@ -195,3 +196,39 @@ def test_the_l2_window_is_sized_from_the_target_and_only_with_the_ring():
     assert off["l2_window"] == 0
     no_ring = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True, weight_ring=False)
     assert dict(no_ring.schedule.options)["l2_window"] == 0 and any(no_ring.schedule.prefetch)
+
+
+def test_with_flags_only_the_sample_task_waits_on_a_counter():
+    """Polling kinds order their reads by the data's parity: no counter waits, and their
+    producers signal none; the sample task still waits on the LM head's counter and the
+    step gate on the sample task's."""
+    from tilert_compiler.ir.graph import OpKind
+    from tilert_compiler.ir.tile import POLLING_KINDS
+
+    cm = tc.compile("tiny-qwen3", nvcc=False, flags=True)
+    tasks = cm.schedule.program.tasks
+    assert dict(cm.schedule.program.consts)["flags"] == 1
+    waiting = {t.kind for t in tasks if t.waits}
+    assert waiting == {OpKind.SAMPLE}
+    assert all(not t.waits and t.deps for t in tasks if t.kind in POLLING_KINDS)
+    lm_head = {d for t in tasks if t.kind == OpKind.SAMPLE for d in t.deps}
+    signalling = {t.id for t in tasks if t.signal >= 0}
+    sample = {t.id for t in tasks if t.kind == OpKind.SAMPLE}
+    assert signalling == lm_head | sample
+    verify_schedule(cm.schedule)
+
+
+def test_verify_counts_polled_inputs_as_ordering_and_catches_a_missing_one():
+    from dataclasses import replace
+
+    from tilert_compiler.ir.tile import POLLING_KINDS
+    from tilert_compiler.ir.verify import VerifyError
+
+    sched = tc.compile("tiny-llama", nvcc=False, flags=True).schedule
+    verify_schedule(sched)  # the reads of polling tasks are ordered by their deps alone
+    prog = sched.program
+    victim = next(t for t in prog.tasks if t.kind in POLLING_KINDS and t.layer == 1)
+    tasks = list(prog.tasks)
+    tasks[victim.id] = replace(victim, deps=())
+    with pytest.raises(VerifyError, match=f"t{victim.id} reads"):
+        verify_schedule(replace(sched, program=prog.with_tasks(tasks)))
