@@ -248,6 +248,7 @@ def _check_table(where: Path, m: dict, t: TaskTable) -> None:
     if nwait.min() < 0 or at.min() < 0 or (at + nwait).max() > len(t.waits):
         raise fail(f"a task's waits lie outside the {len(t.waits)} wait entries")
     signals = t.records[:, F_SIGNAL]
+    signals = signals[signals != -1]  # -1: no counter (read only by polling tasks)
     waited = t.waits[:, 0] if len(t.waits) else signals[:0]
     for name, ids in (("signals", signals), ("waits on", waited)):
         if len(ids) and (ids.min() < 0 or ids.max() >= counters):
