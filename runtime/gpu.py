@@ -136,11 +136,14 @@ class _Program:
         self.art, self.smem = art, int(m["smem_bytes"])
         # The step's activations (not the KV cache): with flags they carry their step's
         # parity, so restarting the epochs must first forget them (see restart()).
-        self._acts = [
-            act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))]
-            for x in m["tensors"]
-            if x["arena"] == "act" and x["storage"] == "act"
-        ]
+        steps = [x for x in m["tensors"] if x["arena"] == "act" and x["storage"] == "act"]
+        if int(m.get("rows", 1)) > 1:
+            # The prefill program's tensors list row 0 only (row r lies row_stride further):
+            # its activations are the whole arena past the decode program's, up to its end.
+            start = min(x["offset"] for x in steps)
+            self._acts = [act[start : int(m["arenas"]["act"])]]
+        else:
+            self._acts = [act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))] for x in steps]
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
         self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
