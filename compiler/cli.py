@@ -92,9 +92,10 @@ def _parser() -> argparse.ArgumentParser:
         help="no producer warp / shared-memory weight ring (ablation)",
     )
     p.add_argument(
-        "--flags",
+        "--no-flags",
         action="store_true",
-        help="activations carry their step's parity; consumers poll the data, not counters",
+        help="every hand-off through a dependency counter, not through data that carries its"
+        " step's parity (ablation)",
     )
     p.add_argument(
         "--coarse-deps",
@@ -156,7 +157,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "l2_prefetch": args.l2_prefetch,
         "weight_ring": not args.no_weight_ring,
         "fine_deps": not args.coarse_deps,
-        "flags": args.flags,
+        "flags": not args.no_flags,
         "profile": args.profile,
     }
     if args.prefill_rows is not None:
@@ -180,7 +181,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "l2_prefetch": False,
         "weight_ring": True,
         "fine_deps": True,
-        "flags": False,
+        "flags": True,
         "profile": False,
     }
     return {k: v for k, v in flags.items() if not only_set or v != defaults.get(k)}

@@ -107,13 +107,15 @@ def test_attention_waits_only_for_the_qkv_rows_of_its_own_heads():
     assert needed <= rows
 
 
-def test_every_split_of_attention_is_waited_for_by_the_o_projection():
-    cm = tc.compile("tiny-qwen3", nvcc=False)
+@pytest.mark.parametrize("flags", [False, True])
+def test_every_split_of_attention_is_waited_for_by_the_o_projection(flags):
+    cm = tc.compile("tiny-qwen3", nvcc=False, flags=flags)
     tasks = cm.schedule.program.tasks
     splits = {t.id for t in tasks if t.op == "L0.attention"}
     o_proj = next(t for t in tasks if t.op == "L0.o_proj")
     waited = {x.id for c, _ in o_proj.waits for x in tasks if x.signal == c}
-    assert splits <= waited  # the combine may be done by any split
+    # the combine may be done by any split (with flags: polled, so every split is a dep)
+    assert splits <= (set(o_proj.deps) if flags else waited)
 
 
 # Each switch, and what must show in the generated source when it is set.
@@ -125,12 +127,12 @@ OPTION_EFFECTS = [
         {"l2_prefetch": True, "weight_ring": False},
         lambda src: "produce(p, ring" not in src and "prefetch_l2(base" in src,
     ),
-    ({"fine_deps": False}, lambda src: "produce(p, ring" in src),
+    ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
     ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
     ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
-    ({"flags": True}, lambda src: "kFlags = true;" in src),
+    ({"flags": False}, lambda src: "kFlags = false;" in src),
 ]
 
 
@@ -142,13 +144,13 @@ def test_every_option_compiles_clean_and_shows_in_the_kernel(options, effect):
     cm = tc.compile("tiny-qwen3", **options)  # nvcc refuses to finish on any warning
     assert cm.resources.spill_stores == 0 and cm.resources.spill_loads == 0
     assert effect(cm.source)
-    if options != {"fine_deps": False}:
+    if options != {"fine_deps": False, "flags": False}:  # the task table differs, not the code
         assert cm.source != default
 
 
 def test_coarse_deps_use_one_counter_per_op():
-    fine = tc.compile("tiny-qwen3", nvcc=False)
-    coarse = tc.compile("tiny-qwen3", nvcc=False, fine_deps=False)
+    fine = tc.compile("tiny-qwen3", nvcc=False, flags=False)
+    coarse = tc.compile("tiny-qwen3", nvcc=False, fine_deps=False, flags=False)
     ops = {t.op for t in coarse.schedule.program.tasks}
     arrivals = sum(1 for c in coarse.schedule.program.counters if c.name.startswith("arrive:"))
     assert len(coarse.schedule.program.counters) == len(ops) + arrivals
