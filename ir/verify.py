@@ -196,3 +196,23 @@ def verify_schedule(s: Schedule) -> None:
             if a > b:
                 raise VerifyError(f"sm{sm} runs t{a} before t{b}, out of the global order")
     verify_ordering(s)
+    verify_combiners(s.program)
+
+
+def verify_combiners(p: TileProgram) -> None:
+    """With flags, the last split of a split-attention group combines the group's partials,
+    polling for them: every other split must come before it in the global order (so none
+    is behind it on its SM's list, which would never finish)."""
+    if not dict(p.consts).get("flags", 0):
+        return
+    groups: dict[int, list[Task]] = {}
+    for t in p.tasks:
+        if "arrive" in dict(t.args):
+            groups.setdefault(t.arg("arrive"), []).append(t)
+    for members in groups.values():
+        last = max(members, key=lambda t: t.arg("split"))
+        if last.id != max(t.id for t in members):
+            raise VerifyError(
+                f"t{last.id} combines its group's partials but t{max(t.id for t in members)} "
+                "of the group comes after it"
+            )

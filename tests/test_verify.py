@@ -218,3 +218,25 @@ def test_a_tensor_nobody_writes_is_rejected(cm):
     tasks = [replace(t, writes=tuple(r for r in t.writes if r.tensor != target)) for t in p.tasks]
     with pytest.raises(VerifyError, match=rf"{target} is written by no task \(read by t"):
         verify_program(p.with_tasks(tasks))
+
+
+def test_the_combining_split_must_come_last_in_its_group():
+    """With flags the last split polls its group's partials: a split after it on the same
+    SM would never run. verify names the order, not a hang on the GPU."""
+    from dataclasses import replace
+
+    import tilert_compiler as tc
+    from tilert_compiler.ir.verify import VerifyError, verify_combiners
+
+    prog = tc.compile("tiny-llama", nvcc=False).schedule.program
+    verify_combiners(prog)
+    first = next(t for t in prog.tasks if "arrive" in dict(t.args))
+    group = [t for t in prog.tasks if dict(t.args).get("arrive") == first.arg("arrive")]
+    assert len(group) > 1
+    a, b = group[0], group[-1]  # swap the first and the last split's roles
+    swap = dict(a.args) | {"split": b.arg("split")}, dict(b.args) | {"split": a.arg("split")}
+    tasks = list(prog.tasks)
+    tasks[a.id] = replace(a, args=tuple(swap[0].items()))
+    tasks[b.id] = replace(b, args=tuple(swap[1].items()))
+    with pytest.raises(VerifyError, match="combines its group's partials"):
+        verify_combiners(prog.with_tasks(tasks))
