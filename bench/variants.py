@@ -44,7 +44,9 @@ def main() -> None:
         raise SystemExit("the artifacts are builds of different models (their configs differ)")
     cfg = ModelConfig.from_dict(configs[0])
     weights = load_weights(cfg)
-    tokens = torch.randint(0, cfg.vocab, (a.pos + 1,), generator=torch.Generator().manual_seed(a.seed))
+    tokens = torch.randint(
+        0, cfg.vocab, (a.pos + 1,), generator=torch.Generator().manual_seed(a.seed)
+    )
     tokens = tokens.tolist()
     print(f"[{time.time() - t0:6.1f}s] weights ready ({cfg.name})", flush=True)
 

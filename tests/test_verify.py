@@ -26,8 +26,10 @@ CASES = {
 
 @pytest.fixture(scope="module", params=list(CASES))
 def cm(request):
+    """Builds whose every hand-off is a counter (flags off), so every ordering the
+    mutations below break is a `waits` entry; the polled ones are tested at the end."""
     name, sms = CASES[request.param]
-    return tc.compile(name, overrides={"target": {"sms": sms}}, nvcc=False)
+    return tc.compile(name, overrides={"target": {"sms": sms}}, nvcc=False, flags=False)
 
 
 # ------------------------------------------------------------------ helpers
@@ -240,3 +242,19 @@ def test_the_combining_split_must_come_last_in_its_group():
     tasks[b.id] = replace(b, args=tuple(swap[1].items()))
     with pytest.raises(VerifyError, match="combines its group's partials"):
         verify_combiners(prog.with_tasks(tasks))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dropping_what_a_polling_task_polls_for_is_rejected(case):
+    """With flags the GEMV and attention tasks order their reads by polling the data of
+    their `deps`: a task that opens its SM's list and loses its deps reads unordered."""
+    from tilert_compiler.ir.tile import POLLING_KINDS
+
+    name, sms = CASES[case]
+    s = tc.compile(name, overrides={"target": {"sms": sms}}, nvcc=False).schedule
+    verify_schedule(s)
+    tasks = s.program.tasks
+    first = [tasks[ids[0]] for ids in s.sm_lists if ids]
+    victim = next(t for t in first if t.kind in POLLING_KINDS and t.deps and not t.waits)
+    with pytest.raises(VerifyError, match=rf"\bt{victim.id} reads "):
+        verify_schedule(with_task(s, replace(victim, deps=())))
