@@ -173,6 +173,16 @@ class _Program:
         self.counters.zero_()
         self.forget()
 
+    def room_for(self, epoch: int, steps: int, device) -> int:
+        """The epoch count to run `steps` more steps from: `epoch`, or 0 after a restart.
+        Counters are 32-bit and monotonic (step e waits for e * producers): before that
+        product could wrap, they restart at 0 (the KV cache is kept)."""
+        if (epoch + steps) * self.max_producers < 2**31:
+            return epoch
+        torch.cuda.synchronize(device)
+        self.restart()
+        return 0
+
     def forget(self) -> None:
         """The step's activations to NaN (on the stream, after what is enqueued)."""
         for a in self._acts:
@@ -208,10 +218,7 @@ class _Prefill(_Program):
         """Enqueue one launch per chunk of `rows` tokens; no synchronisation."""
         self.tokens[: len(tokens)].copy_(torch.tensor(tokens, dtype=torch.int32))
         n_chunks = -(-len(tokens) // self.rows)
-        if (self.epoch + n_chunks) * self.max_producers >= 2**31:
-            torch.cuda.synchronize(self.model.device)
-            self.restart()
-            self.epoch = 0
+        self.epoch = self.room_for(self.epoch, n_chunks, self.model.device)
         p = self.params
         p.timeout_ns = self.model.timeout_ns
         for at in range(0, len(tokens), self.rows):
@@ -328,8 +335,7 @@ class GpuModel:
     def _launch(self, token, pos, n_steps, n_forced, mode, rules, n_stop, host) -> None:
         """One cooperative launch of n_steps steps; epochs from self.epoch + 1 (the caller
         adds the steps that ran)."""
-        if (self.epoch + n_steps) * self._decode.max_producers >= 2**31:
-            self._rebase_counters()
+        self.epoch = self._decode.room_for(self.epoch, n_steps, self.device)
         p = self._decode.params  # the buffers' addresses were set once, in __init__
         p.token, p.pos, p.epoch = int(token), int(pos), self.epoch + 1
         p.timeout_ns = self.timeout_ns
@@ -395,13 +401,6 @@ class GpuModel:
         if len(out) < n_out and not (out and out[-1] in stops):
             raise KernelError(f"the kernel stopped after {len(out)} of {n_out} tokens")
         return out
-
-    def _rebase_counters(self) -> None:
-        """Counters are 32-bit and monotonic (step e waits for e * producers): before that
-        product could wrap, restart them at 0 with the step count. The cache is kept."""
-        torch.cuda.synchronize(self.device)
-        self._decode.restart()
-        self.epoch = 0
 
     def check(self, where: str = "") -> None:
         """Synchronise and raise KernelError if the kernel reported one (`where`: which

@@ -19,6 +19,7 @@ from tilert_compiler.ir.tasktable import (
     ROW_ARGS,
     TaskTable,
 )
+from tilert_compiler.ir.tile import POLLING_KINDS
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.sampling import Sampling, sample_token
 
@@ -71,17 +72,13 @@ class Interpreter:
         # With flags the GEMV and attention tasks poll their inputs' data (passes.deps); the
         # task table does not say whose outputs those are, so such a task runs here once
         # every task before it in the global order has run: a valid order, the same values.
-        self._polling = (
-            {
-                "norm_linear",
-                "attention_decode",
-                "attention_prefill",
-                "linear_residual",
-                "gate_up_silu",
-            }
-            if m.get("options", {}).get("flags")
-            else set()
-        )
+        # (the prefill program names its attention_decode variant attention_prefill)
+        kinds = {k.value for k in POLLING_KINDS} | {"attention_prefill"}
+        flags = bool(m.get("options", {}).get("flags"))
+        self._polls = [
+            flags and self.table.variants[int(k)].kind in kinds
+            for k in self.table.records[:, F_KIND]
+        ]
         self._next = 0  # this step: the lowest task id not run yet
         if self.rows == 1:
             self.logits_at = art.tensor("logits")["offset"]
@@ -209,8 +206,7 @@ class Interpreter:
             self._prefill.reset()
 
     def _ready(self, task: int) -> bool:
-        kind = self.table.variants[int(self.table.records[task, F_KIND])].kind
-        if kind in self._polling and task != self._next:
+        if self._polls[task] and task != self._next:
             return False
         return all(self.counters[c] >= self.epoch * n for c, n in self.table.waits_of(task))
 
