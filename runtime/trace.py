@@ -1,7 +1,8 @@
 """Measured timeline of one decode step (artifact compiled with profile=True).
 
-The kernel records, per task, the global timer at four points: before its dependency
-wait, when the wait is over, when its inputs are loaded (GEMVs and attention), and when
+The kernel records, per task, the global timer at five points: before its dependency
+wait, when the wait is over, when its inputs are loaded (GEMVs and attention), when its
+own work is done (a GEMV's rows dotted; an attention split's partials written), and when
 the task is done, plus the time it waited for weight chunks. From those this module writes a
 Chrome/Perfetto trace (one track per SM), a per-SM Gantt PNG of measured times, and a
 summary: busy and dependency-wait time per SM and per task kind.
@@ -23,6 +24,7 @@ class Timeline:
     end: np.ndarray  # [n] us: done
     weights: np.ndarray  # [n] us: inside the run, waiting for weight chunks (ring builds)
     loaded: np.ndarray  # [n] us: inputs loaded (NaN for kinds without an input phase)
+    computed: np.ndarray  # [n] us: own work done, before the epilogue or combine (or NaN)
     sm: list[int]
     kind: list[str]
     layer: list[int]
@@ -37,22 +39,28 @@ class Timeline:
         for i, k in enumerate(self.kind):
             by_kind[k].append(i)
         lines.append(
-            f"{'kind':<18}{'tasks':>7}{'run us':>9}{'inputs':>9}{'weights':>9}{'dep wait':>9}"
-            f"{'busy %':>8}"
+            f"{'kind':<18}{'tasks':>7}{'run us':>9}{'inputs':>9}{'work':>9}{'weights':>9}"
+            f"{'dep wait':>9}{'busy %':>8}"
         )
         lines.append(
             f"{'':<25}(run = from the wait's end to done; inputs: the part until the inputs "
-            "were loaded; weights: waiting for weight chunks)"
+            "were loaded; work: from then until the task's own work was done, before its "
+            "epilogue or combine; weights: waiting for weight chunks)"
         )
         total = self.span_us * len(set(self.sm))
+
+        def mean(x: np.ndarray) -> str:
+            return f"{np.nanmean(x):>9.2f}" if np.isfinite(x).any() else f"{'-':>9}"
+
         for k, idx in by_kind.items():
             run = self.end[idx] - self.run[idx]
             wait = self.run[idx] - self.start[idx]
             inputs = self.loaded[idx] - self.run[idx]
-            shown = f"{np.nanmean(inputs):>9.2f}" if np.isfinite(inputs).any() else f"{'-':>9}"
+            work = self.computed[idx] - self.loaded[idx]
             lines.append(
-                f"{k:<18}{len(idx):>7}{run.mean():>9.2f}{shown}{self.weights[idx].mean():>9.2f}"
-                f"{wait.mean():>9.2f}{100 * run.sum() / total:>7.1f}%"
+                f"{k:<18}{len(idx):>7}{run.mean():>9.2f}{mean(inputs)}{mean(work)}"
+                f"{self.weights[idx].mean():>9.2f}{wait.mean():>9.2f}"
+                f"{100 * run.sum() / total:>7.1f}%"
             )
         busy = float((self.end - self.run).sum())
         waiting = float((self.run - self.start).sum())
@@ -80,6 +88,8 @@ class Timeline:
             args = {"task": i, "weights_us": round(float(self.weights[i]), 3)}
             if np.isfinite(self.loaded[i]):
                 args["inputs_us"] = round(float(self.loaded[i] - self.run[i]), 3)
+            if np.isfinite(self.computed[i]) and np.isfinite(self.loaded[i]):
+                args["work_us"] = round(float(self.computed[i] - self.loaded[i]), 3)
             if self.run[i] > self.start[i]:
                 ev.append(
                     {
@@ -146,15 +156,18 @@ class Timeline:
 
 
 def timeline(stamps: np.ndarray, sm_of: list[int], table) -> Timeline:
-    """stamps: int64 [n, 3..5] global-timer ns from GpuModel.timeline()."""
+    """stamps: int64 [n, 3..6] global-timer ns from GpuModel.timeline()."""
     t0 = stamps[:, 0].min()
     us = (stamps[:, :3] - t0) / 1e3
     kinds = [table.variants[int(k)].kind for k in table.records[:, 0]]
     layers = [int(x) for x in table.records[:, 1]]
     n = len(stamps)
     weights = stamps[:, 3] / 1e3 if stamps.shape[1] > 3 else np.zeros(n)
-    loaded = np.full(n, np.nan)
-    if stamps.shape[1] > 4:
-        has = stamps[:, 4] > 0
-        loaded[has] = (stamps[has, 4] - t0) / 1e3
-    return Timeline(us[:, 0], us[:, 1], us[:, 2], weights, loaded, list(sm_of), kinds, layers)
+    loaded, computed = np.full(n, np.nan), np.full(n, np.nan)
+    for col, word in ((loaded, 4), (computed, 5)):
+        if stamps.shape[1] > word:
+            has = stamps[:, word] > 0
+            col[has] = (stamps[has, word] - t0) / 1e3
+    return Timeline(
+        us[:, 0], us[:, 1], us[:, 2], weights, loaded, computed, list(sm_of), kinds, layers
+    )

@@ -1,6 +1,7 @@
 """The kernel on a GPU, against transformers (float32) and the interpreter, tiny configs.
 Run on a GPU machine: pytest -m gpu tests/test_gpu.py"""
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,6 +109,15 @@ def test_profiled_kernel_records_every_task(tmp_path):
     assert (stamps[:, :3] > 0).all() and (stamps[:, 3] >= 0).all()
     assert (stamps[:, 0] <= stamps[:, 1]).all() and (stamps[:, 1] <= stamps[:, 2]).all()
     assert (stamps[:, 3] <= stamps[:, 2] - stamps[:, 1]).all()  # weight waits are in the run
+    # Inputs loaded, then the task's own work done, inside the run, for the kinds that
+    # stamp them (GEMVs and attention splits), and for every one of those.
+    kinds = [cm.table.variants[int(k)].kind for k in cm.table.records[:, 0]]
+    stamped = np.array(
+        [k in ("norm_linear", "linear_residual", "gate_up_silu", "attention_decode") for k in kinds]
+    )
+    assert ((stamps[:, 4] > 0) == stamped).all() and ((stamps[:, 5] > 0) == stamped).all()
+    s = stamps[stamped]
+    assert (s[:, 1] <= s[:, 4]).all() and (s[:, 4] <= s[:, 5]).all() and (s[:, 5] <= s[:, 2]).all()
     tl = timeline(stamps, sm_of, cm.table)
     tl.write_trace(tmp_path / "trace.json")
     assert tl.span_us > 0
