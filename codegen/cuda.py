@@ -70,11 +70,8 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
         return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
     rpc = _rows_per_chunk(k, stage_bytes)
-    if rows == 1:  # decode: the warps that take a row's 32-lane column blocks
-        split = min(consumer_warps, -(-k // 256))
-    else:  # prefill: a warp takes 8 rows (one mma's n)
-        groups = -(-rpc // 8)
-        split = 1 if groups >= consumer_warps else consumer_warps // groups
+    groups = rpc if rows == 1 else -(-rpc // 8)  # prefill: a warp takes 8 rows (one mma's n)
+    split = 1 if groups >= consumer_warps else consumer_warps // groups
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
 
