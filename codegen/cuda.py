@@ -9,7 +9,17 @@ import jinja2
 import numpy as np
 
 from tilert_compiler.ir.target import Target
-from tilert_compiler.ir.tasktable import F_ARG0, PROFILE_WORDS, RECORD, TaskTable, Variant
+from tilert_compiler.ir.tasktable import (
+    ARGS,
+    F_ARG0,
+    F_KIND,
+    F_NSTREAM,
+    F_STREAM,
+    PROFILE_WORDS,
+    RECORD,
+    TaskTable,
+    Variant,
+)
 from tilert_compiler.ir.tile import Schedule
 
 KERNEL_NAME = "tilert_decode_step"
@@ -75,6 +85,22 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
 
+def _check_stream_rows(table: TaskTable) -> None:
+    """The ring's consumers chunk a task's weights from its `rows` argument alone (every
+    stream entry holds that many rows: gate/up two entries, the others one); only the
+    producer reads the stream table."""
+    for t, rec in enumerate(table.records):
+        if rec[F_NSTREAM] <= 0:
+            continue
+        kind = table.variants[int(rec[F_KIND])].kind
+        rows = rec[F_ARG0 + ARGS[kind].index("rows")]
+        st = table.stream[rec[F_STREAM] : rec[F_STREAM] + rec[F_NSTREAM]]
+        if (st[:, 1] // st[:, 2] != rows).any():
+            raise CodegenError(
+                f"task {t} ({kind}): a weight stream entry does not hold the task's {rows} rows"
+            )
+
+
 def plan_kernel(table: TaskTable, target: Target, ring: bool, rows: int = 1) -> KernelPlan:
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
@@ -92,6 +118,8 @@ def plan_kernel(table: TaskTable, target: Target, ring: bool, rows: int = 1) -> 
             f"task kind {worst.label} needs {4 * scratch} bytes of shared memory, the target "
             f"allows {target.smem_per_block}; lower max_seq_len or use a larger target"
         )
+    if ring:
+        _check_stream_rows(table)
     stages = room // stage if ring else 0
     if ring and stages < 2:
         raise CodegenError(
