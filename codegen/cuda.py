@@ -118,8 +118,6 @@ def plan_kernel(table: TaskTable, target: Target, ring: bool, rows: int = 1) -> 
             f"task kind {worst.label} needs {4 * scratch} bytes of shared memory, the target "
             f"allows {target.smem_per_block}; lower max_seq_len or use a larger target"
         )
-    if ring:
-        _check_stream_rows(table)
     stages = room // stage if ring else 0
     if ring and stages < 2:
         raise CodegenError(
@@ -143,6 +141,8 @@ def emit_cuda(
 ) -> str:
     """`profile`: record per task the global timer at wait start, run start and end (the
     schedule and the task table are the same either way)."""
+    if plan.ring:
+        _check_stream_rows(table)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_TEMPLATES),
         undefined=jinja2.StrictUndefined,

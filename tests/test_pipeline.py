@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 
 import tilert_compiler as tc
@@ -234,3 +235,24 @@ def test_verify_counts_polled_inputs_as_ordering_and_catches_a_missing_one():
     tasks[victim.id] = replace(victim, deps=())
     with pytest.raises(VerifyError, match=f"t{victim.id} reads"):
         verify_schedule(replace(sched, program=prog.with_tasks(tasks)))
+
+
+def test_ring_consumers_rely_on_each_stream_entry_holding_the_tasks_rows():
+    """The ring's consumers chunk a task's weights from its rows argument, not the stream
+    table: a table where an entry holds other rows must be refused, not miscompiled."""
+    from dataclasses import replace
+
+    from tilert_compiler.codegen.cuda import CodegenError, emit_cuda, plan_kernel
+    from tilert_compiler.ir.tasktable import F_NSTREAM, F_STREAM
+
+    cm = tc.compile("tiny-llama", nvcc=False)
+    table = cm.table
+    plan = plan_kernel(table, cm.config.target, ring=True)
+    emit_cuda(cm.schedule, table, plan, [1.0] * 8, version="t", arch="sm_90a")  # as built
+    t = int(np.flatnonzero(table.records[:, F_NSTREAM] > 0)[0])
+    stream = table.stream.copy()
+    stream[table.records[t, F_STREAM], 1] -= stream[table.records[t, F_STREAM], 2]  # a row less
+    with pytest.raises(CodegenError, match=f"task {t} "):
+        emit_cuda(
+            cm.schedule, replace(table, stream=stream), plan, [1.0] * 8, version="t", arch="sm_90a"
+        )
