@@ -86,18 +86,20 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
 
 
 def _check_stream_rows(table: TaskTable) -> None:
-    """The ring's consumers chunk a task's weights from its `rows` argument alone (every
-    stream entry holds that many rows: gate/up two entries, the others one); only the
-    producer reads the stream table."""
+    """The ring's consumers chunk a task's weights from its `rows` argument alone: its
+    rows (gate/up: twice, gate then up) split evenly over its stream entries (adjacent
+    blocks merge, so gate/up has one entry or two); only the producer reads the stream
+    table."""
     for t, rec in enumerate(table.records):
         if rec[F_NSTREAM] <= 0:
             continue
         kind = table.variants[int(rec[F_KIND])].kind
-        rows = rec[F_ARG0 + ARGS[kind].index("rows")]
+        total = rec[F_ARG0 + ARGS[kind].index("rows")] * (2 if kind == "gate_up_silu" else 1)
         st = table.stream[rec[F_STREAM] : rec[F_STREAM] + rec[F_NSTREAM]]
-        if (st[:, 1] // st[:, 2] != rows).any():
+        if (st[:, 1] // st[:, 2] * len(st) != total).any():
             raise CodegenError(
-                f"task {t} ({kind}): a weight stream entry does not hold the task's {rows} rows"
+                f"task {t} ({kind}): its weight stream entries do not split its {total} rows "
+                "evenly"
             )
 
 
