@@ -98,8 +98,7 @@ def _check_stream_rows(table: TaskTable) -> None:
         st = table.stream[rec[F_STREAM] : rec[F_STREAM] + rec[F_NSTREAM]]
         if (st[:, 1] // st[:, 2] * len(st) != total).any():
             raise CodegenError(
-                f"task {t} ({kind}): its weight stream entries do not split its {total} rows "
-                "evenly"
+                f"task {t} ({kind}): its weight stream entries do not split its {total} rows evenly"
             )
 
 
