@@ -86,10 +86,10 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
 
 
 def _check_stream_rows(table: TaskTable) -> None:
-    """The ring's consumers chunk a task's weights from its `rows` argument alone: its
-    rows (gate/up: twice, gate then up) split evenly over its stream entries (adjacent
-    blocks merge, so gate/up has one entry or two); only the producer reads the stream
-    table."""
+    """The kernel's GEMVs chunk a task's weights from its `rows` argument alone: its rows
+    (gate/up: twice, gate then up) split evenly over its stream entries (adjacent blocks
+    merge, so gate/up has one entry or two); with the ring only the producer reads the
+    stream table."""
     for t, rec in enumerate(table.records):
         if rec[F_NSTREAM] <= 0:
             continue
@@ -142,8 +142,7 @@ def emit_cuda(
 ) -> str:
     """`profile`: record per task the global timer at wait start, run start and end (the
     schedule and the task table are the same either way)."""
-    if plan.ring:
-        _check_stream_rows(table)
+    _check_stream_rows(table)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_TEMPLATES),
         undefined=jinja2.StrictUndefined,
