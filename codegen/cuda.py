@@ -50,6 +50,9 @@ class KernelPlan:
     stage_bytes: int
     stages: int
     scratch_floats: int  # per-task scratch after the ring (input vector, partial sums)
+    # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the prefill program always, the
+    # decode program with the mma_gemv option; otherwise FFMA, a warp per weight row.
+    mma: bool = False
 
     @property
     def smem_bytes(self) -> int:
@@ -60,9 +63,12 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int = 1) -> int:
+def scratch_floats(
+    v: Variant, consumer_warps: int, stage_bytes: int, rows: int = 1, mma: bool = False
+) -> int:
     """Dynamic shared memory (in floats) a task kind needs besides the ring; `rows` token
-    rows per task (a prefill program)."""
+    rows per task (a prefill program); `mma`: GEMVs on tensor cores (always with rows > 1)."""
+    mma = mma or rows > 1
     if v.kind == "embed":
         return 0
     if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
@@ -80,7 +86,7 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int 
         return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
     rpc = _rows_per_chunk(k, stage_bytes)
-    groups = rpc if rows == 1 else -(-rpc // 8)  # prefill: a warp takes 8 rows (one mma's n)
+    groups = -(-rpc // 8) if mma else rpc  # mma: a warp takes 8 rows (one mma's n)
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
@@ -102,14 +108,23 @@ def _check_stream_rows(table: TaskTable) -> None:
             )
 
 
-def plan_kernel(table: TaskTable, target: Target, ring: bool, rows: int = 1) -> KernelPlan:
+def plan_kernel(
+    table: TaskTable, target: Target, ring: bool, rows: int = 1, mma_gemv: bool = False
+) -> KernelPlan:
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
+    mma = rows > 1 or mma_gemv
+    odd = sorted(k for v in table.variants if (k := dict(v.static).get("K")) and k % 32)
+    if mma_gemv and odd:
+        raise CodegenError(
+            f"mma_gemv takes K in blocks of 32, this model has GEMVs with K = {odd[0]}; "
+            "compile without mma_gemv"
+        )
     kmax = max((v.get("K") for v in table.variants if "K" in dict(v.static)), default=8)
     stage = max(STAGE_BYTES, -(-2 * kmax // 1024) * 1024)
 
     def need(v: Variant) -> int:
-        return scratch_floats(v, consumers // 32, stage, rows)
+        return scratch_floats(v, consumers // 32, stage, rows, mma)
 
     scratch = max(need(v) for v in table.variants)
     room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
@@ -125,7 +140,7 @@ def plan_kernel(table: TaskTable, target: Target, ring: bool, rows: int = 1) -> 
             f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
             "are left after the task scratch; compile with weight_ring off or a smaller model"
         )
-    return KernelPlan(threads, consumers, ring, stage, stages, scratch)
+    return KernelPlan(threads, consumers, ring, stage, stages, scratch, mma)
 
 
 def emit_cuda(
@@ -176,6 +191,7 @@ def emit_cuda(
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=kernel_name,
         rows=int(consts.get("rows", 1)),
+        mma=plan.mma,
         row_stride=sched.row_stride,
     )
 

@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         " step's parity (ablation)",
     )
     p.add_argument(
+        "--mma-gemv",
+        action="store_true",
+        help="the decode program's GEMVs on tensor cores (mma.sync, x as bf16 hi + lo), not"
+        " FFMA (experimental: not yet timed on a GPU)",
+    )
+    p.add_argument(
         "--coarse-deps",
         action="store_true",
         help="one dependency counter per op instead of per tile group (ablation)",
@@ -158,6 +164,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "weight_ring": not args.no_weight_ring,
         "fine_deps": not args.coarse_deps,
         "flags": not args.no_flags,
+        "mma_gemv": args.mma_gemv,
         "profile": args.profile,
     }
     if args.prefill_rows is not None:
@@ -182,6 +189,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "weight_ring": True,
         "fine_deps": True,
         "flags": True,
+        "mma_gemv": False,
         "profile": False,
     }
     return {k: v for k, v in flags.items() if not only_set or v != defaults.get(k)}

@@ -202,7 +202,7 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = 
     table = serialize(sched)
     rows = _rows(sched)
     ring = bool(dict(sched.options).get("weight_ring"))
-    plan = plan_kernel(table, cfg.target, ring=ring, rows=rows)
+    plan = plan_kernel(table, cfg.target, ring=ring, rows=rows, mma_gemv=opts.mma_gemv)
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
     source = emit_cuda(
         sched,

@@ -256,3 +256,18 @@ def test_ring_consumers_rely_on_each_stream_entry_holding_the_tasks_rows():
         emit_cuda(
             cm.schedule, replace(table, stream=stream), plan, [1.0] * 8, version="t", arch="sm_90a"
         )
+
+
+def test_mma_gemv_refuses_a_k_that_is_not_a_multiple_of_32():
+    """The tensor-core GEMV takes K in blocks of 32: a clear CodegenError, not nvcc's
+    static_assert (or a wrong kernel)."""
+    from types import SimpleNamespace
+
+    from tilert_compiler.codegen.cuda import CodegenError, plan_kernel
+    from tilert_compiler.ir.tasktable import Variant
+
+    cm = tc.compile("tiny-llama", nvcc=False)
+    kinds = SimpleNamespace(variants=[Variant("norm_linear", (("K", 48), ("R", 8)))])
+    plan_kernel(kinds, cm.config.target, ring=True)  # FFMA takes any K
+    with pytest.raises(CodegenError, match="K = 48"):
+        plan_kernel(kinds, cm.config.target, ring=True, mma_gemv=True)

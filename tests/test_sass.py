@@ -86,3 +86,16 @@ def test_prefill_multiplies_on_tensor_cores_without_spills(llama, tmp_path):
     local = [line for line in sass.splitlines() if " STL" in line or " LDL" in line]
     assert len(local) <= 12, local
     assert pre.resources.spill_stores == 0 and pre.resources.spill_loads == 0
+
+
+def test_decode_gemvs_on_tensor_cores_with_mma_gemv(tmp_path):
+    """mma_gemv puts the decode program's GEMVs on mma.sync bf16 tiles, as the prefill
+    program's; without it the decode kernel has no HMMA. Neither spills."""
+    plain = tc.compile("tiny-llama", prefill_rows=0)
+    mma = tc.compile("tiny-llama", prefill_rows=0, mma_gemv=True)
+    assert "HMMA" not in _sass(plain.cubin, tmp_path)
+    sass = _sass(mma.cubin, tmp_path)
+    assert "HMMA.16816.F32.BF16" in sass
+    assert mma.resources.spill_stores == 0 and mma.resources.spill_loads == 0
+    local = [line for line in sass.splitlines() if " STL" in line or " LDL" in line]
+    assert len(local) <= 12, local
