@@ -63,12 +63,9 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
-def scratch_floats(
-    v: Variant, consumer_warps: int, stage_bytes: int, rows: int = 1, mma: bool = False
-) -> int:
+def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int, mma: bool) -> int:
     """Dynamic shared memory (in floats) a task kind needs besides the ring; `rows` token
-    rows per task (a prefill program); `mma`: GEMVs on tensor cores (always with rows > 1)."""
-    mma = mma or rows > 1
+    rows per task (a prefill program); `mma`: GEMVs on tensor cores (KernelPlan.mma)."""
     if v.kind == "embed":
         return 0
     if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
@@ -114,13 +111,14 @@ def plan_kernel(
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
     mma = rows > 1 or mma_gemv
-    odd = sorted(k for v in table.variants if (k := dict(v.static).get("K")) and k % 32)
+    ks = [v.get("K") for v in table.variants if "K" in dict(v.static)]
+    odd = sorted(k for k in ks if k % 32)
     if mma_gemv and odd:
         raise CodegenError(
             f"mma_gemv takes K in blocks of 32, this model has GEMVs with K = {odd[0]}; "
             "compile without mma_gemv"
         )
-    kmax = max((v.get("K") for v in table.variants if "K" in dict(v.static)), default=8)
+    kmax = max(ks, default=8)
     stage = max(STAGE_BYTES, -(-2 * kmax // 1024) * 1024)
 
     def need(v: Variant) -> int:
