@@ -83,7 +83,10 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int,
         return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
     rpc = _rows_per_chunk(k, stage_bytes)
-    groups = -(-rpc // 8) if mma else rpc  # mma: a warp takes 8 rows (one mma's n)
+    # a warp's item (Chunking::kItemRows): mma with one token row, 16 weight rows (the
+    # tile's m); with token rows, 8 (its n); FFMA, one row
+    item = (16 if rows == 1 else 8) if mma else 1
+    groups = -(-rpc // item)
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
