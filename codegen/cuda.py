@@ -63,31 +63,6 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
-def item_rows(rows: int, mma: bool) -> int:
-    """Weight rows in a warp's item of a GEMV chunk: with mma and one token row, 16 (the
-    tile's m: the weights are A); with token rows, 8 (the tile's n); FFMA, one row."""
-    return (16 if rows == 1 else 8) if mma else 1
-
-
-def gemv_split(k: int, stage_bytes: int, warps: int, rows: int, mma: bool) -> int:
-    """K-slices per weight row of a GEMV chunk (Chunking::kSplit; the template gets it from
-    here). mma: enough slices that every warp has an item. FFMA: the fewest loop steps (a
-    16-byte word per lane) for the busiest warp, items per warp times steps per item: 8
-    rows of K = 2048 on 7 warps unsplit cost two rows' time, in 4 slices five quarters."""
-
-    def cdiv(a: int, b: int) -> int:
-        return -(-a // b)
-
-    groups = cdiv(_rows_per_chunk(k, stage_bytes), item_rows(rows, mma))
-    if mma:
-        return 1 if groups >= warps else warps // groups
-
-    def steps(s: int) -> int:
-        return cdiv(groups * s, warps) * cdiv(cdiv(k // 8, s), 32)
-
-    return min(range(1, warps + 1), key=lambda s: (steps(s), s))
-
-
 def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int, mma: bool) -> int:
     """Dynamic shared memory (in floats) a task kind needs besides the ring; `rows` token
     rows per task (a prefill program); `mma`: GEMVs on tensor cores (KernelPlan.mma)."""
@@ -107,7 +82,12 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int,
         cache = max(chunk * (padded + hd), splits * g * (hd + 2))  # rows, then the partials
         return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
-    split = gemv_split(k, stage_bytes, consumer_warps, rows, mma)
+    rpc = _rows_per_chunk(k, stage_bytes)
+    # a warp's item (Chunking::kItemRows): mma with one token row, 16 weight rows (the
+    # tile's m); with token rows, 8 (its n); FFMA, one row
+    item = (16 if rows == 1 else 8) if mma else 1
+    groups = -(-rpc // item)
+    split = 1 if groups >= consumer_warps else consumer_warps // groups
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
 
@@ -187,7 +167,6 @@ def emit_cuda(
         lstrip_blocks=True,
     )
     consts = dict(sched.program.consts)
-    rows, cwarps = int(consts.get("rows", 1)), plan.consumers // 32
     return env.get_template("persistent_kernel.cu.j2").render(
         version=version,
         model=sched.program.model,
@@ -212,15 +191,8 @@ def emit_cuda(
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=kernel_name,
-        rows=rows,
+        rows=int(consts.get("rows", 1)),
         mma=plan.mma,
-        gemv_splits=sorted(
-            {
-                (v.get("K"), gemv_split(v.get("K"), plan.stage_bytes, cwarps, rows, plan.mma))
-                for v in table.variants
-                if "K" in dict(v.static)
-            }
-        ),
         row_stride=sched.row_stride,
     )
 

@@ -271,32 +271,3 @@ def test_mma_gemv_refuses_a_k_that_is_not_a_multiple_of_32():
     plan_kernel(kinds, cm.config.target, ring=True)  # FFMA takes any K
     with pytest.raises(CodegenError, match="K = 48"):
         plan_kernel(kinds, cm.config.target, ring=True, mma_gemv=True)
-
-
-def _busiest_warp_steps(rows: int, k: int, split: int, warps: int) -> int:
-    """The FFMA chunk loop of stream_rows, walked: warp w takes items w, w + warps, ...;
-    item (row, slice) runs lane 0 over its slice's 16-byte words, 32 apart."""
-    words, width = k // 8, -(-(k // 8) // split)
-    busiest = 0
-    for w in range(warps):
-        steps = 0
-        for item in range(w, rows * split, warps):
-            s = item % split
-            steps += len(range(s * width, min(words, (s + 1) * width), 32))
-        busiest = max(busiest, steps)
-    return busiest
-
-
-@pytest.mark.parametrize("k", [512, 1024, 2048, 3072, 4096, 8192, 12288])
-def test_ffma_gemv_splits_rows_so_the_busiest_warp_has_the_fewest_steps(k):
-    """A chunk of 8 rows on 7 consumer warps, unsplit, leaves one warp two whole rows: the
-    split must give the chunk's busiest warp as few loop steps as any split would."""
-    from tilert_compiler.codegen.cuda import STAGE_BYTES, _rows_per_chunk, gemv_split
-
-    warps = 7
-    rows = _rows_per_chunk(k, STAGE_BYTES)
-    chosen = gemv_split(k, STAGE_BYTES, warps, 1, mma=False)
-    best = min(_busiest_warp_steps(rows, k, s, warps) for s in range(1, warps + 1))
-    assert _busiest_warp_steps(rows, k, chosen, warps) == best
-    if k == 2048:  # the case that motivated it: 8 rows, 2 on one warp unsplit
-        assert best < _busiest_warp_steps(rows, k, 1, warps)
