@@ -23,11 +23,10 @@ class Options:
     # default: measured faster on H100 (bench/NOTES.md, run S4-2: llama-3.2-1b 1.178 vs
     # 1.255 ms, qwen3-0.6b 1.003 vs 1.117, qwen3-8b 6.083 vs 6.276), parity unchanged.
     flags: bool = True
-    # codegen: the decode program's GEMVs on tensor cores (mma.sync m16n8k16, x as bf16
-    # hi + lo, as the prefill program's), not FFMA with a warp per weight row: ~7
-    # instructions per 256 weights instead of ~19 per 8. Off until measured on a GPU (the
-    # FFMA GEMV takes ~1 us per 32 KB ring chunk with its weights already there:
-    # bench/NOTES.md, session 5).
+    # codegen: the decode program's GEMVs on tensor cores (mma.sync m16n8k16: 16 weight
+    # rows as A, x as bf16 hi + lo in B's first two columns), not FFMA with a warp per
+    # weight row. Fewer instructions per weight, but measured slower on H100 (bench/NOTES.md
+    # run S6-2: llama-3.2-1b 1.11x, qwen3-0.6b 1.05x, qwen3-8b 1.28x the FFMA step), so off.
     mma_gemv: bool = False
     fault_skip_task: int = -1  # debug build: this task never runs, writes or signals
     profile: bool = False  # kernel records per-task timestamps (runtime writes a trace)
