@@ -6,6 +6,11 @@ Writes DIR/trace.json (open in ui.perfetto.dev), DIR/timeline.png (per-SM Gantt 
 measured times) and prints the summary, the cost model's predicted step against the
 measured one, and the profiling overhead (the plain build timed in the same run).
 With --prefill N: the last launch of a prefill of N tokens instead (the prefill program).
+`--layer L` prints that layer's chain too (each op's medians: inputs loaded, work done,
+end; default the middle layer). Without a GPU, `--stamps DIR` reads the stamps.npy and
+sm_of.npy an earlier run saved and prints the same summary and chain:
+
+    python bench/timeline.py build/llama-3.2-1b-prof --stamps DIR --layer 8
 """
 
 from __future__ import annotations
@@ -32,9 +37,19 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=".")
     ap.add_argument("--prefill", type=int, default=0, help="time the prefill program instead")
+    ap.add_argument("--layer", type=int, help="print this layer's chain (default: the middle one)")
+    ap.add_argument("--stamps", help="no run: the stamps.npy and sm_of.npy saved in this folder")
     a = ap.parse_args()
     art = load_artifact(a.artifact)
     cfg = ModelConfig.from_dict(art.manifest["config"])
+    layer = cfg.layers // 2 if a.layer is None else a.layer
+    if a.stamps:
+        stamps = np.load(os.path.join(a.stamps, "stamps.npy"))
+        sm_of = np.load(os.path.join(a.stamps, "sm_of.npy")).tolist()
+        tl = timeline(stamps, sm_of, art.table)
+        print(tl.summary())
+        print(tl.layer_chain(layer))
+        return
     weights = load_weights(cfg)
     toks = torch.randint(0, cfg.vocab, (a.pos + 1,)).tolist()
     m = GpuModel(a.artifact, weights=weights)
@@ -53,6 +68,7 @@ def main() -> None:
         f"{cfg.name}: measured step at pos {a.pos} on {torch.cuda.get_device_name()}",
     )
     print(tl.summary())
+    print(tl.layer_chain(layer))
     pred = art.manifest.get("predicted_step_us")
     print(
         f"{cfg.name}: profiled build {ms:.3f} ms/step; measured span {tl.span_us:.1f} us; "

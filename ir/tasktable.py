@@ -27,8 +27,9 @@ NO_OFFSET = -1
 # Profiled builds: int64 words per task in the profile buffer (wait start, run start, end
 # in global-timer ns; ns spent waiting for weights in the ring; when the inputs were
 # loaded, or 0 for kinds without an input phase; when the task's own work was done: a
-# GEMV's rows dotted, an attention split's partials written; or 0).
-PROFILE_WORDS = 6
+# GEMV's rows dotted, an attention split's partials written; or 0; ns thread 0 spent on
+# the task's ring chunks, from each chunk's wait to its release).
+PROFILE_WORDS = 7
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).

@@ -441,7 +441,8 @@ class GpuModel:
         """After a profiled step (prefill: the last prefill launch): int64 [n_tasks,
         PROFILE_WORDS] per task (global-timer ns at wait start, run start and end; ns spent
         waiting for weights in the ring; when its inputs were loaded, or 0; when its own work
-        was done, or 0), and each task's SM."""
+        was done, or 0; ns thread 0 spent on its ring chunks after their waits), and each
+        task's SM."""
         if not self.profiled:
             raise RuntimeError("compiled without profile=True (tilert-compile --profile)")
         if prefill and self._prefill is None:

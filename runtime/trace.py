@@ -3,7 +3,8 @@
 The kernel records, per task, the global timer at five points: before its dependency
 wait, when the wait is over, when its inputs are loaded (GEMVs and attention), when its
 own work is done (a GEMV's rows dotted; an attention split's partials written), and when
-the task is done, plus the time it waited for weight chunks. From those this module writes a
+the task is done, plus the time it waited for weight chunks and the time it spent on them
+(thread 0's view: from each chunk's wait to its release). From those this module writes a
 Chrome/Perfetto trace (one track per SM), a per-SM Gantt PNG of measured times, and a
 summary: busy and dependency-wait time per SM and per task kind.
 """
@@ -25,9 +26,11 @@ class Timeline:
     weights: np.ndarray  # [n] us: inside the run, waiting for weight chunks (ring builds)
     loaded: np.ndarray  # [n] us: inputs loaded (NaN for kinds without an input phase)
     computed: np.ndarray  # [n] us: own work done, before the epilogue or combine (or NaN)
+    chunks: np.ndarray  # [n] us: inside the work, on ring chunks (after their waits)
     sm: list[int]
     kind: list[str]
     layer: list[int]
+    variant: list[str]  # the task's variant label (kind and static arguments: one per op)
 
     @property
     def span_us(self) -> float:
@@ -40,12 +43,13 @@ class Timeline:
             by_kind[k].append(i)
         lines.append(
             f"{'kind':<18}{'tasks':>7}{'run us':>9}{'inputs':>9}{'work':>9}{'weights':>9}"
-            f"{'dep wait':>9}{'busy %':>8}"
+            f"{'chunks':>9}{'dep wait':>9}{'busy %':>8}"
         )
         lines.append(
             f"{'':<25}(run = from the wait's end to done; inputs: the part until the inputs "
             "were loaded; work: from then until the task's own work was done, before its "
-            "epilogue or combine; weights: waiting for weight chunks)"
+            "epilogue or combine; weights: waiting for weight chunks; chunks: thread 0 on "
+            "the chunks, from each wait's end to the chunk's release)"
         )
         total = self.span_us * len(set(self.sm))
 
@@ -59,7 +63,7 @@ class Timeline:
             work = self.computed[idx] - self.loaded[idx]
             lines.append(
                 f"{k:<18}{len(idx):>7}{run.mean():>9.2f}{mean(inputs)}{mean(work)}"
-                f"{self.weights[idx].mean():>9.2f}{wait.mean():>9.2f}"
+                f"{self.weights[idx].mean():>9.2f}{self.chunks[idx].mean():>9.2f}{wait.mean():>9.2f}"
                 f"{100 * run.sum() / total:>7.1f}%"
             )
         busy = float((self.end - self.run).sum())
@@ -82,10 +86,56 @@ class Timeline:
         lines += ["  " + "  ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
         return "\n".join(lines)
 
+    def layer_chain(self, layer: int) -> str:
+        """One layer's ops in task order (an op: a kind with its static arguments, so the
+        o-proj and the down-proj are told apart): medians over the op's tasks of when the
+        inputs were loaded, the own work done and the task ended (us from the step's
+        start), the last task's end, and per task the weight waits and chunk time. Then
+        the layer's period: its first op's inputs loaded against the next layer's."""
+        ops: dict[str, list[int]] = {}
+        for i, (v, lay) in enumerate(zip(self.variant, self.layer, strict=True)):
+            if lay == layer:
+                ops.setdefault(v, []).append(i)
+        if not ops:
+            return f"layer {layer}: no tasks"
+
+        def med(x: np.ndarray) -> str:
+            return f"{np.nanmedian(x):>10.1f}" if np.isfinite(x).any() else f"{'-':>10}"
+
+        lines = [
+            f"layer {layer}, us from the step's start (medians over each op's tasks; "
+            "weights and chunks: per task)",
+            f"{'op':<44}{'tasks':>6}{'loaded':>10}{'work done':>10}{'ends':>10}{'last end':>10}"
+            f"{'weights':>9}{'chunks':>9}",
+        ]
+        for v, idx in ops.items():
+            lines.append(
+                f"{v[:43]:<44}{len(idx):>6}{med(self.loaded[idx])}{med(self.computed[idx])}"
+                f"{med(self.end[idx])}{self.end[idx].max():>10.1f}"
+                f"{np.median(self.weights[idx]):>9.2f}{np.median(self.chunks[idx]):>9.2f}"
+            )
+        first = next(iter(ops))
+        here = np.nanmedian(self.loaded[ops[first]])
+        nxt = [
+            i
+            for i, (v, lay) in enumerate(zip(self.variant, self.layer, strict=True))
+            if lay == layer + 1 and v == first
+        ]
+        if nxt and np.isfinite(here):
+            period = np.nanmedian(self.loaded[nxt]) - here
+            lines.append(
+                f"layer period ({first} inputs loaded to the next layer's): {period:.1f} us"
+            )
+        return "\n".join(lines)
+
     def chrome_trace(self) -> dict:
         ev = []
         for i in range(len(self.sm)):
-            args = {"task": i, "weights_us": round(float(self.weights[i]), 3)}
+            args = {
+                "task": i,
+                "weights_us": round(float(self.weights[i]), 3),
+                "chunks_us": round(float(self.chunks[i]), 3),
+            }
             if np.isfinite(self.loaded[i]):
                 args["inputs_us"] = round(float(self.loaded[i] - self.run[i]), 3)
             if np.isfinite(self.computed[i]) and np.isfinite(self.loaded[i]):
@@ -156,18 +206,30 @@ class Timeline:
 
 
 def timeline(stamps: np.ndarray, sm_of: list[int], table) -> Timeline:
-    """stamps: int64 [n, 3..6] global-timer ns from GpuModel.timeline()."""
+    """stamps: int64 [n, 3..7] global-timer ns from GpuModel.timeline()."""
     t0 = stamps[:, 0].min()
     us = (stamps[:, :3] - t0) / 1e3
     kinds = [table.variants[int(k)].kind for k in table.records[:, 0]]
+    labels = [table.variants[int(k)].label for k in table.records[:, 0]]
     layers = [int(x) for x in table.records[:, 1]]
     n = len(stamps)
     weights = stamps[:, 3] / 1e3 if stamps.shape[1] > 3 else np.zeros(n)
+    chunks = stamps[:, 6] / 1e3 if stamps.shape[1] > 6 else np.zeros(n)
     loaded, computed = np.full(n, np.nan), np.full(n, np.nan)
     for col, word in ((loaded, 4), (computed, 5)):
         if stamps.shape[1] > word:
             has = stamps[:, word] > 0
             col[has] = (stamps[has, word] - t0) / 1e3
     return Timeline(
-        us[:, 0], us[:, 1], us[:, 2], weights, loaded, computed, list(sm_of), kinds, layers
+        us[:, 0],
+        us[:, 1],
+        us[:, 2],
+        weights,
+        loaded,
+        computed,
+        chunks,
+        list(sm_of),
+        kinds,
+        layers,
+        labels,
     )

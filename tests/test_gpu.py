@@ -122,6 +122,12 @@ def test_profiled_kernel_records_every_task(tmp_path):
     assert ((stamps[:, 4] > 0) == stamped).all() and ((stamps[:, 5] > 0) == stamped).all()
     s = stamps[stamped]
     assert (s[:, 1] <= s[:, 4]).all() and (s[:, 4] <= s[:, 5]).all() and (s[:, 5] <= s[:, 2]).all()
+    # Time on ring chunks: the GEMVs' (every one streams weights), after their weight
+    # waits and inside their work; none for kinds without weights.
+    gemv = np.array([k in ("norm_linear", "linear_residual", "gate_up_silu") for k in kinds])
+    assert (stamps[gemv, 6] > 0).all() and (stamps[~gemv, 6] == 0).all()
+    g = stamps[gemv]
+    assert (g[:, 3] + g[:, 6] <= g[:, 5] - g[:, 4]).all()
     tl = timeline(stamps, sm_of, cm.table)
     tl.write_trace(tmp_path / "trace.json")
     assert tl.span_us > 0

@@ -130,6 +130,7 @@ OPTION_EFFECTS = [
     ),
     ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
+    ({"profile": True}, lambda src: "prof[6] = ring.chunk_ns" in src),
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
     ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
     ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
