@@ -63,6 +63,13 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
+def item_rows(rows: int, mma: bool) -> int:
+    """Weight rows in a warp's item of a GEMV chunk (the template's Chunking::kItemRows):
+    with mma and one token row, 16 (the tile's m: the weights are A); with token rows, 8
+    (the tile's n); FFMA, one row."""
+    return (16 if rows == 1 else 8) if mma else 1
+
+
 def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int, mma: bool) -> int:
     """Dynamic shared memory (in floats) a task kind needs besides the ring; `rows` token
     rows per task (a prefill program); `mma`: GEMVs on tensor cores (KernelPlan.mma)."""
@@ -82,11 +89,7 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int,
         cache = max(chunk * (padded + hd), splits * g * (hd + 2))  # rows, then the partials
         return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
-    rpc = _rows_per_chunk(k, stage_bytes)
-    # a warp's item (Chunking::kItemRows): mma with one token row, 16 weight rows (the
-    # tile's m); with token rows, 8 (its n); FFMA, one row
-    item = (16 if rows == 1 else 8) if mma else 1
-    groups = -(-rpc // item)
+    groups = -(-_rows_per_chunk(k, stage_bytes) // item_rows(rows, mma))
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
 
@@ -167,6 +170,7 @@ def emit_cuda(
         lstrip_blocks=True,
     )
     consts = dict(sched.program.consts)
+    rows = int(consts.get("rows", 1))
     return env.get_template("persistent_kernel.cu.j2").render(
         version=version,
         model=sched.program.model,
@@ -191,8 +195,9 @@ def emit_cuda(
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=kernel_name,
-        rows=int(consts.get("rows", 1)),
+        rows=rows,
         mma=plan.mma,
+        item_rows=item_rows(rows, plan.mma),
         row_stride=sched.row_stride,
     )
 

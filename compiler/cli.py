@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "--mma-gemv",
         action="store_true",
         help="the decode program's GEMVs on tensor cores (mma.sync, x as bf16 hi + lo), not"
-        " FFMA (experimental: not yet timed on a GPU)",
+        " FFMA (measured slower on H100: docs/performance.md)",
     )
     p.add_argument(
         "--coarse-deps",
