@@ -80,8 +80,10 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int,
     if v.kind == "attention_decode":
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
         chunk = -(-(v.get("S") - 1) // splits) + 1
-        rows = max(2 * chunk * hd, splits * g * (hd + 2))  # cache rows, then the partials
-        return g * hd + 4 * hd + -(-g * chunk // 4) * 4 + rows
+        # cache rows (k padded: conflict-free float4 reads), then the partials
+        rows = max(chunk * (hd + 4 + hd), splits * g * (hd + 2))
+        scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
+        return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
     if v.kind == "attention_prefill":  # the same with `rows` query rows and new cache rows
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
         chunk = -(-(v.get("S") - 1) // splits) + rows
