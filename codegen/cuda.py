@@ -63,6 +63,12 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
+# The FFMA GEMV holds a lane's part of x in registers (8 floats per 8-column group it
+# takes) when that part is at most this many floats; bigger parts (K = 4096 with one
+# K-slice: 128) are read from shared memory for every row, as before.
+X_REGS = 64
+
+
 def item_rows(rows: int, mma: bool) -> int:
     """Weight rows in a warp's item of a GEMV chunk (the template's Chunking::kItemRows):
     with mma and one token row, 16 (the tile's m: the weights are A); with token rows, 8
@@ -200,6 +206,7 @@ def emit_cuda(
         rows=rows,
         mma=plan.mma,
         item_rows=item_rows(rows, plan.mma),
+        x_regs=X_REGS,
         row_stride=sched.row_stride,
     )
 
