@@ -196,6 +196,7 @@ def emit_cuda(
         # L2 prefetch: the producer's window past the ring, or (no ring) the per-task plan
         l2_window=int(dict(sched.options).get("l2_window", 0)) if plan.ring else 0,
         l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)) and not plan.ring,
+        cache_prefetch=bool(dict(sched.options).get("cache_prefetch", False)) and plan.ring,
         profile=profile,
         profile_words=PROFILE_WORDS,
         fault_skip_task=fault_skip_task,

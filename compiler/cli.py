@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
         help="no producer warp / shared-memory weight ring (ablation)",
     )
     p.add_argument(
+        "--no-cache-prefetch",
+        action="store_true",
+        help="the producer does not ask L2 for attention's KV cache rows ahead (ablation)",
+    )
+    p.add_argument(
         "--no-flags",
         action="store_true",
         help="every hand-off through a dependency counter, not through data that carries its"
@@ -162,6 +167,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "nvcc": not args.no_nvcc,
         "l2_prefetch": args.l2_prefetch,
         "weight_ring": not args.no_weight_ring,
+        "cache_prefetch": not args.no_cache_prefetch,
         "fine_deps": not args.coarse_deps,
         "flags": not args.no_flags,
         "mma_gemv": args.mma_gemv,
@@ -187,6 +193,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "nvcc": True,
         "l2_prefetch": False,
         "weight_ring": True,
+        "cache_prefetch": True,
         "fine_deps": True,
         "flags": True,
         "mma_gemv": False,

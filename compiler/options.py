@@ -17,6 +17,9 @@ class Options:
     # Bytes per SM (KiB) of that window; None: the pass sizes it from the target's L2.
     l2_window_kb: int | None = None
     weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
+    # passes.prefetch (with the ring): the producer asks L2 for each decode attention
+    # split's KV cache rows of earlier steps when it passes the task.
+    cache_prefetch: bool = True
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     # passes.deps: activations carry their step's parity in the lowest mantissa bit and
     # consumers poll the data itself, not a counter (one round trip per hand-off). On by
@@ -55,6 +58,8 @@ def from_env(base: Options | None = None) -> Options:
         o = replace(o, dump_ir=env["TILERT_DUMP_IR"])
     if env.get("TILERT_L2_PREFETCH"):
         o = replace(o, l2_prefetch=True)
+    if env.get("TILERT_NO_CACHE_PREFETCH"):
+        o = replace(o, cache_prefetch=False)
     if env.get("TILERT_NO_WEIGHT_RING"):
         o = replace(o, weight_ring=False)
     if env.get("TILERT_FLAGS") in ("0", "1"):  # e.g. the GPU tests in either mode

@@ -38,7 +38,7 @@ def run_pipeline(
     on_stage("deps", ir)
     ir = schedule(ir, t)  # per-SM lists in one global topological order
     on_stage("schedule", ir)
-    ir = prefetch(ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb)  # streaming
+    ir = prefetch(ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb, opts.cache_prefetch)
     on_stage("prefetch", ir)
     ir = layout(ir, base)  # arena offsets for every tensor
     verify_schedule(ir)  # deadlock freedom, ordering of every read after its write
@@ -69,7 +69,9 @@ _STEPS_AFTER: dict[str, tuple[str, Callable[[Any, Any, Any], Any]]] = {
     "deps": ("schedule", lambda ir, t, opts: schedule(ir, t)),
     "schedule": (
         "prefetch",
-        lambda ir, t, opts: prefetch(ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb),
+        lambda ir, t, opts: prefetch(
+            ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb, opts.cache_prefetch
+        ),
     ),
     "prefetch": ("layout", lambda ir, t, opts: layout(ir)),
 }

@@ -12,6 +12,10 @@ Two plans, chosen by whether the kernel has a weight ring:
   window from the target's L2: a share of it per SM (`window_bytes`).
 - Without the ring, each task asks L2 for the weights of the tasks ahead of it in its
   own list (bulk L2 prefetch before its dependency wait), up to the SM's share of L2.
+
+And with the ring, the KV cache: a decode attention split's rows of earlier steps do not
+depend on the step either, so the producer asks L2 for them when its walk passes the
+split (`cache_prefetch`), and the split's copies of them find L2, not HBM.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ def prefetch(
     enabled: bool = True,
     ring: bool = True,
     window_kb: int | None = None,
+    cache: bool = True,
 ) -> Schedule:
     """`enabled`: L2 prefetch (the window with `ring`, the per-task plan without).
-    `ring`: the kernel streams each SM's weight rows into a shared-memory ring."""
+    `ring`: the kernel streams each SM's weight rows into a shared-memory ring.
+    `cache` (with `ring`): the producer asks L2 for each decode attention split's cache
+    rows of earlier steps when its walk passes the task, a ring's depth ahead."""
     tasks = sched.program.tasks
     plan: list[tuple[Region, ...]] = [() for _ in tasks]
     window = window_bytes(target, window_kb) if enabled and ring else 0
@@ -70,6 +77,7 @@ def prefetch(
         ("l2_prefetch", enabled),
         ("weight_ring", ring),
         ("l2_window", window),
+        ("cache_prefetch", cache and ring),
     )
     return replace(sched, prefetch=tuple(plan), options=options)
 

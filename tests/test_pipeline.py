@@ -129,10 +129,11 @@ OPTION_EFFECTS = [
         lambda src: "produce(p, ring" not in src and "prefetch_l2(base" in src,
     ),
     ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
-    ({"profile": True}, lambda src: "prof[3] = ring.weight_wait_ns" in src),
-    ({"profile": True}, lambda src: "prof[6] = ring.chunk_ns" in src),
+    ({"profile": True}, lambda src: "prof[3] = s_weight_wait_ns" in src),
+    ({"profile": True}, lambda src: "prof[6] = s_chunk_ns" in src),
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
-    ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = t_wait" in src),
+    ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = s_t_wait" in src),
+    ({"cache_prefetch": False}, lambda src: "kCachePrefetch = false;" in src),
     ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
     ({"flags": False}, lambda src: "kFlags = false;" in src),
 ]
@@ -200,6 +201,19 @@ def test_the_l2_window_is_sized_from_the_target_and_only_with_the_ring():
     assert off["l2_window"] == 0
     no_ring = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True, weight_ring=False)
     assert dict(no_ring.schedule.options)["l2_window"] == 0 and any(no_ring.schedule.prefetch)
+
+
+def test_the_cache_prefetch_is_on_by_default_and_only_with_the_ring():
+    """The producer asks L2 for attention's cache rows: the option reaches the schedule
+    (and its dump) and the kernel, and needs the producer, so not without the ring."""
+    on = tc.compile("tiny-qwen3", nvcc=False)
+    assert dict(on.schedule.options)["cache_prefetch"] is True
+    assert "kCachePrefetch = true;" in on.source and "prefetch_cache_rows<" in on.source
+    off = tc.compile("tiny-qwen3", nvcc=False, cache_prefetch=False)
+    assert dict(off.schedule.options)["cache_prefetch"] is False
+    no_ring = tc.compile("tiny-qwen3", nvcc=False, weight_ring=False)
+    assert dict(no_ring.schedule.options)["cache_prefetch"] is False
+    assert "prefetch_cache_rows" not in no_ring.source
 
 
 def test_with_flags_only_the_sample_task_waits_on_a_counter():
