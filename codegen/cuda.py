@@ -50,6 +50,9 @@ class KernelPlan:
     stage_bytes: int
     stages: int
     scratch_floats: int  # per-task scratch after the ring (input vector, partial sums)
+    # Bulk copies the producer keeps in flight (its copy of chunk c waits until chunk
+    # c - in_flight landed); the ring's depth when not capped.
+    in_flight: int = 0
     # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the prefill program always, the
     # decode program with the mma_gemv option; otherwise FFMA, a warp per weight row.
     mma: bool = False
@@ -120,8 +123,17 @@ def _check_stream_rows(table: TaskTable) -> None:
 
 
 def plan_kernel(
-    table: TaskTable, target: Target, ring: bool, rows: int = 1, mma_gemv: bool = False
+    table: TaskTable,
+    target: Target,
+    ring: bool,
+    rows: int = 1,
+    mma_gemv: bool = False,
+    stage_kb: int | None = None,
+    in_flight_kb: int | None = None,
 ) -> KernelPlan:
+    """`stage_kb`: ring stage size (None: STAGE_BYTES, or the largest weight row if
+    bigger). `in_flight_kb`: weight bytes each SM's producer keeps in flight (None: the
+    target's, `Target.copies_in_flight_bytes`; 0: no cap, the ring's depth)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
     mma = rows > 1 or mma_gemv
@@ -133,7 +145,13 @@ def plan_kernel(
             "compile without mma_gemv"
         )
     kmax = max(ks, default=8)
-    stage = max(STAGE_BYTES, -(-2 * kmax // 1024) * 1024)
+    row_bytes = -(-2 * kmax // 1024) * 1024
+    if stage_kb is not None and stage_kb * 1024 < row_bytes:
+        raise CodegenError(
+            f"a ring stage of {stage_kb} KiB cannot hold a weight row of K = {kmax} "
+            f"({2 * kmax} bytes); use a stage of {row_bytes // 1024} KiB or more"
+        )
+    stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
 
     def need(v: Variant) -> int:
         return scratch_floats(v, consumers // 32, stage, rows, mma)
@@ -152,7 +170,14 @@ def plan_kernel(
             f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
             "are left after the task scratch; compile with weight_ring off or a smaller model"
         )
-    return KernelPlan(threads, consumers, ring, stage, stages, scratch, mma)
+    if in_flight_kb is None:
+        flight = target.copies_in_flight_bytes
+    else:
+        flight = in_flight_kb * 1024 if in_flight_kb > 0 else stages * stage
+    in_flight = min(stages, max(1, round(flight / stage))) if ring else 0
+    return KernelPlan(
+        threads, consumers, ring, stage, stages, scratch, mma=mma, in_flight=in_flight
+    )
 
 
 def emit_cuda(
@@ -187,6 +212,7 @@ def emit_cuda(
         consumers=plan.consumers,
         ring=plan.ring,
         stages=plan.stages,
+        in_flight=plan.in_flight,
         stage_bytes=plan.stage_bytes,
         record=RECORD,
         arg0=F_ARG0,

@@ -92,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
         help="no producer warp / shared-memory weight ring (ablation)",
     )
     p.add_argument(
+        "--stage-kb",
+        type=int,
+        metavar="KB",
+        help="KiB per weight-ring stage (default: 32, or the largest weight row if bigger)",
+    )
+    p.add_argument(
+        "--in-flight-kb",
+        type=int,
+        metavar="KB",
+        help="KiB of weight copies each SM keeps in flight (default: the target's, 64; 0: the"
+        " whole ring)",
+    )
+    p.add_argument(
         "--no-cache-prefetch",
         action="store_true",
         help="the producer does not ask L2 for attention's KV cache rows ahead (ablation)",
@@ -183,6 +196,9 @@ def _option_flags(args, only_set: bool = False) -> dict:
                 f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
             )
         flags["prefill_rows"] = args.prefill_rows
+    for name in ("stage_kb", "in_flight_kb"):
+        if getattr(args, name) is not None:
+            flags[name] = getattr(args, name)
     if args.l2_window is not None:
         if args.l2_window < 0:
             from tilert_compiler.models.config import ConfigError

@@ -139,7 +139,7 @@ def _compile_prefill(
     half as many, down to 2) whose kernel fits the target's shared memory; None if none
     does or it is off. Its passes are the decode program's, on the prefill graph."""
     ring = bool(dict(decode.options).get("weight_ring"))
-    rows = prefill_rows(decode_table.variants, cfg.target, ring, opts.prefill_rows)
+    rows = prefill_rows(decode_table.variants, cfg.target, ring, opts.prefill_rows, opts.stage_kb)
     while rows >= 2:
         stages: dict[str, Any] = {}
         sched = run_pipeline(cfg, opts, stages.__setitem__, rows=rows, base=decode)
@@ -158,7 +158,7 @@ def _compile_prefill(
     return None
 
 
-def prefill_rows(decode_variants, target, ring: bool, most: int) -> int:
+def prefill_rows(decode_variants, target, ring: bool, most: int, stage_kb=None) -> int:
     """The most token rows (`most`, halved) whose prefill kernel plan fits the target, read
     off the decode program's task kinds (the prefill program cuts its ops the same way,
     without the LM head and the sample); 0 if none fits or prefill is off."""
@@ -174,7 +174,9 @@ def prefill_rows(decode_variants, target, ring: bool, most: int) -> int:
     rows = most
     while rows >= 2:
         try:
-            plan_kernel(SimpleNamespace(variants=kinds), target, ring=ring, rows=rows)
+            plan_kernel(
+                SimpleNamespace(variants=kinds), target, ring=ring, rows=rows, stage_kb=stage_kb
+            )
             return rows
         except CodegenError:
             rows //= 2
@@ -189,6 +191,10 @@ def _check_options(opts: Options) -> None:
         )
     if opts.l2_window_kb is not None and opts.l2_window_kb < 0:
         raise ConfigError(f"option l2_window_kb must be 0 or more (got {opts.l2_window_kb})")
+    if opts.stage_kb is not None and not 1 <= opts.stage_kb <= 128:
+        raise ConfigError(f"option stage_kb must be 1..128 KiB (got {opts.stage_kb})")
+    if opts.in_flight_kb is not None and opts.in_flight_kb < 0:
+        raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
 
 
 def _rows(sched: Schedule) -> int:
@@ -202,7 +208,15 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = 
     table = serialize(sched)
     rows = _rows(sched)
     ring = bool(dict(sched.options).get("weight_ring"))
-    plan = plan_kernel(table, cfg.target, ring=ring, rows=rows, mma_gemv=opts.mma_gemv)
+    plan = plan_kernel(
+        table,
+        cfg.target,
+        ring=ring,
+        rows=rows,
+        mma_gemv=opts.mma_gemv,
+        stage_kb=opts.stage_kb,
+        in_flight_kb=opts.in_flight_kb,
+    )
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
     source = emit_cuda(
         sched,
@@ -251,7 +265,11 @@ def _manifest(
         "threads": t.threads_per_block,
         "smem_bytes": plan.smem_bytes,
         "consumers": plan.consumers,
-        "weight_ring": {"stages": plan.stages, "stage_bytes": plan.stage_bytes},
+        "weight_ring": {
+            "stages": plan.stages,
+            "stage_bytes": plan.stage_bytes,
+            "in_flight": plan.in_flight,
+        },
         "kernel": KERNEL_NAME if _rows(sched) == 1 else PREFILL_KERNEL_NAME,
         "rows": _rows(sched),
         "row_stride": sched.row_stride,

@@ -102,6 +102,23 @@ def test_a_task_that_never_runs_ends_in_a_named_error_within_2s(tmp_path, flags,
     assert torch.isfinite(ok.step(1, 0)).all()
 
 
+def test_copies_in_flight_and_stage_size_do_not_change_a_bit(tmp_path):
+    """The producer's cap on copies in flight (default; one; the whole ring) and the ring's
+    stage size move when weights land, not what is computed: the logits of every build
+    are the same to the bit (tiny K: every stage size cuts the GEMVs into whole rows)."""
+    from tilert_compiler.runtime.gpu import GpuModel
+
+    builds = [{}, {"in_flight_kb": 0}, {"stage_kb": 8, "in_flight_kb": 8}]
+    toks = torch.randint(0, 256, (10,)).tolist()
+    w, out = None, []
+    for i, opts in enumerate(builds):
+        cm = tc.compile("tiny-llama", **opts)
+        w = w if w is not None else load_weights(cm.config)
+        m = GpuModel(cm.save(tmp_path / f"b{i}"), weights=w)
+        out.append(torch.stack([m.step(t % cm.config.vocab, p) for p, t in enumerate(toks)]))
+    assert all(torch.equal(out[0], o) for o in out[1:])
+
+
 def test_profiled_kernel_records_every_task(tmp_path):
     from tilert_compiler.runtime.gpu import GpuModel
     from tilert_compiler.runtime.trace import timeline

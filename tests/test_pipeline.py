@@ -134,6 +134,16 @@ OPTION_EFFECTS = [
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
     ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = s_t_wait" in src),
     ({"cache_prefetch": False}, lambda src: "kCachePrefetch = false;" in src),
+    (
+        {"in_flight_kb": 0},
+        lambda src: (
+            re.search(r"kStages = (\d+);", src)[1] == re.search(r"kInFlight = (\d+);", src)[1]
+        ),
+    ),
+    (
+        {"stage_kb": 8, "in_flight_kb": 8},
+        lambda src: "kStageBytes = 8192;" in src and "kInFlight = 1;" in src,
+    ),
     ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
     ({"flags": False}, lambda src: "kFlags = false;" in src),
 ]
@@ -214,6 +224,28 @@ def test_the_cache_prefetch_is_on_by_default_and_only_with_the_ring():
     no_ring = tc.compile("tiny-qwen3", nvcc=False, weight_ring=False)
     assert dict(no_ring.schedule.options)["cache_prefetch"] is False
     assert "prefetch_cache_rows" not in no_ring.source
+
+
+def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():
+    """The producer's cap on copies in flight is the target's bytes over the stage size
+    (at least one copy, at most the ring's depth); a stage smaller than a weight row, or
+    an option out of range, is refused with one line naming it."""
+    from tilert_compiler.codegen.cuda import CodegenError
+    from tilert_compiler.models.config import ConfigError
+
+    target = tc.load_config("tiny-llama").target
+    for kb in (16, 32, 64):
+        ring = tc.compile("tiny-llama", nvcc=False, stage_kb=kb).manifest["weight_ring"]
+        want = min(ring["stages"], max(1, round(target.copies_in_flight_bytes / (kb * 1024))))
+        assert ring["stage_bytes"] == kb * 1024 and ring["in_flight"] == want
+    whole = tc.compile("tiny-llama", nvcc=False, in_flight_kb=0).manifest["weight_ring"]
+    assert whole["in_flight"] == whole["stages"] > 2
+    with pytest.raises(CodegenError, match="cannot hold a weight row of K = 8192"):
+        tc.compile("llama-3.2-1b", nvcc=False, prefill_rows=0, stage_kb=8)
+    with pytest.raises(ConfigError, match="stage_kb must be 1..128"):
+        tc.compile("tiny-llama", nvcc=False, stage_kb=0)
+    with pytest.raises(ConfigError, match="in_flight_kb must be 0 or more"):
+        tc.compile("tiny-llama", nvcc=False, in_flight_kb=-1)
 
 
 def test_with_flags_only_the_sample_task_waits_on_a_counter():
