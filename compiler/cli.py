@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "--in-flight-kb",
         type=int,
         metavar="KB",
-        help="KiB of weight copies each SM keeps in flight (default: the target's, 64; 0: the"
+        help="KiB of weight copies each SM keeps in flight (default: the target's, 32; 0: the"
         " whole ring)",
     )
     p.add_argument(

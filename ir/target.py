@@ -21,11 +21,11 @@ class Target:
     # same with or without it on every bundled model, only the predicted times move.
     handoff_s: float = 2.0e-6
     # Weight bytes each SM's producer keeps in flight (bulk copies issued, not landed).
-    # HBM needs only its bandwidth x latency in flight over the chip (~3 MB); more can only
-    # queue, and the hand-offs' loads queue with it. 64 KiB per SM (8.4 MB over 132 SMs)
-    # measured fastest on H100 (bench/NOTES.md, runs S8-3 and S8-4), against the whole
-    # ring (128-176 KiB) and 32, 48 and 96 KiB.
-    copies_in_flight_bytes: int = 64 * 1024
+    # HBM needs only its bandwidth x latency in flight over the chip (a few MB); more can
+    # only queue, and the hand-offs' loads queue with it. One 32 KiB copy per SM (4.2 MB
+    # over 132 SMs) measured fastest on H100 for all three bundled models (bench/NOTES.md,
+    # runs S8-3 and S8-4), against 48, 64 and 96 KiB and the whole ring (128-176 KiB).
+    copies_in_flight_bytes: int = 32 * 1024
 
 
 KNOWN_ARCHS = ("sm_90", "sm_90a")
