@@ -126,7 +126,7 @@ OPTION_EFFECTS = [
     ({"l2_prefetch": True, "l2_window_kb": 96}, lambda src: f"kL2Window = {96 * 1024};" in src),
     (
         {"l2_prefetch": True, "weight_ring": False},
-        lambda src: "produce(p, ring" not in src and "prefetch_l2(base" in src,
+        lambda src: "produce(p, ring" not in src and "prefetch_l2_range(p.w" in src,
     ),
     ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = s_weight_wait_ns" in src),
