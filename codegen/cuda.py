@@ -174,7 +174,7 @@ def plan_kernel(
         flight = target.copies_in_flight_bytes
     else:
         flight = in_flight_kb * 1024 if in_flight_kb > 0 else stages * stage
-    in_flight = min(stages, max(1, round(flight / stage))) if ring else 0
+    in_flight = min(stages, max(1, flight // stage)) if ring else 0  # at most `flight` bytes
     return KernelPlan(
         threads, consumers, ring, stage, stages, scratch, mma=mma, in_flight=in_flight
     )

@@ -21,8 +21,9 @@ class Options:
     # split's KV cache rows of earlier steps when it passes the task.
     cache_prefetch: bool = True
     # codegen's kernel plan, with the ring: the stage size in KiB (None: the plan's rule)
-    # and the weight bytes (KiB) each SM's producer keeps in flight (None: the target's
-    # `copies_in_flight_bytes`; 0: no cap, as many copies as the ring has stages).
+    # and the weight bytes (KiB) each SM's producer keeps in flight, at most, in whole
+    # stages and at least one (None: the target's `copies_in_flight_bytes`; 0: no cap, as
+    # many copies as the ring has stages).
     stage_kb: int | None = None
     in_flight_kb: int | None = None
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op

@@ -23,8 +23,9 @@ class Target:
     # Weight bytes each SM's producer keeps in flight (bulk copies issued, not landed).
     # HBM needs only its bandwidth x latency in flight over the chip (a few MB); more can
     # only queue, and the hand-offs' loads queue with it. One 32 KiB copy per SM (4.2 MB
-    # over 132 SMs) measured fastest on H100 for all three bundled models (bench/NOTES.md,
-    # runs S8-3 and S8-4), against 48, 64 and 96 KiB and the whole ring (128-176 KiB).
+    # over 132 SMs) measured fastest on H100 for all three bundled models against 64 and
+    # 96 KiB and the whole ring (128-176 KiB), and on llama-3.2-1b against 16 and 48 KiB
+    # (bench/NOTES.md, runs S8-3 to S8-6). The plan keeps at least one copy in flight.
     copies_in_flight_bytes: int = 32 * 1024
 
 
