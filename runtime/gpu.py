@@ -30,6 +30,31 @@ _ERR_NAMES = {
 }
 
 
+# What a weight-ring wait was for (the kernel's `which`, reported as word 5).
+_RING_WAITS = {
+    0: "the ring stage's weights never landed (a consumer waited)",
+    1: "the producer's earlier copy never landed",
+    2: "the consumers never released a ring stage (the producer waited)",
+}
+
+
+def describe_error(e: Sequence[int], where: str) -> str:
+    """The message for the kernel's error words e = (code, sm, task, counter, value,
+    expected, ...), as `report` writes them; `where`: which launch."""
+    what = _ERR_NAMES.get(e[0], f"error {e[0]}")
+    if e[0] == 4:
+        at = f"its input at act offset {e[4]} never carried parity {e[5]}"
+    elif e[0] == 3:
+        at = f"{_RING_WAITS.get(e[5], f'ring wait {e[5]}')}, phase parity {e[4]}"
+    elif e[0] == 2:
+        at = f"kind {e[4]}"
+    else:
+        at = f"counter c{e[3]} = {e[4]}, expected >= {e[5]}"
+    return (
+        f"{what}: sm {e[1]}, task t{e[2]}, {at} ({where}); the counters are now stale, call reset()"
+    )
+
+
 class KernelError(RuntimeError):
     """The kernel stopped itself (bounded wait expired, bad table) and said where."""
 
@@ -408,17 +433,8 @@ class GpuModel:
         torch.cuda.synchronize(self.device)
         e = self.error.tolist()
         if e[0]:
-            what = _ERR_NAMES.get(e[0], f"error {e[0]}")
             self.error.zero_()
-            at = (
-                f"its input at act offset {e[4]} never carried parity {e[5]}"
-                if e[0] == 4
-                else f"counter c{e[3]} = {e[4]}, expected >= {e[5]}"
-            )
-            raise KernelError(
-                f"{what}: sm {e[1]}, task t{e[2]}, {at} ({where or f'step {self.epoch}'}); "
-                "the counters are now stale, call reset()"
-            )
+            raise KernelError(describe_error(e, where or f"step {self.epoch}"))
 
     def step(self, token: int, pos: int) -> torch.Tensor:
         """One decode step; returns a copy of the float32 logits [vocab] on the GPU."""

@@ -1,0 +1,36 @@
+"""The runtime's one-line messages for what the kernel reports (no GPU needed: the error
+words are what `report` writes)."""
+
+import pytest
+
+from tilert_compiler.runtime.gpu import describe_error
+
+
+def words(code, value, expected, counter=-1):
+    return [code, 17, 345, counter, value, expected, 0, 0]  # sm 17, task t345
+
+
+@pytest.mark.parametrize(
+    "e,says",
+    [
+        (
+            words(1, 3, 5, counter=12),
+            "dependency wait timed out: sm 17, task t345, counter c12 = 3",
+        ),
+        (words(4, 1024, 1), "its input at act offset 1024 never carried parity 1"),
+        (words(3, 1, 0), "the ring stage's weights never landed (a consumer waited), phase"),
+        (words(3, 0, 1), "the producer's earlier copy never landed, phase parity 0"),
+        (words(3, 1, 2), "the consumers never released a ring stage (the producer waited)"),
+        (words(2, 9, 0), "unknown task kind in the task table: sm 17, task t345, kind 9"),
+    ],
+)
+def test_each_kernel_error_names_sm_task_and_what_was_waited_for(e, says):
+    msg = describe_error(e, "step 3")
+    assert says in msg and "(step 3)" in msg and "call reset()" in msg
+    assert "\n" not in msg
+
+
+def test_the_ring_waits_are_told_apart_and_an_unknown_code_still_reads():
+    ring = {describe_error(words(3, 0, w), "step 0") for w in (0, 1, 2)}
+    assert len(ring) == 3 and not any("counter c" in m for m in ring)
+    assert describe_error(words(99, 0, 0), "step 0").startswith("error 99: sm 17, task t345")
