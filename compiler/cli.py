@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         " whole ring)",
     )
     p.add_argument(
+        "--attn-splits",
+        type=int,
+        metavar="N",
+        help="split-KV factor of decode attention (default: the SMs over the kv heads, at"
+        " least 16 cache rows a split at context 512)",
+    )
+    p.add_argument(
         "--no-cache-prefetch",
         action="store_true",
         help="the producer does not ask L2 for attention's KV cache rows ahead (ablation)",
@@ -196,7 +203,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
                 f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
             )
         flags["prefill_rows"] = args.prefill_rows
-    for name in ("stage_kb", "in_flight_kb"):
+    for name in ("stage_kb", "in_flight_kb", "attn_splits"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
     if args.l2_window is not None:

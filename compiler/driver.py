@@ -193,6 +193,8 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option l2_window_kb must be 0 or more (got {opts.l2_window_kb})")
     if opts.stage_kb is not None and not 1 <= opts.stage_kb <= 128:
         raise ConfigError(f"option stage_kb must be 1..128 KiB (got {opts.stage_kb})")
+    if opts.attn_splits is not None and not 1 <= opts.attn_splits <= 256:
+        raise ConfigError(f"option attn_splits must be 1..256 (got {opts.attn_splits})")
     if opts.in_flight_kb is not None and opts.in_flight_kb < 0:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
 

@@ -40,6 +40,9 @@ class Options:
     fault_skip_task: int = -1  # debug build: this task never runs, writes or signals
     profile: bool = False  # kernel records per-task timestamps (runtime writes a trace)
     context: int = 512  # cache length the cost model assumes for attention
+    # passes.tile: the split-KV factor of decode attention (None: the SMs over the kv
+    # heads, with at least 16 cache rows a split at `context`)
+    attn_splits: int | None = None
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
     nvcc: bool = True  # build the cubin (off: source only, e.g. without a CUDA toolkit)
     wait_timeout_ms: int = 1000  # bound on each dependency wait in the kernel

@@ -43,8 +43,11 @@ def _rows(name: str, lo: int, hi: int, k: int) -> Region:
     return region(name, (lo, hi), (0, k))
 
 
-def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
-    """`context`: the cache length the cost model assumes for attention."""
+def tile(
+    graph: Graph, target: Target, context: int = 512, splits: int | None = None
+) -> TileProgram:
+    """`context`: the cache length the cost model assumes for attention; `splits`: the
+    split-KV factor (None: attention_splits)."""
     tasks: list[Task] = []
     counters: list[Counter] = []  # arrival counters of split attention (see ARRIVE)
     part_decls: list[TensorDecl] = []  # split-attention partials, one tensor per layer
@@ -87,12 +90,12 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
             kv_heads, _, hd = shape[kc]
             heads = shape[out][0] // hd
             group = heads // kv_heads
-            splits = attention_splits(target, kv_heads, context)
+            n_split = splits or attention_splits(target, kv_heads, context)
             arrive0 = len(counters)
             for g in range(kv_heads):
-                counters.append(Counter(f"{ARRIVE}{op.name}#{g}", splits))
-                for sp in range(splits):
-                    last = sp == splits - 1
+                counters.append(Counter(f"{ARRIVE}{op.name}#{g}", n_split))
+                for sp in range(n_split):
+                    last = sp == n_split - 1
                     q_rows = _vec(qkv, g * group * hd, (g + 1) * group * hd)
                     k_row = _vec(qkv, (heads + g) * hd, (heads + g + 1) * hd)
                     v_row = _vec(qkv, (heads + kv_heads + g) * hd, (heads + kv_heads + g + 1) * hd)
@@ -118,7 +121,7 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
                         reads,
                         w,
                         writes,
-                        cost_extra=2 * (context // splits) * hd * A_BYTES,
+                        cost_extra=2 * (context // n_split) * hd * A_BYTES,
                         head=g,
                         split=sp,
                         arrive=arrive0 + g,
@@ -126,7 +129,7 @@ def tile(graph: Graph, target: Target, context: int = 512) -> TileProgram:
             part_decls.append(
                 TensorDecl(
                     f"{ARRIVE_PART}{op.layer}",
-                    (kv_heads, splits, group, hd + 2),
+                    (kv_heads, n_split, group, hd + 2),
                     Storage.ACT,
                     op.layer,
                 )
