@@ -10,7 +10,6 @@ The per-kind argument slots are named in `ARGS`, the one place that defines them
   stream:   int64 triples (weight element offset, elements, row length): the task's weight
             rows in the order its GEMV consumes them (the ring producer copies these)
   sm_start: int32[sms + 1], sm_tasks: int32[...]: SM s runs sm_tasks[sm_start[s]:sm_start[s+1]]
-  walk:     derived at load (TaskTable.walk): what each SM's ring producer reads, in order
 
 Offsets in args are element offsets into the `weights` (bf16) or `act` (f32) arena.
 """
@@ -96,40 +95,6 @@ class TaskTable:
     def waits_of(self, i: int) -> list[tuple[int, int]]:
         at, n = int(self.records[i, F_WAIT]), int(self.records[i, F_NWAIT])
         return [(int(c), int(e)) for c, e in self.waits[at : at + n]]
-
-    def walk(self) -> tuple[np.ndarray, np.ndarray]:
-        """The ring producer's walk, derived from the table: (entries int32 [n, 4], starts
-        int32 [sms + 1]); SM s reads entries[starts[s]:starts[s + 1]] once per step, in its
-        task order. A weight entry is (element offset / 8, rows, row length, task): one
-        stream entry of a GEMV task. A decode attention split gets a cache entry (its k
-        cache rows' act offset / 4, its v rows' / 4, split | splits << 16, -head_dim): the
-        producer asks L2 for the split's cache rows of earlier steps when it passes it.
-        The kernel reads entries ahead without waiting on them; from the records it took
-        a chain of dependent loads per chunk."""
-        rows: list[tuple[int, int, int, int]] = []
-        starts = [0]
-        for s in range(len(self.sm_start) - 1):
-            for i in self.sm_tasks[self.sm_start[s] : self.sm_start[s + 1]]:
-                rec = self.records[int(i)]
-                v = self.variants[int(rec[F_KIND])]
-                if v.kind == "attention_decode":
-                    a = self.args(int(i))
-                    hd, cap, splits = v.get("HD"), v.get("S"), v.get("NSPLIT")
-                    head = a["head"] * cap * hd
-                    k, vv = a["k_cache"] + head, a["v_cache"] + head
-                    if k % 4 or vv % 4:
-                        raise ValueError(f"task {int(i)}: KV cache rows not 16-byte aligned")
-                    rows.append((k // 4, vv // 4, a["split"] | splits << 16, -hd))
-                at, n = int(rec[F_STREAM]), int(rec[F_NSTREAM])
-                for off, elems, k in self.stream[at : at + n].tolist():
-                    if off % 8 or elems % k:
-                        raise ValueError(f"task {int(i)}: a weight stream entry off 16-byte rows")
-                    rows.append((off // 8, elems // k, k, int(i)))
-            starts.append(len(rows))
-        walk = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        if len(walk) and (walk.max() >= 2**31 or walk.min() < -(2**31)):
-            raise ValueError("the walk's offsets overflow int32 (weights over 32 GiB?)")
-        return walk.astype(np.int32), np.array(starts, dtype=np.int32)
 
     def save(self, path) -> None:
         np.savez(

@@ -92,8 +92,6 @@ class _Params(ctypes.Structure):
         ("sample_producers", ctypes.c_uint),
         ("pad2", ctypes.c_uint),
         ("seed", ctypes.c_ulonglong),
-        ("walk", ctypes.c_void_p),
-        ("walk_start", ctypes.c_void_p),
     ]
 
 
@@ -177,9 +175,6 @@ class _Program:
         self.stream = torch.from_numpy(t.stream.reshape(-1)).to(dev)
         self.sm_start = torch.from_numpy(t.sm_start).to(dev)
         self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
-        walk, walk_start = t.walk()
-        self.walk = torch.from_numpy(walk.reshape(-1)).to(dev)
-        self.walk_start = torch.from_numpy(walk_start).to(dev)
         self.counters = torch.zeros(m["counters"], dtype=torch.int32, device=dev)
         n_prof = len(t.records) if profiled else 0  # profiled builds: the last launch's stamps
         self.profile = torch.zeros((n_prof, PROFILE_WORDS), dtype=torch.int64, device=dev)
@@ -193,7 +188,6 @@ class _Program:
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
         p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
         p.stream, p.sm_tasks = self.stream.data_ptr(), self.sm_tasks.data_ptr()
-        p.walk, p.walk_start = self.walk.data_ptr(), self.walk_start.data_ptr()
         p.w, p.act = w.data_ptr(), act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), error.data_ptr()
         p.profile = self.profile.data_ptr() if profiled else None
