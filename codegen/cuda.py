@@ -70,6 +70,11 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
 # takes) when that part is at most this many floats; bigger parts (K = 4096 with one
 # K-slice: 128) are read from shared memory for every row, as before.
 X_REGS = 64
+# Decode attention takes a split's cache rows in blocks of at most this many (online
+# softmax across blocks): its shared memory is sized by the block, not by max_seq_len, and
+# what that leaves goes to the weight ring. 48 holds a split's rows up to context ~750 at
+# 16 splits in one block (bench/NOTES.md item 90).
+ATTN_BLOCK_ROWS = 48
 
 
 def item_rows(rows: int, mma: bool) -> int:
@@ -88,8 +93,8 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int,
         return 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
     if v.kind == "attention_decode":
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
-        chunk = -(-(v.get("S") - 1) // splits) + 1
-        # cache rows (k padded: conflict-free float4 reads), then the partials
+        chunk = min(-(-(v.get("S") - 1) // splits) + 1, ATTN_BLOCK_ROWS)
+        # a block of cache rows (k padded: conflict-free float4 reads), then the partials
         rows = max(chunk * (hd + 4 + hd), splits * g * (hd + 2))
         scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
         return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
@@ -130,10 +135,12 @@ def plan_kernel(
     mma_gemv: bool = False,
     stage_kb: int | None = None,
     in_flight_kb: int | None = None,
+    ring_stages: int | None = None,
 ) -> KernelPlan:
     """`stage_kb`: ring stage size (None: STAGE_BYTES, or the largest weight row if
     bigger). `in_flight_kb`: weight bytes each SM's producer keeps in flight (None: the
-    target's, `Target.copies_in_flight_bytes`; 0: no cap, the ring's depth)."""
+    target's, `Target.copies_in_flight_bytes`; 0: no cap, the ring's depth).
+    `ring_stages`: the ring's stages at most (None: as many as fit)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
     mma = rows > 1 or mma_gemv
@@ -170,6 +177,13 @@ def plan_kernel(
             f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
             "are left after the task scratch; compile with weight_ring off or a smaller model"
         )
+    if ring and ring_stages is not None:
+        if ring_stages > stages:
+            raise CodegenError(
+                f"ring_stages {ring_stages}: {stages} stages of {stage} bytes fit beside the "
+                f"task scratch ({4 * scratch} bytes); ask for {stages} or fewer"
+            )
+        stages = ring_stages
     if in_flight_kb is None:
         flight = target.copies_in_flight_bytes
     else:
@@ -234,6 +248,7 @@ def emit_cuda(
         mma=plan.mma,
         item_rows=item_rows(rows, plan.mma),
         x_regs=X_REGS,
+        attn_block=ATTN_BLOCK_ROWS,
         row_stride=sched.row_stride,
     )
 

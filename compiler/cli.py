@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         " whole ring)",
     )
     p.add_argument(
+        "--ring-stages",
+        type=int,
+        metavar="N",
+        help="weight-ring stages at most (default: as many as fit beside the task scratch)",
+    )
+    p.add_argument(
         "--attn-splits",
         type=int,
         metavar="N",
@@ -203,7 +209,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
                 f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
             )
         flags["prefill_rows"] = args.prefill_rows
-    for name in ("stage_kb", "in_flight_kb", "attn_splits"):
+    for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
     if args.l2_window is not None:

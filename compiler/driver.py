@@ -195,6 +195,8 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option stage_kb must be 1..128 KiB (got {opts.stage_kb})")
     if opts.attn_splits is not None and not 1 <= opts.attn_splits <= 256:
         raise ConfigError(f"option attn_splits must be 1..256 (got {opts.attn_splits})")
+    if opts.ring_stages is not None and opts.ring_stages < 2:
+        raise ConfigError(f"option ring_stages must be 2 or more (got {opts.ring_stages})")
     if opts.in_flight_kb is not None and opts.in_flight_kb < 0:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
 
@@ -218,6 +220,7 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = 
         mma_gemv=opts.mma_gemv,
         stage_kb=opts.stage_kb,
         in_flight_kb=opts.in_flight_kb,
+        ring_stages=opts.ring_stages if rows == 1 else None,
     )
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
     source = emit_cuda(

@@ -26,6 +26,9 @@ class Options:
     # many copies as the ring has stages).
     stage_kb: int | None = None
     in_flight_kb: int | None = None
+    # codegen's kernel plan, with the ring: its stages at most (None: as many as fit beside
+    # the largest task scratch)
+    ring_stages: int | None = None
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     # passes.deps: activations carry their step's parity in the lowest mantissa bit and
     # consumers poll the data itself, not a counter (one round trip per hand-off). On by

@@ -119,6 +119,27 @@ def test_copies_in_flight_and_stage_size_do_not_change_a_bit(tmp_path):
     assert all(torch.equal(out[0], o) for o in out[1:])
 
 
+def test_attention_in_row_blocks_matches_transformers_float32(tmp_path, monkeypatch):
+    """A split's cache rows taken a few at a time (online softmax across blocks, as for
+    long contexts) give transformers' logits: blocks of 3 rows, 2 splits, 28 steps (up to
+    14 rows a split: five blocks)."""
+    from tilert_compiler.codegen import cuda
+    from tilert_compiler.models.reference import hf_model, reference_logits
+    from tilert_compiler.runtime.gpu import GpuModel
+
+    monkeypatch.setattr(cuda, "ATTN_BLOCK_ROWS", 3)
+    for name in TINY:
+        cm = tc.compile(name, attn_splits=2)
+        assert "kAttnBlock = 3;" in cm.source
+        w = load_weights(cm.config)
+        m = GpuModel(cm.save(tmp_path / name), weights=w)
+        toks = torch.randint(0, cm.config.vocab, (28,))
+        ours = torch.stack([m.step(int(t), p).cpu() for p, t in enumerate(toks)])
+        ref = reference_logits(hf_model(cm.config, w), toks)
+        err = (ours - ref).norm(dim=-1) / ref.norm(dim=-1)
+        assert err.max() < 2e-2, (name, err)
+
+
 def test_profiled_kernel_records_every_task(tmp_path):
     from tilert_compiler.runtime.gpu import GpuModel
     from tilert_compiler.runtime.trace import timeline

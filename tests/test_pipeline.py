@@ -145,6 +145,7 @@ OPTION_EFFECTS = [
         lambda src: "kStageBytes = 8192;" in src and "kInFlight = 1;" in src,
     ),
     ({"attn_splits": 3}, lambda src: re.search(r"task_attention_decode<(\d+, ){5}3, ", src)),
+    ({"ring_stages": 2}, lambda src: "kStages = 2;" in src),
     ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
     ({"flags": False}, lambda src: "kFlags = false;" in src),
 ]
@@ -323,3 +324,25 @@ def test_mma_gemv_refuses_a_k_that_is_not_a_multiple_of_32():
     with pytest.raises(CodegenError, match="K = 48"):
         plan_kernel(kinds, cm.config.target, ring=True, mma_gemv=True)
 
+
+
+def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_cap():
+    """Decode attention holds a block of a split's cache rows, not all of them: its shared
+    memory, and so the weight ring's depth, is the same at any max_seq_len. ring_stages
+    caps the depth and refuses more stages than fit."""
+    from tilert_compiler.codegen.cuda import CodegenError, plan_kernel, scratch_floats
+    from tilert_compiler.ir.tasktable import Variant
+
+    def attention(cap):
+        return Variant(
+            "attention_decode",
+            (("HD", 128), ("G", 2), ("H", 16), ("KV", 8), ("S", cap), ("NSPLIT", 16), ("QKN", 1)),
+        )
+
+    small, big = (scratch_floats(attention(c), 7, 32768, 1, False) for c in (64, 1024))
+    assert small < big == scratch_floats(attention(65536), 7, 32768, 1, False)
+    cm = tc.compile("tiny-llama", nvcc=False)
+    most = plan_kernel(cm.table, cm.config.target, ring=True).stages
+    assert plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=2).stages == 2
+    with pytest.raises(CodegenError, match=f"{most} stages"):
+        plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=most + 1)
