@@ -40,6 +40,7 @@ def main() -> None:
 
     t0 = time.time()
     configs = [load_artifact(x).manifest["config"] for x in a.artifacts]
+
     # The same model: the same config but for the KV cache's capacity (no weight depends
     # on it; a smaller one leaves attention less shared memory to hold, the ring more).
     def model(c: dict) -> dict:

@@ -13,6 +13,7 @@ from tilert_compiler.ir.tasktable import (
     ARGS,
     F_ARG0,
     F_KIND,
+    F_LAYER,
     F_NSTREAM,
     F_STREAM,
     PROFILE_WORDS,
@@ -60,6 +61,21 @@ class KernelPlan:
     @property
     def smem_bytes(self) -> int:
         return self.stages * self.stage_bytes + 4 * self.scratch_floats
+
+
+def layer_bytes_per_sm(table: TaskTable, sms: int) -> int | None:
+    """Streamed weight bytes of the largest decoder layer (not the LM head, layer -1) over
+    the SMs: what one SM's producer copies per layer. None for a table without records."""
+    records = getattr(table, "records", None)
+    if records is None:
+        return None
+    per: dict[int, int] = {}
+    for rec in records[records[:, F_NSTREAM] > 0]:
+        at, n = int(rec[F_STREAM]), int(rec[F_NSTREAM])
+        layer = int(rec[F_LAYER])
+        if layer >= 0:
+            per[layer] = per.get(layer, 0) + 2 * int(table.stream[at : at + n, 1].sum())
+    return -(-max(per.values()) // sms) if per else None
 
 
 def _rows_per_chunk(k: int, stage_bytes: int) -> int:
@@ -140,7 +156,15 @@ def plan_kernel(
     """`stage_kb`: ring stage size (None: STAGE_BYTES, or the largest weight row if
     bigger). `in_flight_kb`: weight bytes each SM's producer keeps in flight (None: the
     target's, `Target.copies_in_flight_bytes`; 0: no cap, the ring's depth).
-    `ring_stages`: the ring's stages at most (None: as many as fit)."""
+    `ring_stages`: the ring's stages (None: as many as fit, in a decode program at most
+    half a layer's weights per SM, rounded up to a stage).
+
+    Why half a layer: the producer then runs at most about half a layer ahead of its
+    consumers. Further ahead, its copies are for weights that wait past the layer's next
+    hand-offs, and they compete with those hand-offs' loads: qwen3-0.6b (233 KB a layer per
+    SM) measured 4.7 % slower with 5 stages than with 4, and 4.6 % slower with 3 (the
+    stream runs dry), while qwen3-8b (2.8 MB) is 2.4-3.0 % faster with 5 than with 4 and
+    llama-3.2-1b (0.9 MB) even at 5 and 6 (bench/NOTES.md runs S9-5, S9-6)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
     mma = rows > 1 or mma_gemv
@@ -177,6 +201,9 @@ def plan_kernel(
             f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
             "are left after the task scratch; compile with weight_ring off or a smaller model"
         )
+    ahead = layer_bytes_per_sm(table, target.sms) if rows == 1 else None
+    if ring and ring_stages is None and ahead is not None:
+        stages = min(stages, max(2, -(-ahead // (2 * stage))))
     if ring and ring_stages is not None:
         if ring_stages > stages:
             raise CodegenError(

@@ -31,7 +31,8 @@ def run_pipeline(
     on_stage("graph", ir)
     ir = fuse(ir)  # norms into GEMVs, rope/cache into attention, residual, silu·mul
     on_stage("fuse", ir)
-    ir = tile(ir, t, context=opts.context, splits=opts.attn_splits)  # needs fused kinds: one task kind per op kind
+    # needs fused kinds: one task kind per op kind
+    ir = tile(ir, t, context=opts.context, splits=opts.attn_splits)
     on_stage("tile", ir)
     ir = deps(ir, fine=opts.fine_deps, flags=opts.flags)  # producers, reduction, counters
     verify_program(ir)  # coverage: each output element written by exactly one task

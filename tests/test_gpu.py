@@ -103,12 +103,18 @@ def test_a_task_that_never_runs_ends_in_a_named_error_within_2s(tmp_path, flags,
 
 
 def test_copies_in_flight_and_stage_size_do_not_change_a_bit(tmp_path):
-    """The producer's cap on copies in flight (default: one; two; the whole ring) and the
-    ring's stage size move when weights land, not what is computed: the logits of every
-    build are the same to the bit (tiny K: every stage size cuts the GEMVs into whole rows)."""
+    """The producer's cap on copies in flight (default: one; two; the whole ring), the
+    ring's depth and its stage size move when weights land, not what is computed: the
+    logits of every build are the same to the bit (tiny K: every stage size cuts the GEMVs
+    into whole rows)."""
     from tilert_compiler.runtime.gpu import GpuModel
 
-    builds = [{}, {"in_flight_kb": 0}, {"stage_kb": 8, "in_flight_kb": 16}]
+    # (the default ring of tiny-llama is 2 stages deep: deeper rings given here)
+    builds = [
+        {},
+        {"in_flight_kb": 0, "ring_stages": 4},
+        {"stage_kb": 8, "in_flight_kb": 16, "ring_stages": 6},
+    ]
     toks = torch.randint(0, 256, (10,)).tolist()
     w, out = None, []
     for i, opts in enumerate(builds):

@@ -145,7 +145,7 @@ OPTION_EFFECTS = [
         lambda src: "kStageBytes = 8192;" in src and "kInFlight = 1;" in src,
     ),
     ({"attn_splits": 3}, lambda src: re.search(r"task_attention_decode<(\d+, ){5}3, ", src)),
-    ({"ring_stages": 2}, lambda src: "kStages = 2;" in src),
+    ({"ring_stages": 3}, lambda src: "kStages = 3;" in src),
     ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
     ({"flags": False}, lambda src: "kFlags = false;" in src),
 ]
@@ -238,12 +238,15 @@ def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():
     def ring(**kw):
         return tc.compile("tiny-llama", nvcc=False, **kw).manifest["weight_ring"]
 
+    # (tiny-llama's ring is 2 stages deep by default: half a layer per SM is a few bytes)
     for stage_kb, in_flight_kb, copies in ((16, 64, 4), (32, 64, 2), (64, 64, 1), (32, 8, 1)):
-        r = ring(stage_kb=stage_kb, in_flight_kb=in_flight_kb)
+        r = ring(
+            stage_kb=stage_kb, in_flight_kb=in_flight_kb, ring_stages=3 if stage_kb > 32 else 4
+        )
         assert r["stage_bytes"] == stage_kb * 1024 and r["in_flight"] == copies
     target = tc.load_config("tiny-llama").target
     assert ring()["in_flight"] == max(1, target.copies_in_flight_bytes // ring()["stage_bytes"])
-    whole = tc.compile("tiny-llama", nvcc=False, in_flight_kb=0).manifest["weight_ring"]
+    whole = ring(in_flight_kb=0, ring_stages=4)
     assert whole["in_flight"] == whole["stages"] > 2
     with pytest.raises(CodegenError, match="cannot hold a weight row of K = 8192"):
         tc.compile("llama-3.2-1b", nvcc=False, prefill_rows=0, stage_kb=8)
@@ -325,11 +328,10 @@ def test_mma_gemv_refuses_a_k_that_is_not_a_multiple_of_32():
         plan_kernel(kinds, cm.config.target, ring=True, mma_gemv=True)
 
 
-
 def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_cap():
     """Decode attention holds a block of a split's cache rows, not all of them: its shared
-    memory, and so the weight ring's depth, is the same at any max_seq_len. ring_stages
-    caps the depth and refuses more stages than fit."""
+    memory, and so the room for the weight ring, is the same at any max_seq_len.
+    ring_stages sets the depth and refuses more stages than fit."""
     from tilert_compiler.codegen.cuda import CodegenError, plan_kernel, scratch_floats
     from tilert_compiler.ir.tasktable import Variant
 
@@ -342,7 +344,24 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
     small, big = (scratch_floats(attention(c), 7, 32768, 1, False) for c in (64, 1024))
     assert small < big == scratch_floats(attention(65536), 7, 32768, 1, False)
     cm = tc.compile("tiny-llama", nvcc=False)
-    most = plan_kernel(cm.table, cm.config.target, ring=True).stages
-    assert plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=2).stages == 2
-    with pytest.raises(CodegenError, match=f"{most} stages"):
-        plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=most + 1)
+    assert plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=3).stages == 3
+    with pytest.raises(CodegenError, match="stages of 32768 bytes fit"):
+        plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=1000)
+
+
+def test_the_ring_holds_half_a_layer_per_sm_or_all_that_fits():
+    """The decode ring's depth: the stages that fit beside the task scratch, but no more
+    than half a decoder layer's weights per SM, rounded up to a stage (at least 2). With 4
+    KiB stages, tiny-llama on 132 SMs streams a few hundred bytes a layer per SM: 2 stages;
+    on 2 SMs, 36 KiB: 5 stages (18 KiB)."""
+    from tilert_compiler.codegen.cuda import layer_bytes_per_sm, plan_kernel
+
+    depth = {}
+    for sms in (132, 2):
+        cm = tc.compile("tiny-llama", nvcc=False, overrides={"target": {"sms": sms}})
+        plan = plan_kernel(cm.table, cm.config.target, ring=True, stage_kb=4)
+        half = layer_bytes_per_sm(cm.table, sms) / 2
+        assert plan.stages == 2 or (plan.stages - 1) * plan.stage_bytes < half  # no more
+        assert plan.stages * plan.stage_bytes >= half  # half a layer, or all that fits
+        depth[sms] = plan.stages
+    assert depth == {132: 2, 2: 5}
