@@ -60,7 +60,7 @@ DESCRIPTIONS = {
     "head_dim_odd.yaml": "field 'head_dim' must be a multiple of 8",
     "head_dim_too_large.yaml": "field 'head_dim' must be an integer in [8, 256] (got 512)",
     "max_seq_len_over_limit.yaml": "field 'max_seq_len' must be an integer in [1, 32768]",
-    "max_seq_len_too_large_for_smem.yaml": "bytes of shared memory, the target allows 65536",
+    "smem_too_small_for_the_ring.yaml": "the weight ring needs 2 stages of 32768 bytes",
     # unsupported features
     "unknown_family.yaml": "field 'family' must be one of llama, qwen3 (got 'mistral')",
     "bad_dtype.yaml": "field 'dtype' must be one of bf16 (got 'fp8')",
