@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ring-stages",
         type=int,
         metavar="N",
-        help="weight-ring stages at most (default: as many as fit beside the task scratch)",
+        help="the decode weight ring's stages (default: as many as fit beside the task"
+        " scratch, at most half a decoder layer's weights per SM)",
     )
     p.add_argument(
         "--attn-splits",

@@ -26,8 +26,9 @@ class Options:
     # many copies as the ring has stages).
     stage_kb: int | None = None
     in_flight_kb: int | None = None
-    # codegen's kernel plan, with the ring: its stages at most (None: as many as fit beside
-    # the largest task scratch)
+    # codegen's kernel plan, with the ring: the decode program's ring stages (None: as many
+    # as fit beside the largest task scratch, at most half a decoder layer's weights per
+    # SM rounded up to a stage; more than fit is refused)
     ring_stages: int | None = None
     fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     # passes.deps: activations carry their step's parity in the lowest mantissa bit and
