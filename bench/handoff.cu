@@ -7,8 +7,8 @@
 // polls it with relaxed gpu-scope loads until the parity is the round's, then answers the
 // same way. Half a round trip is one hand-off: a store becoming visible plus the poll that
 // sees it. Every other CTA (and, in the "own SM too" rows, a producer warp in the two
-// ping-pong CTAs) streams 32 KB bulk copies from a 2 GiB buffer into shared memory with
-// `inflight` copies outstanding, as the ring's producer does. Prints ns per hand-off
+// ping-pong CTAs) streams bulk copies (8-48 KB) from a 2 GiB buffer into shared memory
+// with `inflight` copies outstanding, as the ring's producer does. Prints ns per hand-off
 // (median over 5 launches of each launch's median round trip / 2, at the clock the loop
 // ran at) and the stream's bandwidth.
 #include <cuda_runtime.h>
@@ -27,7 +27,7 @@
     }                                                                                 \
   } while (0)
 
-constexpr int kStage = 32768, kStages = 4, kRounds = 2000;
+constexpr int kStage = 49152, kStages = 4, kRounds = 2000;  // ring slots; copies <= kStage
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -47,8 +47,9 @@ __device__ __forceinline__ float flagged(float v, unsigned par) {
 // A producer thread: 32 KB copies of src into a 4-stage ring, at most `inflight`
 // outstanding, until *stop is set.
 __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* full,
-                       int inflight, const volatile int* stop, unsigned long long* moved) {
-  const long long chunks = bytes / kStage;
+                       int inflight, int copy, const volatile int* stop,
+                       unsigned long long* moved) {
+  const long long chunks = bytes / copy;
   long long c = (long long)blockIdx.x * 977 % chunks;  // each CTA its own start
   unsigned issued = 0;
   while (!*stop) {
@@ -63,11 +64,11 @@ __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* f
     }
     const unsigned s = issued % kStages;
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(full + s)),
-                 "r"(kStage) : "memory");
+                 "r"(copy) : "memory");
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
             smem_u32(ring + s * kStage)),
-        "l"(src + c * kStage), "r"(kStage), "r"(smem_u32(full + s))
+        "l"(src + c * copy), "r"(copy), "r"(smem_u32(full + s))
         : "memory");
     ++issued;
     c = (c + 1) % chunks;
@@ -80,15 +81,15 @@ __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* f
                    " selp.u32 %0, 1, 0, p;\n}"
                    : "=r"(ok) : "r"(bar), "r"(par) : "memory");
   }
-  atomicAdd(moved, (unsigned long long)issued * kStage);
+  atomicAdd(moved, (unsigned long long)issued * copy);
 }
 
 // CTA 0 and CTA `peer` ping-pong through words[0] and words[32]; the others stream
 // (inflight > 0) until the pair is done. own: the two ping-pong CTAs stream too (warp 1).
 // cyc[r]: CTA 0's cycles for round trip r; cyc[0], cyc[1]: the whole loop's cycles and ns.
 __global__ void __launch_bounds__(64, 1)
-    handoff(float* words, const char* src, long long bytes, int peer, int inflight, int own,
-            unsigned* done, unsigned long long* cyc, unsigned long long* moved) {
+    handoff(float* words, const char* src, long long bytes, int peer, int inflight, int copy,
+            int own, unsigned* done, unsigned long long* cyc, unsigned long long* moved) {
   extern __shared__ __align__(128) char ring[];
   __shared__ __align__(8) uint64_t full[kStages];
   __shared__ volatile int stop;
@@ -102,7 +103,8 @@ __global__ void __launch_bounds__(64, 1)
   }
   __syncthreads();
   if (threadIdx.x == 32) {
-    if (inflight > 0 && (!pair || own)) stream(src, bytes, ring, full, inflight, &stop, moved);
+    if (inflight > 0 && (!pair || own))
+      stream(src, bytes, ring, full, inflight, copy, &stop, moved);
     return;
   }
   if (threadIdx.x != 0) return;
@@ -159,12 +161,18 @@ int main() {
               clock_khz / 1e6, sms / 2);
   struct Case {
     const char* name;
-    int inflight, own;
-  } cases[] = {{"idle", 0, 0},
-               {"stream on the other SMs, 1 x 32 KB in flight", 1, 0},
-               {"stream on the other SMs, 4 x 32 KB in flight", 4, 0},
-               {"stream on every SM (own SM too), 1 x 32 KB", 1, 1},
-               {"stream on every SM (own SM too), 4 x 32 KB", 4, 1}};
+    int inflight, copy_kb, own;
+  } cases[] = {{"idle", 0, 32, 0},
+               {"stream, other SMs, 1 x 8 KB in flight", 1, 8, 0},
+               {"stream, other SMs, 1 x 16 KB in flight", 1, 16, 0},
+               {"stream, other SMs, 1 x 24 KB in flight", 1, 24, 0},
+               {"stream, other SMs, 1 x 32 KB in flight", 1, 32, 0},
+               {"stream, other SMs, 2 x 16 KB in flight", 2, 16, 0},
+               {"stream, other SMs, 1 x 48 KB in flight", 1, 48, 0},
+               {"stream, other SMs, 2 x 32 KB in flight", 2, 32, 0},
+               {"stream, other SMs, 4 x 32 KB in flight", 4, 32, 0},
+               {"stream, every SM (own too), 1 x 32 KB", 1, 32, 1},
+               {"stream, every SM (own too), 4 x 32 KB", 4, 32, 1}};
   for (const Case& c : cases) {
     std::vector<double> per_rep;
     double gbps = 0, ghz = 1;
@@ -177,9 +185,9 @@ int main() {
       CHECK(cudaEventCreate(&a));
       CHECK(cudaEventCreate(&b));
       CHECK(cudaEventRecord(a));
-      int peer = sms / 2, inflight = c.inflight, own = c.own;
+      int peer = sms / 2, inflight = c.inflight, copy = c.copy_kb * 1024, own = c.own;
       long long nbytes = bytes;
-      void* args[] = {&words, &src, &nbytes, &peer, &inflight, &own, &done, &ns, &moved};
+      void* args[] = {&words, &src, &nbytes, &peer, &inflight, &copy, &own, &done, &ns, &moved};
       CHECK(cudaLaunchCooperativeKernel((void*)handoff, sms, 64, args, smem, 0));
       CHECK(cudaEventRecord(b));
       CHECK(cudaDeviceSynchronize());
@@ -196,7 +204,7 @@ int main() {
       gbps = mv / (ms * 1e-3) / 1e9;
     }
     std::sort(per_rep.begin(), per_rep.end());
-    std::printf("HANDOFF %-48s %6.0f ns (median of 5 runs: %.0f-%.0f); SM clock %.2f GHz; stream %5.0f GB/s\n",
+    std::printf("HANDOFF %-42s %6.0f ns (median of 5 runs: %.0f-%.0f); SM clock %.2f GHz; stream %5.0f GB/s\n",
                 c.name, per_rep[2], per_rep[0], per_rep[4], ghz, gbps);
   }
   return 0;
