@@ -50,7 +50,7 @@ __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* f
                        int inflight, int copy, const volatile int* stop,
                        unsigned long long* moved) {
   const long long chunks = bytes / copy;
-  long long c = (long long)blockIdx.x * 977 % chunks;  // each CTA its own start
+  long long c = (long long)blockIdx.x * (chunks / gridDim.x);  // each CTA its own stretch
   unsigned issued = 0;
   while (!*stop) {
     if (issued >= (unsigned)inflight) {  // copy issued - inflight has landed
