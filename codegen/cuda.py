@@ -11,6 +11,10 @@ import numpy as np
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tasktable import (
     ARGS,
+    ERR_BAD_KIND,
+    ERR_INPUT_TIMEOUT,
+    ERR_STREAM_TIMEOUT,
+    ERR_TIMEOUT,
     F_ARG0,
     F_KIND,
     F_LAYER,
@@ -266,6 +270,12 @@ def emit_cuda(
         cache_prefetch=bool(dict(sched.options).get("cache_prefetch", False)) and plan.ring,
         profile=profile,
         profile_words=PROFILE_WORDS,
+        err={
+            "timeout": ERR_TIMEOUT,
+            "bad_kind": ERR_BAD_KIND,
+            "stream_timeout": ERR_STREAM_TIMEOUT,
+            "input_timeout": ERR_INPUT_TIMEOUT,
+        },
         fault_skip_task=fault_skip_task,
         flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,

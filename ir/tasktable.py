@@ -30,6 +30,10 @@ NO_OFFSET = -1
 # GEMV's rows dotted, an attention split's partials written; or 0; ns thread 0 spent on
 # the task's ring chunks, from each chunk's wait to its release).
 PROFILE_WORDS = 7
+# The kernel's error codes (word 0 of the error words `report` writes; the runtime's
+# describe_error names them): a counter wait, a task kind not in the variant list, a
+# weight-ring wait, a polled input that never got the step's parity.
+ERR_TIMEOUT, ERR_BAD_KIND, ERR_STREAM_TIMEOUT, ERR_INPUT_TIMEOUT = 1, 2, 3, 4
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).

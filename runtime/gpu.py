@@ -16,17 +16,25 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from tilert_compiler.ir.tasktable import F_KIND, F_SIGNAL, PROFILE_WORDS
+from tilert_compiler.ir.tasktable import (
+    ERR_BAD_KIND,
+    ERR_INPUT_TIMEOUT,
+    ERR_STREAM_TIMEOUT,
+    ERR_TIMEOUT,
+    F_KIND,
+    F_SIGNAL,
+    PROFILE_WORDS,
+)
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
 from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
 
 ERROR_WORDS = 8
 _ERR_NAMES = {
-    1: "dependency wait timed out",
-    2: "unknown task kind in the task table",
-    3: "weight-ring wait timed out",
-    4: "input wait timed out",  # flags: an input never got this step's parity
+    ERR_TIMEOUT: "dependency wait timed out",
+    ERR_BAD_KIND: "unknown task kind in the task table",
+    ERR_STREAM_TIMEOUT: "weight-ring wait timed out",
+    ERR_INPUT_TIMEOUT: "input wait timed out",  # flags: an input never got this step's parity
 }
 
 
@@ -42,11 +50,11 @@ def describe_error(e: Sequence[int], where: str) -> str:
     """The message for the kernel's error words e = (code, sm, task, counter, value,
     expected, ...), as `report` writes them; `where`: which launch."""
     what = _ERR_NAMES.get(e[0], f"error {e[0]}")
-    if e[0] == 4:
+    if e[0] == ERR_INPUT_TIMEOUT:
         at = f"its input at act offset {e[4]} never carried parity {e[5]}"
-    elif e[0] == 3:
+    elif e[0] == ERR_STREAM_TIMEOUT:
         at = f"{_RING_WAITS.get(e[5], f'ring wait {e[5]}')}, phase parity {e[4]}"
-    elif e[0] == 2:
+    elif e[0] == ERR_BAD_KIND:
         at = f"kind {e[4]}"
     else:
         at = f"counter c{e[3]} = {e[4]}, expected >= {e[5]}"

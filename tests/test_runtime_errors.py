@@ -34,3 +34,23 @@ def test_the_ring_waits_are_told_apart_and_an_unknown_code_still_reads():
     ring = {describe_error(words(3, 0, w), "step 0") for w in (0, 1, 2)}
     assert len(ring) == 3 and not any("counter c" in m for m in ring)
     assert describe_error(words(99, 0, 0), "step 0").startswith("error 99: sm 17, task t345")
+
+
+def test_the_kernel_reports_the_codes_the_runtime_names():
+    """One definition of the error codes (ir/tasktable.py): the kernel's constants are
+    those, and the runtime has a name for each."""
+    import re
+
+    import tilert_compiler as tc
+    from tilert_compiler.ir import tasktable as tt
+
+    src = tc.compile("tiny-llama", nvcc=False).source
+    codes = dict(re.findall(r"constexpr int kErr(\w+) = (\d+);", src))
+    assert {k: int(v) for k, v in codes.items()} == {
+        "Timeout": tt.ERR_TIMEOUT,
+        "BadKind": tt.ERR_BAD_KIND,
+        "StreamTimeout": tt.ERR_STREAM_TIMEOUT,
+        "InputTimeout": tt.ERR_INPUT_TIMEOUT,
+    }
+    for code in codes.values():
+        assert not describe_error(words(int(code), 0, 0), "step 0").startswith("error ")
