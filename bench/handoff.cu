@@ -44,7 +44,17 @@ __device__ __forceinline__ float flagged(float v, unsigned par) {
   return __uint_as_float((__float_as_uint(v) & ~1u) | par);
 }
 
-// A producer thread: 32 KB copies of src into a 4-stage ring, at most `inflight`
+// Copy k (of a ring of kStages barriers) has landed.
+__device__ void wait_landed(uint64_t* full, unsigned k) {
+  const unsigned bar = smem_u32(full + k % kStages), par = (k / kStages) & 1u;
+  unsigned ok = 0;
+  while (!ok)
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 " selp.u32 %0, 1, 0, p;\n}"
+                 : "=r"(ok) : "r"(bar), "r"(par) : "memory");
+}
+
+// A producer thread: copies of `copy` bytes of src into a 4-stage ring, at most `inflight`
 // outstanding, until *stop is set.
 __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* full,
                        int inflight, int copy, const volatile int* stop,
@@ -53,15 +63,7 @@ __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* f
   long long c = (long long)blockIdx.x * (chunks / gridDim.x);  // each CTA its own stretch
   unsigned issued = 0;
   while (!*stop) {
-    if (issued >= (unsigned)inflight) {  // copy issued - inflight has landed
-      const unsigned k = issued - inflight;
-      const unsigned bar = smem_u32(full + k % kStages), par = (k / kStages) & 1u;
-      unsigned ok = 0;
-      while (!ok)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}"
-                     : "=r"(ok) : "r"(bar), "r"(par) : "memory");
-    }
+    if (issued >= (unsigned)inflight) wait_landed(full, issued - inflight);
     const unsigned s = issued % kStages;
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(full + s)),
                  "r"(copy) : "memory");
@@ -73,14 +75,8 @@ __device__ void stream(const char* src, long long bytes, char* ring, uint64_t* f
     ++issued;
     c = (c + 1) % chunks;
   }
-  for (unsigned k = issued > (unsigned)inflight ? issued - inflight : 0; k < issued; ++k) {
-    const unsigned bar = smem_u32(full + k % kStages), par = (k / kStages) & 1u;
-    unsigned ok = 0;
-    while (!ok)
-      asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                   " selp.u32 %0, 1, 0, p;\n}"
-                   : "=r"(ok) : "r"(bar), "r"(par) : "memory");
-  }
+  for (unsigned k = issued > (unsigned)inflight ? issued - inflight : 0; k < issued; ++k)
+    wait_landed(full, k);  // the copies still landing
   atomicAdd(moved, (unsigned long long)issued * copy);
 }
 
