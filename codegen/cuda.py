@@ -22,6 +22,9 @@ from tilert_compiler.ir.tasktable import (
     F_STREAM,
     PROFILE_WORDS,
     RECORD,
+    RING_WAIT_COPY,
+    RING_WAIT_FREE,
+    RING_WAIT_STAGE,
     TaskTable,
     Variant,
 )
@@ -276,6 +279,7 @@ def emit_cuda(
             "stream_timeout": ERR_STREAM_TIMEOUT,
             "input_timeout": ERR_INPUT_TIMEOUT,
         },
+        ring_wait={"stage": RING_WAIT_STAGE, "copy": RING_WAIT_COPY, "free": RING_WAIT_FREE},
         fault_skip_task=fault_skip_task,
         flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,

@@ -34,6 +34,9 @@ PROFILE_WORDS = 7
 # describe_error names them): a counter wait, a task kind not in the variant list, a
 # weight-ring wait, a polled input that never got the step's parity.
 ERR_TIMEOUT, ERR_BAD_KIND, ERR_STREAM_TIMEOUT, ERR_INPUT_TIMEOUT = 1, 2, 3, 4
+# With ERR_STREAM_TIMEOUT, word 5 says which weight-ring wait: a stage's weights (the
+# consumers), the producer's earlier copy landed, a free stage (the producer).
+RING_WAIT_STAGE, RING_WAIT_COPY, RING_WAIT_FREE = 0, 1, 2
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).

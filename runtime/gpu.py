@@ -24,6 +24,9 @@ from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_SIGNAL,
     PROFILE_WORDS,
+    RING_WAIT_COPY,
+    RING_WAIT_FREE,
+    RING_WAIT_STAGE,
 )
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
@@ -40,9 +43,9 @@ _ERR_NAMES = {
 
 # What a weight-ring wait was for (the kernel's `which`, reported as word 5).
 _RING_WAITS = {
-    0: "the ring stage's weights never landed (a consumer waited)",
-    1: "the producer's earlier copy never landed",
-    2: "the consumers never released a ring stage (the producer waited)",
+    RING_WAIT_STAGE: "the ring stage's weights never landed (a consumer waited)",
+    RING_WAIT_COPY: "the producer's earlier copy never landed",
+    RING_WAIT_FREE: "the consumers never released a ring stage (the producer waited)",
 }
 
 

@@ -37,8 +37,8 @@ def test_the_ring_waits_are_told_apart_and_an_unknown_code_still_reads():
 
 
 def test_the_kernel_reports_the_codes_the_runtime_names():
-    """One definition of the error codes (ir/tasktable.py): the kernel's constants are
-    those, and the runtime has a name for each."""
+    """One definition of the error codes and of the ring waits (ir/tasktable.py): the
+    kernel's constants are those, and the runtime has a name for each."""
     import re
 
     import tilert_compiler as tc
@@ -54,3 +54,11 @@ def test_the_kernel_reports_the_codes_the_runtime_names():
     }
     for code in codes.values():
         assert not describe_error(words(int(code), 0, 0), "step 0").startswith("error ")
+    waits = dict(re.findall(r"kWait(\w+) = (\d+),", src))
+    assert {k: int(v) for k, v in waits.items()} == {
+        "Stage": tt.RING_WAIT_STAGE,
+        "Copy": tt.RING_WAIT_COPY,
+        "Free": tt.RING_WAIT_FREE,
+    }
+    named = {describe_error(words(tt.ERR_STREAM_TIMEOUT, 0, int(w)), "s") for w in waits.values()}
+    assert len(named) == 3 and not any(re.search(r"ring wait \d", m) for m in named)
