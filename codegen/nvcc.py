@@ -40,9 +40,10 @@ def nvcc_version(nvcc: str) -> str:
 
 
 def compile_cubin(
-    source: str, arch: str, kernel: str, nvcc: str | None = None
+    source: str, arch: str, kernel: str, nvcc: str | None = None, extra: list[str] | None = None
 ) -> tuple[bytes, Resources, str]:
-    """Returns (cubin, resources, warnings). Raises NvccError with nvcc's output on failure."""
+    """Returns (cubin, resources, warnings). Raises NvccError with nvcc's output on failure.
+    `extra`: more nvcc flags (include folders, defines)."""
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise NvccError("nvcc not found: install the CUDA toolkit or put nvcc on PATH")
@@ -61,6 +62,7 @@ def compile_cubin(
             "-Xptxas",
             "-warn-spills",
             "-lineinfo",
+            *(extra or []),
             "-o",
             str(out),
             str(src),

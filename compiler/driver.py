@@ -18,12 +18,15 @@ from tilert_compiler.codegen.cuda import (
     plan_kernel,
 )
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
+from tilert_compiler.codegen.prefill import kernel_resources, lower_prefill, nvcc_flags
 from tilert_compiler.codegen.serialize import serialize
+from tilert_compiler.ir.prefill import PrefillProgram
 from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.options import MAX_PREFILL_ROWS, Options, from_env
+from tilert_compiler.passes.prefill import plan_prefill, prefill_chunk
 from tilert_compiler.pipeline import STAGES, format_stage, run_pipeline
 from tilert_compiler.runtime.artifact import (
     FORMAT_VERSION,
@@ -47,9 +50,11 @@ class CompiledModel:
     resources: Resources | None
     manifest: dict
     timings: dict[str, float] = field(default_factory=dict)
-    # The prefill program (prompt chunks of several tokens per launch), compiled beside the
-    # decode program and sharing its weights and KV cache; None when off or nothing fits.
+    # The persistent prefill program it replaces (prefill_rows > 0 only; slower), sharing
+    # the decode program's weights and KV cache; None when off or nothing fits.
     prefill: CompiledModel | None = None
+    # The prefill program: TileLang GEMMs and attention over prompt chunks (None: off)
+    tiles: PrefillBuild | None = None
 
     def ir(self, stage: str = "layout") -> str:
         """The IR after `stage` (one of STAGES) as text."""
@@ -67,7 +72,17 @@ class CompiledModel:
     @property
     def artifact(self) -> Artifact:
         pre = self.prefill.artifact if self.prefill is not None else None
-        return Artifact(self.manifest, self.table, self.source, self.cubin, pre)
+        t = self.tiles
+        tiles = (t.spec, t.cubin) if t is not None else None
+        return Artifact(
+            self.manifest,
+            self.table,
+            self.source,
+            self.cubin,
+            pre,
+            tiles,
+            t.source if t is not None else None,
+        )
 
     def save(self, folder: str | os.PathLike) -> Path:
         return write_artifact(folder, self.artifact)
@@ -127,9 +142,63 @@ def compile(  # noqa: A001 - the verb users expect
         cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
     )
     cm.prefill = _compile_prefill(cfg, opts, sched, table, say)
+    cm.tiles = build_prefill(cfg, opts, sched, say)
     if opts.dump_ir:
         cm.dump_ir(opts.dump_ir)
     return cm
+
+
+@dataclass
+class PrefillBuild:
+    """The prefill program compiled: its IR, prefill.json (what the runtime reads), the
+    CUDA source of its kernels, their cubin (None without nvcc) and ptxas's report."""
+
+    program: PrefillProgram
+    spec: dict
+    source: str
+    cubin: bytes | None
+    resources: dict
+
+
+def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
+    """Plan the prefill program against the decode layout, lower its tile programs, and
+    compile them (one nvcc call); None when opts.prefill_chunk is 0."""
+    if opts.prefill_chunk == 0:
+        return None
+    t0 = time.perf_counter()
+    program = plan_prefill(cfg, decode, prefill_chunk(cfg.max_seq_len, opts.prefill_chunk))
+    source, kernels = lower_prefill(program, cfg.target.arch)
+    say(
+        f"  {'prefill':<9} {(time.perf_counter() - t0) * 1e3:8.1f} ms  "
+        f"({len(program.kernels)} kernels, chunk {program.chunk})"
+    )
+    cubin, resources = None, {}
+    if opts.nvcc and find_nvcc():
+        t1 = time.perf_counter()
+        cubin, res, warnings = compile_cubin(source, cfg.target.arch, "", extra=nvcc_flags())
+        if warnings:
+            raise RuntimeError(f"nvcc warned on the prefill kernels (a compiler bug):\n{warnings}")
+        resources = kernel_resources(res.report)
+        spills = {k: r for k, r in resources.items() if r.get("spill_stores")}
+        if spills:
+            raise CodegenError(f"the prefill kernels spill registers: {spills}")
+        say(f"  {'nvcc':<9} {(time.perf_counter() - t1) * 1e3:8.1f} ms  (prefill)")
+    spec = {
+        "chunk": program.chunk,
+        "consts": dict(program.consts),
+        "buffers": [
+            {"name": b.name, "dtype": b.dtype, "shape": list(b.shape)} for b in program.buffers
+        ],
+        "kernels": {
+            k.name: {"kind": k.kind, "statics": dict(k.statics), **kernels[k.name]}
+            for k in program.kernels
+        },
+        "launches": [
+            {"kernel": la.kernel, "layer": la.layer, "args": dict(la.args)}
+            for la in program.launches
+        ],
+    }
+    return PrefillBuild(program, spec, source, cubin, resources)
 
 
 def _compile_prefill(
@@ -197,6 +266,12 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option attn_splits must be 1..256 (got {opts.attn_splits})")
     if opts.ring_stages is not None and opts.ring_stages < 2:
         raise ConfigError(f"option ring_stages must be 2 or more (got {opts.ring_stages})")
+    c = opts.prefill_chunk
+    if c is not None and not isinstance(c, bool) and (c < 0 or c % 128 or c > 65536):
+        raise ConfigError(
+            f"option prefill_chunk must be 0 (no prefill program) or a multiple of 128 up to "
+            f"65536 (got {c})"
+        )
     if opts.in_flight_kb is not None and opts.in_flight_kb < 0:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
 
@@ -334,4 +409,5 @@ def compile_from_ir(
     manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, src, resources, toolkit)
     cm = CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)
     cm.prefill = _compile_prefill(cfg, opts, sched, table, say)  # against the edited program
+    cm.tiles = build_prefill(cfg, opts, sched, say)
     return cm

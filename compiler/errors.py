@@ -2,7 +2,8 @@
 
 from tilert_compiler.codegen.cuda import CodegenError
 from tilert_compiler.models.config import ConfigError
+from tilert_compiler.passes.prefill import PrefillPlanError
 from tilert_compiler.passes.tile import TileError
 from tilert_compiler.runtime.artifact import ArtifactError
 
-USER_ERRORS = (ConfigError, ArtifactError, CodegenError, TileError)
+USER_ERRORS = (ConfigError, ArtifactError, CodegenError, TileError, PrefillPlanError)

@@ -50,10 +50,14 @@ class Options:
     dump_ir: str | None = None  # folder for per-stage IR dumps (TILERT_DUMP_IR)
     nvcc: bool = True  # build the cubin (off: source only, e.g. without a CUDA toolkit)
     wait_timeout_ms: int = 1000  # bound on each dependency wait in the kernel
-    # Prefill program: prompt tokens per launch, at most (halved until its kernel fits the
-    # shared memory, down to 2); 0 or 1: no prefill program (prompts run as decode steps).
-    # At most MAX_PREFILL_ROWS: the tensor-core tile takes the tokens as its 8 live A rows.
-    prefill_rows: int = 8
+    # The prefill program (passes/prefill.py): prompt tokens per chunk, a multiple of 128
+    # (None: 1024, at most max_seq_len rounded up to 128; 0: none, prompts run as decode
+    # steps). Its GEMMs and attention are TileLang tile programs on tensor cores.
+    prefill_chunk: int | None = None
+    # The persistent prefill program it replaces (several tokens per launch of a second
+    # persistent kernel): tokens per launch, at most (halved until its kernel fits the
+    # shared memory, down to 2); 0: not built. Kept only to measure against; slower.
+    prefill_rows: int = 0
 
     def with_(self, **kw) -> Options:
         known = {f.name for f in fields(self)}

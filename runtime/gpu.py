@@ -332,10 +332,19 @@ class GpuModel:
         p.tokens, p.stop_ids = self.tokens.data_ptr(), self.stop_ids.data_ptr()
         p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
         self._prefill = _Prefill(self, pre) if pre is not None else None
+        self._tiles = None  # the prefill program (runtime/prefill.py), when built
+        if self.art.tiles is not None:
+            from tilert_compiler.runtime.prefill import GpuPrefill
+
+            spec, cubin = self.art.tiles
+            self._tiles = GpuPrefill(m, spec, cubin, self.w, self.act)
 
     @property
     def prefill_rows(self) -> int:
-        """Tokens per prefill launch (1: no prefill program, prompts run as decode steps)."""
+        """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
+        steps)."""
+        if self._tiles is not None:
+            return self._tiles.chunk
         return self._prefill.rows if self._prefill is not None else 1
 
     def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
@@ -347,7 +356,10 @@ class GpuModel:
             self._check_step(tok, pos + i)
         if not toks:
             return
-        if self._prefill is None:
+        if self._tiles is not None:
+            self._tiles.run(toks, pos)
+            self.check("prefill")
+        elif self._prefill is None:
             for i, tok in enumerate(toks):
                 self.launch(tok, pos + i)
             self.check()

@@ -86,6 +86,13 @@ class Interpreter:
             Interpreter(art.prefill, weights, _arenas=_arenas) if art.prefill is not None else None
         )
         self.max_seq_len = int(m["config"]["max_seq_len"])
+        # The prefill program's reference (runtime/prefill.py), rounding where its kernels
+        # round; tiles_bf16=False keeps it float32 (a check of the program itself).
+        self._tiles = None
+        if art.tiles is not None:
+            from tilert_compiler.runtime.prefill import PrefillReference
+
+            self._tiles = PrefillReference(m, art.tiles[0], self.W, self.A)
         self.trace: list[int] = []  # task ids in execution order, last step
         self._mode: Sampling | None = None  # the sample task's rules (None: logits only)
         self._n_forced, self._step_i, self._sampled = 1, 0, -1
@@ -139,6 +146,11 @@ class Interpreter:
         toks = [int(t) for t in tokens]
         for i, tok in enumerate(toks):
             self._check(tok, pos + i)
+        if not toks:
+            return
+        if self._tiles is not None:
+            self._tiles.run(toks, pos)
+            return
         if self._prefill is None:
             for i, tok in enumerate(toks):
                 self.step(tok, pos + i)
@@ -150,7 +162,10 @@ class Interpreter:
 
     @property
     def prefill_rows(self) -> int:
-        """Tokens per prefill launch (1: no prefill program, prompts run as decode steps)."""
+        """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
+        steps)."""
+        if self._tiles is not None:
+            return int(self._tiles.spec["chunk"])
         return self._prefill.rows if self._prefill is not None else 1
 
     def _check(self, token: int, pos: int) -> None:

