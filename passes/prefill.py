@@ -123,7 +123,16 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         Kernel(
             "attention",
             "attention",
-            (("M", C), ("H", H), ("KV", KV), ("HD", hd), ("S", S), ("pack", pack)),
+            # 128 cache rows a step: 1.27x faster than 64 at 3072 cached rows (run P6)
+            (
+                ("M", C),
+                ("H", H),
+                ("KV", KV),
+                ("HD", hd),
+                ("S", S),
+                ("pack", pack),
+                ("block_n", 128),
+            ),
             ATTN_ROWS // pack,
         ),
         gemm("gemm_o", D, H * hd),
