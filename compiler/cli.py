@@ -10,12 +10,14 @@ docs/inspecting.md explains dumps, --from-ir, --explain and the pictures.
 
 After compiling it runs the result: on a GPU machine it loads the kernel, checks a few
 steps and times one; without a GPU it interprets a few tokens on the CPU. Bad input is
-one line on stderr and exit code 2, with nothing written.
+one line on stderr and exit code 2, with nothing written or removed; what -o may be (a
+new or empty folder, or an earlier artifact, replaced whole) is in docs/errors.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,18 @@ def _parser() -> argparse.ArgumentParser:
         help=f"model.yaml, HF config.json or folder, or a bundled name (default: {DEFAULT_MODEL};"
         " with --from-ir: the dump's own '# config:' line)",
     )
-    p.add_argument("-o", "--out", help="artifact folder (default: build/<model name>/)")
+    p.add_argument(
+        "-o",
+        "--out",
+        help="artifact folder: new, empty, or an earlier artifact, which is replaced whole"
+        " (default: build/<model name>/)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="-o may be a folder of other files (the artifact's files go beside them and"
+        " never replace one), and a build without a cubin may replace one with",
+    )
     p.add_argument("--target", help="GPU arch, e.g. sm_90a (default: the description's)")
     p.add_argument("--sms", type=int, help="SM count to schedule for (default: the description's)")
     p.add_argument("--max-seq-len", type=int, help="KV-cache capacity in tokens")
@@ -163,14 +176,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every `finally` (temporary folders,
+    nvcc's) runs before the process ends."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = (lambda *_: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    try:
+        before = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM is not ours to handle
+        before = None
     try:
         return _run(args, say)
     except KeyboardInterrupt:
         print("tilert-compile: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("tilert-compile: terminated", file=sys.stderr)
+        return 143
     except Exception as e:  # user-facing errors: one line, no traceback
         from tilert_compiler.errors import USER_ERRORS
         from tilert_compiler.ir.parse import ParseError
@@ -186,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tilert-compile: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _option_flags(args, only_set: bool = False) -> dict:
@@ -249,6 +281,8 @@ def _run(args, say) -> int:
 
         # Options the dump recorded hold unless a flag says otherwise.
         kw = _option_flags(args, only_set=True)
+        if args.out:
+            _check_outputs(args, Path(args.out))
         say(f"compiling from {args.from_ir}")
         cm = compile_from_ir(
             args.from_ir, args.model, overrides=overrides or None, progress=say, **kw
@@ -259,25 +293,10 @@ def _run(args, say) -> int:
         cfg = tc.load_config(args.model or DEFAULT_MODEL, overrides=overrides or None)
         out = Path(args.out) if args.out else Path("build") / cfg.name
         flags = _option_flags(args)  # bad flag values fail before any work
+        _check_outputs(args, out)  # and so do output paths it would refuse
         say(f"compiling {describe(cfg)}")
         cm = tc.compile(cfg, progress=say, **flags)
-    cm.save(out)
-    if args.dump_ir is not None:
-        from tilert_compiler.dumps import write_dumps
-
-        ir_dir = Path(args.dump_ir) if args.dump_ir else out / "ir"
-        files = write_dumps(cm, ir_dir)
-        say(f"IR dumps: {len(files)} files in {ir_dir}/ (edit one, then --from-ir FILE)")
-    if args.pictures is not None:
-        from tilert_compiler.pictures import write_pictures
-
-        pic_dir = Path(args.pictures) if args.pictures else out / "pictures"
-        files = write_pictures(cm.schedule, cfg.target, pic_dir, layer=args.pictures_layer)
-        say(f"pictures: {', '.join(f.name for f in files)} in {pic_dir}/")
-    if args.explain:
-        from tilert_compiler.explain import explain
-
-        print(explain(cm.schedule, cfg.target), end="")
+    _write(cm, cfg, out, args, say)
     r = cm.resources
     res = (
         (
@@ -299,6 +318,49 @@ def _run(args, say) -> int:
     if args.no_run or args.explain or args.tokens <= 0:
         return 0
     return _run_tokens(cm, out, args.tokens, say)
+
+
+def _check_outputs(args, out: Path) -> None:
+    """Refuses, before compiling, the paths StagedArtifact would refuse after."""
+    from tilert_compiler.codegen.nvcc import find_nvcc
+    from tilert_compiler.runtime.artifact import check_folder, check_output
+
+    check_output(out, force=args.force, cubin=not args.no_nvcc and find_nvcc() is not None)
+    for what, folder, default in (
+        ("--dump-ir", args.dump_ir, "ir"),
+        ("--pictures", args.pictures, "pictures"),
+    ):
+        if folder is not None:
+            check_folder(Path(folder) if folder else out / default, what)
+
+
+def _write(cm, cfg, out: Path, args, say) -> None:
+    """The artifact, with the dumps and pictures that go with it, all in place at once:
+    a step that fails leaves the disk as it was (runtime/artifact.py StagedArtifact)."""
+    from tilert_compiler.runtime.artifact import StagedArtifact
+
+    with StagedArtifact(out, cm.artifact, force=args.force) as staged:
+        if args.dump_ir is not None:
+            from tilert_compiler.dumps import write_dumps
+
+            ir_dir = Path(args.dump_ir) if args.dump_ir else out / "ir"
+            files = write_dumps(cm, staged.folder(ir_dir, "--dump-ir"))
+            say(f"IR dumps: {len(files)} files in {ir_dir}/ (edit one, then --from-ir FILE)")
+        if args.pictures is not None:
+            from tilert_compiler.pictures import write_pictures
+
+            pic_dir = Path(args.pictures) if args.pictures else out / "pictures"
+            files = write_pictures(
+                cm.schedule,
+                cfg.target,
+                staged.folder(pic_dir, "--pictures"),
+                layer=args.pictures_layer,
+            )
+            say(f"pictures: {', '.join(f.name for f in files)} in {pic_dir}/")
+        if args.explain:
+            from tilert_compiler.explain import explain
+
+            print(explain(cm.schedule, cfg.target), end="")
 
 
 def _run_tokens(cm, out: Path, n: int, say) -> int:

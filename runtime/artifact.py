@@ -6,16 +6,23 @@ kernel.cu       the generated source
 kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
 resources.txt   ptxas's report: registers, spills, shared memory
 prefill/        the prefill program (the same files), when the compiler built one
+
+Those are the artifact's own files; the manifest's "tool" marks the folder as one. Writing
+(StagedArtifact) replaces or deletes nothing else, and a folder appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import stat
 import struct
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,32 +79,17 @@ def variants_from_json(js: list[dict]) -> list[Variant]:
     return [Variant(v["kind"], tuple(v["static"].items())) for v in js]
 
 
-def write_artifact(path: str | os.PathLike, art: Artifact) -> Path:
-    """Writes into a temporary sibling folder, then renames: never a half-written artifact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        _write_files(tmp, art)
-        if art.prefill is not None:
-            (tmp / PREFILL).mkdir()
-            _write_files(tmp / PREFILL, art.prefill)
-        keep = path.with_name(path.name + ".old") if path.exists() else None
-        if keep is not None:
-            if keep.exists():
-                shutil.rmtree(keep)
-            path.rename(keep)
-        tmp.rename(path)
-        if keep is not None:
-            _merge_back(keep, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+def write_artifact(path: str | os.PathLike, art: Artifact, *, force: bool = False) -> Path:
+    """Writes the artifact whole or not at all (StagedArtifact); refuses, with OutputError,
+    a path that is not a new or empty folder or an earlier artifact (force: see there)."""
+    with StagedArtifact(path, art, force=force) as staged:
+        pass
+    return staged.path
 
 
-def _write_files(folder: Path, art: Artifact) -> None:
-    (folder / MANIFEST).write_text(json.dumps(art.manifest, indent=1, sort_keys=True))
+def _write_files(folder: Path, art: Artifact, *, top: bool = True) -> None:
+    # The top manifest carries the marker; prefill/'s is the program's alone.
+    manifest = {**art.manifest, "tool": TOOL} if top else art.manifest
     art.table.save(folder / TASKS)
     (folder / SOURCE).write_text(art.source)
     if art.cubin is not None:
@@ -105,17 +97,313 @@ def _write_files(folder: Path, art: Artifact) -> None:
     res = art.manifest.get("resources")
     if res:
         (folder / RESOURCES).write_text(res.get("report", "") + "\n")
+    # The manifest last: a folder is an artifact (is_artifact) only once it is whole.
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _merge_back(old: Path, new: Path) -> None:
-    """Keep what the user put beside the artifact (e.g. ir/ dumps), drop our old files."""
-    for entry in old.iterdir():
-        if (
-            entry.name not in (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES, PREFILL)
-            and not (new / entry.name).exists()
-        ):
-            entry.rename(new / entry.name)
-    shutil.rmtree(old)
+# ---------------------------------------------------------------- writing without loss
+#
+# What the compiler may replace or delete in an output folder is exactly the artifact's
+# own files (OWN_FILES, at the top and in prefill/): nothing the user put beside them, and
+# nothing outside the folder. Everything is written into a hidden temporary sibling,
+# `.<name>.tmp-<pid>-<random>`, and put in place by renames at the end:
+#   new      (no folder, or an empty one)  one rename
+#   replace  (an earlier artifact)         the old folder is renamed aside, the new one
+#            into place, then what the user kept in the old one (anything not in
+#            OWN_FILES) is moved back and only the old OWN_FILES are deleted
+#   beside   (--force on a folder of other files)  the artifact's files are moved in one
+#            by one, the manifest last; a folder already holding one of their names is
+#            refused, so nothing is replaced
+# SIGINT and SIGTERM wait while the renames run, so they never stop halfway.
+
+TOOL = "tilert-compiler"  # the manifest's "tool": marks a folder as this compiler's artifact
+OWN_FILES = (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES)  # at the top and in prefill/
+
+
+class OutputError(ArtifactError):
+    """An output path the compiler will not write: a file, a symbolic link, a folder of
+    other files (without force), or one the system would not let it write."""
+
+
+def is_artifact(path: str | os.PathLike) -> bool:
+    """`path` holds an artifact this compiler wrote: its manifest names the tool (or, from
+    before the marker, carries the compiler's own keys)."""
+    try:
+        m = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):  # ValueError: bad JSON or not text
+        return False
+    if not isinstance(m, dict):
+        return False
+    if "tool" in m:
+        return m["tool"] == TOOL
+    return {"format", "compiler_version", "source_sha256"} <= m.keys()
+
+
+def check_output(path: str | os.PathLike, *, force: bool = False, cubin: bool = True) -> str:
+    """How an artifact would be written at `path`: 'new', 'replace' or 'beside' (above);
+    OutputError if it would not. `cubin`: whether the new artifact has one (an earlier
+    artifact's cubin is replaced by a build without one only with force)."""
+    path = Path(path)
+    _check_writable(path, "-o")
+    if not path.exists():
+        return "new"
+    try:
+        entries = sorted(e.name for e in path.iterdir())
+    except OSError as e:
+        raise OutputError(f"-o {path}: cannot read the folder: {e.strerror}") from None
+    if not entries:
+        return "new"
+    if is_artifact(path):
+        if not cubin and (path / CUBIN).exists() and not force:
+            raise OutputError(
+                f"-o {path}: holds a build with a {CUBIN}, and this build makes none (--no-nvcc"
+                " or no nvcc); give another -o, or --force to replace that build"
+            )
+        return "replace"
+    if not force:
+        raise OutputError(
+            f"-o {path}: is a folder of other files, not a tilert-compile artifact; give a new"
+            " or empty folder, or --force to add the artifact's files beside them"
+        )
+    clash = [n for n in entries if n in (*OWN_FILES, PREFILL)]
+    if clash:
+        raise OutputError(
+            f"-o {path}: already holds {', '.join(clash)}, not from tilert-compile; --force"
+            " never replaces a file: move it or give another -o"
+        )
+    return "beside"
+
+
+def check_folder(path: str | os.PathLike, what: str) -> None:
+    """`path` can take files written by name (IR dumps, pictures): a folder or nothing yet,
+    under folders. OutputError, naming the option `what`, if not."""
+    _check_writable(Path(path), what)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """`path` is nothing yet or a real folder, and both it and the folder its temporary
+    sibling goes in (its parent, or the nearest one that exists) can be written."""
+    if path.is_symlink():
+        raise OutputError(
+            f"{what} {path}: is a symbolic link; give the folder itself"
+            f" ({os.readlink(path)}) or another path"
+        )
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: is a file, not a folder")
+    up = Path(os.path.abspath(path)).parent
+    while not up.exists() and up != up.parent:
+        up = up.parent
+    if not up.is_dir():
+        raise OutputError(f"{what} {path}: {up} is a file, not a folder")
+    for place in (up, path) if path.exists() else (up,):
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise OutputError(f"{what} {path}: cannot write in {place}")
+
+
+def _check_prefill_room(prefill: Path, has_prefill: bool) -> None:
+    """Refuses a replace that would leave the user's files in an earlier artifact's prefill/
+    with nowhere to go: beside no prefill program (the runtime would read the folder as
+    one), or where the new prefill/ goes when it is not a folder."""
+    if _real_dir(prefill):
+        kept = sorted(e.name for e in prefill.iterdir() if e.name not in OWN_FILES)
+        if kept and not has_prefill:
+            raise OutputError(
+                f"{prefill}: holds {', '.join(kept)}, not the artifact's files, and this build"
+                " has no prefill program to keep them beside; move them or give another -o"
+            )
+    elif os.path.lexists(prefill) and has_prefill:
+        raise OutputError(f"{prefill}: is not a folder; move it or give another -o")
+
+
+class StagedArtifact:
+    """An artifact that appears whole or not at all, with room for what goes with it.
+
+        with StagedArtifact(out, art) as staged:     # writes art into a temporary folder
+            write_dumps(cm, staged.folder(out / "ir", "--dump-ir"))
+        # all in place here; an exception inside `with` leaves the disk as it was
+
+    The constructor only checks (check_output). `folder(path)` is where to write files
+    meant for `path`: inside the staged artifact if `path` lies in it, else a temporary
+    sibling of `path` of its own, put in place (merged by file name) just before the
+    artifact."""
+
+    def __init__(self, path: str | os.PathLike, art: Artifact, *, force: bool = False):
+        self.path = Path(os.path.abspath(path))
+        self.art = art
+        self.mode = check_output(self.path, force=force, cubin=art.cubin is not None)
+        if self.mode == "replace":
+            _check_prefill_room(self.path / PREFILL, art.prefill is not None)
+        self.staging: Path | None = None
+        self._made: list[Path] = []  # folders made for the temporary ones: removed if empty
+        self._extra: list[tuple[Path, Path]] = []  # (temporary, target) outside self.path
+
+    def __enter__(self) -> StagedArtifact:
+        try:
+            self._made = _make_folders(self.path.parent)
+            self.staging = _temp_sibling(self.path, "tmp")
+            _write_files(self.staging, self.art)
+            if self.art.prefill is not None:
+                (self.staging / PREFILL).mkdir()
+                _write_files(self.staging / PREFILL, self.art.prefill, top=False)
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
+            raise
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            self.discard()
+            return
+        try:
+            self.commit()
+        except OSError as e:
+            self.discard()
+            raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
+
+    def folder(self, path: str | os.PathLike, what: str) -> Path:
+        assert self.staging is not None, "inside `with` only"
+        path = Path(os.path.abspath(path))
+        check_folder(path, what)
+        if path == self.path or self.path in path.parents:
+            return self.staging / path.relative_to(self.path)
+        try:
+            self._made += _make_folders(path.parent)
+            tmp = _temp_sibling(path, "tmp")
+        except OSError as e:
+            raise OutputError(f"{what} {path}: cannot write: {e.strerror or e}") from None
+        self._extra.append((tmp, path))
+        return tmp
+
+    def commit(self) -> None:
+        assert self.staging is not None
+        with _signals_deferred():
+            for tmp, target in self._extra:
+                if os.path.lexists(target):
+                    _move_into(tmp, target, dst_wins=False)
+                    tmp.rmdir()
+                else:
+                    tmp.rename(target)
+            self._extra = []
+            staging, self.staging = self.staging, None
+            if self.mode == "new":
+                staging.rename(self.path)  # over an empty folder too
+            elif self.mode == "beside":
+                _move_into(staging, self.path, dst_wins=False)
+                staging.rmdir()
+            else:
+                _replace(self.path, staging)
+
+    def discard(self) -> None:
+        """Removes the temporary folders (they hold only what this wrote) and the folders
+        made for them, if empty."""
+        with _signals_deferred():
+            for tmp in [self.staging, *(t for t, _ in self._extra)]:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self.staging, self._extra = None, []
+            for made in reversed(self._made):
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+            self._made = []
+
+
+def _replace(path: Path, new: Path) -> None:
+    """The earlier artifact at `path` by the one in `new`, keeping everything the user put
+    beside it."""
+    os.chmod(new, stat.S_IMODE(path.stat().st_mode))
+    old = _temp_sibling(path, "old")  # an empty folder, which a rename replaces
+    path.rename(old)
+    try:
+        new.rename(path)
+    except BaseException:
+        old.rename(path)
+        raise
+    _move_into(old, path, dst_wins=True, keep={*OWN_FILES, PREFILL})
+    if (old / PREFILL).is_dir() and not (old / PREFILL).is_symlink():
+        _move_into(old / PREFILL, path / PREFILL, dst_wins=True, keep=set(OWN_FILES))
+        _remove_own(old / PREFILL)
+    _remove_own(old)
+
+
+def _remove_own(folder: Path) -> None:
+    """The artifact's own files in `folder`, then `folder` if that leaves it empty (else
+    what is left is kept: something of the user's that found no place)."""
+    for name in OWN_FILES:
+        p = folder / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _move_into(src: Path, dst: Path, *, dst_wins: bool, keep: set[str] | None = None) -> None:
+    """Moves `src`'s entries (but those named in `keep`) into `dst`, made if needed,
+    merging folders by name. A file both hold: the one in dst stays and src's is deleted
+    (dst_wins: dst holds the new compile's file of that name), or src's replaces it. A file
+    where the other holds a folder stays in src. The manifest moves last."""
+    for entry in sorted(src.iterdir(), key=lambda e: (e.name == MANIFEST, e.name)):
+        if keep and entry.name in keep:
+            continue
+        to = dst / entry.name
+        if not os.path.lexists(to):
+            dst.mkdir(exist_ok=True)
+            entry.rename(to)
+        elif _real_dir(entry) and _real_dir(to):
+            _move_into(entry, to, dst_wins=dst_wins)
+            with contextlib.suppress(OSError):
+                entry.rmdir()
+        elif not entry.is_dir() and not to.is_dir():
+            if dst_wins:
+                entry.unlink()
+            else:
+                entry.replace(to)
+
+
+def _real_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
+
+
+def _temp_sibling(path: Path, kind: str) -> Path:
+    """A new empty folder `.<name>.<kind>-<pid>-<random>` beside `path`, with the
+    permissions a plain mkdir would give it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    return tmp
+
+
+def _make_folders(path: Path) -> list[Path]:
+    """mkdir -p, returning the folders it made (outermost first)."""
+    made = []
+    for p in reversed([path, *path.parents]):
+        if not p.exists():
+            p.mkdir()
+            made.append(p)
+    return made
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are handled when it ends, as they
+    would have been, so a sequence of renames never stops halfway. (Outside the main
+    thread signals are not ours to handle: the block runs as it is.)"""
+    got: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    try:
+        before = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in sigs}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for s in got:
+            signal.raise_signal(s)
 
 
 def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artifact:
