@@ -43,7 +43,7 @@ def build(out: Path) -> None:
             ("stages", st),
         )
         kernels.append(Kernel(f"attn_p{pack}_n{bn}_s{st}", "attention", statics, 128 // pack))
-    source, specs = lower_prefill(PrefillProgram(0, (), tuple(kernels), (), ()), "sm_90a", print)
+    source, specs, _ = lower_prefill(PrefillProgram(0, (), tuple(kernels), (), ()), "sm_90a", print)
     cubin, res, warnings = compile_cubin(source, "sm_90a", "", extra=nvcc_flags())
     if warnings:
         print(warnings)

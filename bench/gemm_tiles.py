@@ -50,7 +50,7 @@ def build(out: Path) -> None:
             kname = f"{name}_m{m}_{bm}x{bn}x{bk}_s{st}_w{sw}"
             kernels.append(Kernel(kname, kind, statics, bm))
     prog = PrefillProgram(0, (), tuple(kernels), (), ())
-    source, specs = lower_prefill(prog, "sm_90a", print)
+    source, specs, _ = lower_prefill(prog, "sm_90a", print)
     cubin, res, warnings = compile_cubin(source, "sm_90a", "", extra=nvcc_flags())
     if warnings:
         print(warnings)

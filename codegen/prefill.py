@@ -93,8 +93,9 @@ def _ops_kernel(k: Kernel) -> tuple[str, dict]:
 
 
 @functools.lru_cache(maxsize=64)
-def _tile_kernel(k: Kernel, arch: str) -> tuple[str, list[str], dict]:
-    """Lower one TileLang program; returns (kernel source without includes, includes, spec).
+def _tile_kernel(k: Kernel, arch: str) -> tuple[str, list[str], dict, str]:
+    """Lower one TileLang program; returns (kernel source without includes, includes, spec,
+    the tile program as TileLang's TIR script).
     Kept per (kernel, arch) for the process: lowering takes a second or two and the same
     shapes recur (recompiles, tests)."""
     import tilelang
@@ -139,7 +140,7 @@ def _tile_kernel(k: Kernel, arch: str) -> tuple[str, list[str], dict]:
     src = art.kernel_source
     includes = [ln for ln in src.splitlines() if ln.startswith("#include <tl_templates")]
     body = src[src.index('extern "C"') :]
-    return body, includes, spec
+    return body, includes, spec, func.script()
 
 
 def _tma_spec(kernel: str, a: list) -> dict:
@@ -166,8 +167,8 @@ def _tma_spec(kernel: str, a: list) -> dict:
     }
 
 
-def lower_prefill(prog: PrefillProgram, arch: str, say=lambda _m: None) -> tuple[str, dict]:
-    """(CUDA source, {kernel name: launch spec})."""
+def lower_prefill(prog: PrefillProgram, arch: str, say=lambda _m: None) -> tuple[str, dict, dict]:
+    """(CUDA source, {kernel name: launch spec}, {tile program name: its TIR script})."""
     try:
         import tilelang  # noqa: F401
     except ImportError:
@@ -180,12 +181,13 @@ def lower_prefill(prog: PrefillProgram, arch: str, say=lambda _m: None) -> tuple
     includes: list[str] = []
     bodies: list[str] = []
     specs: dict[str, dict] = {}
+    scripts: dict[str, str] = {}
     for k in prog.kernels:
         t0 = time.perf_counter()
         if k.kind in OPS_PARAMS:
             body, spec = _ops_kernel(k)
         else:
-            body, inc, spec = _tile_kernel(k, arch)
+            body, inc, spec, scripts[k.name] = _tile_kernel(k, arch)
             spec = copy.deepcopy(spec)
             includes += [i for i in inc if i not in includes]
         bodies.append(f"// ---- {k.name}: {k.kind}\n{body}")
@@ -201,7 +203,7 @@ def lower_prefill(prog: PrefillProgram, arch: str, say=lambda _m: None) -> tuple
         '#include "prefill_ops.cuh"',
         "",
     ]
-    return "\n".join(head) + "\n" + "\n".join(bodies), specs
+    return "\n".join(head) + "\n" + "\n".join(bodies), specs, scripts
 
 
 _PTXAS_FN = re.compile(r"Compiling entry function '(\w+)'")

@@ -154,6 +154,14 @@ def _parser() -> argparse.ArgumentParser:
         help="one dependency counter per op instead of per tile group (ablation)",
     )
     p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        metavar="N",
+        help="prompt tokens per chunk of the prefill program (TileLang GEMMs and attention), a"
+        " multiple of 128 (default 1024, at most max_seq_len); 0: no prefill program, prompts"
+        " run as decode steps",
+    )
+    p.add_argument(
         "--prefill-rows",
         type=int,
         metavar="N",
@@ -242,7 +250,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
                 f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
             )
         flags["prefill_rows"] = args.prefill_rows
-    for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits"):
+    for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
     if args.l2_window is not None:
@@ -306,11 +314,13 @@ def _run(args, say) -> int:
         if r
         else "no cubin (--no-nvcc)"
     )
-    pre = cm.prefill
-    pre_text = "; no prefill program"
-    if pre is not None:
-        rows, tasks = pre.manifest["rows"], pre.manifest["tasks"]
-        pre_text = f"; prefill: {rows} tokens per launch, {tasks} tasks"
+    pre_text = "; no prefill program (prompts run as decode steps)"
+    if cm.tiles is not None:
+        t = cm.tiles
+        pre_text = (
+            f"; prefill: chunks of {t.program.chunk} tokens, {len(t.program.kernels)} kernels, "
+            f"{len(t.program.launches)} launches a chunk"
+        )
     say(
         f"wrote {out}/ in {time.perf_counter() - t0:.1f} s: {cm.manifest['tasks']} tasks, "
         f"{cm.manifest['counters']} counters, {res}{pre_text}"
@@ -350,17 +360,21 @@ def _write(cm, cfg, out: Path, args, say) -> None:
             from tilert_compiler.pictures import write_pictures
 
             pic_dir = Path(args.pictures) if args.pictures else out / "pictures"
-            files = write_pictures(
-                cm.schedule,
-                cfg.target,
-                staged.folder(pic_dir, "--pictures"),
-                layer=args.pictures_layer,
-            )
+            pics = staged.folder(pic_dir, "--pictures")
+            files = write_pictures(cm.schedule, cfg.target, pics, layer=args.pictures_layer)
+            if cm.tiles is not None:
+                from tilert_compiler.pictures import prefill_picture
+
+                files += prefill_picture(cm.tiles.program, cfg.target, pics)
             say(f"pictures: {', '.join(f.name for f in files)} in {pic_dir}/")
         if args.explain:
             from tilert_compiler.explain import explain
 
             print(explain(cm.schedule, cfg.target), end="")
+            if cm.tiles is not None:
+                from tilert_compiler.explain import explain_prefill
+
+                print(explain_prefill(cm.tiles.program, cfg.target), end="")
 
 
 def _run_tokens(cm, out: Path, n: int, say) -> int:

@@ -20,7 +20,7 @@ from tilert_compiler.codegen.cuda import (
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.prefill import kernel_resources, lower_prefill, nvcc_flags
 from tilert_compiler.codegen.serialize import serialize
-from tilert_compiler.ir.prefill import PrefillProgram
+from tilert_compiler.ir.prefill import PrefillProgram, format_prefill
 from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
@@ -57,14 +57,17 @@ class CompiledModel:
     tiles: PrefillBuild | None = None
 
     def ir(self, stage: str = "layout") -> str:
-        """The IR after `stage` (one of STAGES) as text."""
+        """The IR after `stage` (one of STAGES, or "prefill": the prefill program) as text."""
+        if stage == "prefill" and self.tiles is not None:
+            return format_prefill(self.tiles.program)
         if stage not in self.stages:
             raise KeyError(f"no stage '{stage}'; stages: {', '.join(self.stages)}")
         return format_stage(self.stages[stage])
 
     def dump_ir(self, folder: str | os.PathLike) -> list[Path]:
         """One numbered file per stage (00-graph.tir, 01-fuse.tir, ...), each with a header
-        naming its stage, options and config, so `tilert-compile --from-ir` takes it alone."""
+        naming its stage, options and config, so `tilert-compile --from-ir` takes it alone;
+        then the prefill program (prefill.tir) and its tile programs (prefill-*.py)."""
         from tilert_compiler.dumps import write_dumps
 
         return write_dumps(self, folder)
@@ -158,6 +161,7 @@ class PrefillBuild:
     source: str
     cubin: bytes | None
     resources: dict
+    scripts: dict[str, str]  # tile program -> TileLang's TIR script of it, before lowering
 
 
 def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
@@ -167,7 +171,7 @@ def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
         return None
     t0 = time.perf_counter()
     program = plan_prefill(cfg, decode, prefill_chunk(cfg.max_seq_len, opts.prefill_chunk))
-    source, kernels = lower_prefill(program, cfg.target.arch)
+    source, kernels, scripts = lower_prefill(program, cfg.target.arch)
     say(
         f"  {'prefill':<9} {(time.perf_counter() - t0) * 1e3:8.1f} ms  "
         f"({len(program.kernels)} kernels, chunk {program.chunk})"
@@ -198,7 +202,7 @@ def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
             for la in program.launches
         ],
     }
-    return PrefillBuild(program, spec, source, cubin, resources)
+    return PrefillBuild(program, spec, source, cubin, resources, scripts)
 
 
 def _compile_prefill(

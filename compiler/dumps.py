@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tilert_compiler.ir.parse import ParseError, parse_dump
+from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import Schedule, TileProgram
 from tilert_compiler.models.config import ModelConfig, load_config
 from tilert_compiler.options import Options
@@ -46,7 +47,9 @@ def dump_name(stage: str) -> str:
 
 
 def write_dumps(cm: Any, folder: str | os.PathLike) -> list[Path]:
-    """Every stage `cm` (a CompiledModel) kept: 00-graph.tir, 01-fuse.tir, ..."""
+    """Every stage `cm` (a CompiledModel) kept: 00-graph.tir, 01-fuse.tir, ...; then its
+    prefill program, if it has one: prefill.tir (ir/prefill.py's text, which parse_prefill
+    reads back) and each tile program as TileLang's TIR script (prefill-<kernel>.py)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -54,6 +57,15 @@ def write_dumps(cm: Any, folder: str | os.PathLike) -> list[Path]:
         p = folder / dump_name(stage)
         p.write_text(format_dump(stage, ir, cm.config, cm.options))
         out.append(p)
+    tiles = getattr(cm, "tiles", None)
+    if tiles is not None:
+        p = folder / "prefill.tir"
+        p.write_text("# tilert-compile: the prefill program\n" + format_prefill(tiles.program))
+        out.append(p)
+        for name, script in tiles.scripts.items():
+            p = folder / f"prefill-{name}.py"
+            p.write_text(f"# the tile program {name}, as TileLang's TIR script\n{script}")
+            out.append(p)
     return out
 
 

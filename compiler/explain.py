@@ -200,3 +200,76 @@ def _summary(sched, target: Target, rows: list[OpRow], roles: list[str], spans) 
 
 def _size(n: float) -> str:
     return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.3f} MB"
+
+
+# ---------------------------------------------------------------- the prefill program
+
+# Fraction of the tensor-core rate each kind reached on H100 (bench/NOTES.md, runs P3, P6):
+# a 128 x 256 GEMM block ~0.85, scaled by the narrower tiles' efficiency; attention
+# ~0.28 with f32 cache rows turned to bf16 as they load.
+GEMM_OF_PEAK = 0.85
+ATTENTION_OF_PEAK = 0.28
+
+
+def prefill_launch_cost(kernel, n: int, pos: int, target: Target) -> tuple[float, float, float]:
+    """(FLOPs, bytes moved, predicted seconds) of one launch over n chunk rows at pos."""
+    from tilert_compiler.passes.prefill import TILE_EFFICIENCY
+
+    st = dict(kernel.statics)
+    flops, moved, rate = 0.0, 0.0, target.tensor_flops_per_s
+    if kernel.kind in ("gemm", "gemm_silu"):
+        width = st["N"] * (2 if kernel.kind == "gemm_silu" else 1)
+        flops = 2.0 * n * width * st["K"]
+        moved = 2.0 * (n * st["K"] + width * st["K"]) + n * st["N"] * 4
+        rate *= GEMM_OF_PEAK * TILE_EFFICIENCY[st["block_n"]]
+    elif kernel.kind == "attention":
+        flops = 4.0 * st["H"] * st["HD"] * (n * pos + n * (n + 1) / 2)
+        moved = 2.0 * st["KV"] * (pos + n) * st["HD"] * 4 + 2 * n * st["H"] * st["HD"] * 2
+        rate *= ATTENTION_OF_PEAK
+    elif kernel.kind == "embed":
+        moved = n * st["D"] * 6.0
+    elif kernel.kind == "add_norm":
+        moved = n * st["D"] * 14.0
+    elif kernel.kind == "qk_cache":
+        moved = n * (st["H"] + 2 * st["KV"]) * st["HD"] * 8.0
+    seconds = max(flops / rate if flops else 0.0, moved / target.hbm_bytes_per_s)
+    return flops, moved, seconds
+
+
+def explain_prefill(program, target: Target, n: int | None = None) -> str:
+    """Per kernel of the prefill program: launches per chunk, FLOPs, bytes and predicted
+    time for a chunk of n rows at position 0 (default: a full chunk)."""
+    n = n or program.chunk
+    kernels = {k.name: k for k in program.kernels}
+    rows: dict[str, list[float]] = {}
+    for la in program.launches:
+        f, b, s = prefill_launch_cost(kernels[la.kernel], n, 0, target)
+        r = rows.setdefault(la.kernel, [0, 0.0, 0.0, 0.0])
+        r[0] += 1
+        r[1] += f
+        r[2] += b
+        r[3] += s
+    total = sum(r[3] for r in rows.values())
+    flops = sum(r[1] for r in rows.values())
+    lines = [
+        f"prefill program: chunks of {program.chunk} tokens; one chunk of {n} tokens at "
+        f"position 0, predicted at {target.tensor_flops_per_s / 1e12:.0f} TFLOP/s and "
+        f"{target.hbm_bytes_per_s / 1e12:.1f} TB/s:",
+        f"  {'kernel':<11} {'kind':<10} {'tile':<22} {'launches':>8} {'GFLOP':>9} "
+        f"{'moved':>11} {'predicted':>10} {'share':>6}",
+    ]
+    for name, (count, f, b, s) in rows.items():
+        k = kernels[name]
+        st = dict(k.statics)
+        tile = f"{k.row_tile} x {st['block_n']}" if "block_n" in st else f"{k.row_tile} rows"
+        if k.kind == "attention":
+            tile += f", {st['pack']} heads"
+        lines.append(
+            f"  {name:<11} {k.kind:<10} {tile:<22} {int(count):>8} {f / 1e9:>9.1f} "
+            f"{_size(b):>11} {s * 1e3:>8.3f} ms {s / total:>6.1%}"
+        )
+    lines.append(
+        f"  total: {total * 1e3:.3f} ms for {n} tokens ({flops / 1e12:.2f} TFLOP, "
+        f"{n / total:.0f} tokens/s); the last prompt token then runs as a decode step"
+    )
+    return "\n".join(lines) + "\n"

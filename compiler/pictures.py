@@ -360,3 +360,35 @@ def write_pictures(
     out.append(dot)
     out += layer_graph_picture(sched, layer, folder / f"deps-layer{layer}")
     return out
+
+
+def prefill_picture(program, target: Target, folder: str | Path, n: int | None = None):
+    """The prefill program's launches over one chunk of n rows (default: a full chunk), a
+    row per layer, each launch a bar as long as its predicted time, coloured by kind."""
+    from tilert_compiler.explain import prefill_launch_cost
+
+    n = n or program.chunk
+    kernels = {k.name: k for k in program.kernels}
+    Figure = _mpl()
+    kinds = list(dict.fromkeys(k.kind for k in program.kernels))
+    colour = kind_colours(kinds)
+    layers = max(la.layer for la in program.launches) + 1
+    fig = Figure(figsize=(11, 1.2 + 0.22 * layers))
+    ax = fig.add_subplot()
+    t = 0.0
+    seen: set[str] = set()
+    for la in program.launches:
+        k = kernels[la.kernel]
+        s = prefill_launch_cost(k, n, 0, target)[2] * 1e3
+        label = k.kind if k.kind not in seen else None
+        seen.add(k.kind)
+        ax.barh(la.layer, s, left=t, height=0.8, color=colour[k.kind], label=label, lw=0)
+        t += s
+    ax.set_ylim(layers - 0.5, -0.5)
+    ax.set_xlabel("predicted ms")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{program.chunk}-token chunks: one chunk of {n} tokens, predicted {t:.2f} ms")
+    ax.legend(loc="upper right", fontsize=8, ncols=2)
+    fig.tight_layout()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(folder) / "prefill")

@@ -105,3 +105,60 @@ def format_prefill(p: PrefillProgram) -> str:
         args = ", ".join(f"{a}={v}" for a, v in la.args)
         out.append(f"  L{la.layer} {la.kernel}({args})")
     return "\n".join(out) + "\n"
+
+
+class PrefillParseError(ValueError):
+    pass
+
+
+def _value(text: str) -> int | float | bool:
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _pairs(text: str, sep: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(sep))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise PrefillParseError(f"expected key=value, got '{item}'")
+        out.append((key, val))
+    return tuple(out)
+
+
+def parse_prefill(text: str) -> PrefillProgram:
+    """The inverse of format_prefill: parse_prefill(format_prefill(p)) == p."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if not lines or not lines[0].startswith("prefill "):
+        raise PrefillParseError("a prefill program starts with 'prefill chunk=N ...'")
+    head = dict(_pairs(lines[0].removeprefix("prefill "), " "))
+    chunk = int(head.pop("chunk"))
+    consts = tuple((k, _value(v)) for k, v in head.items())
+    buffers, kernels, launches = [], [], []
+    for n, ln in enumerate(lines[1:], start=2):
+        try:
+            if ln.startswith("buffer "):
+                name, _, rest = ln.removeprefix("buffer ").partition(": ")
+                dtype, _, dims = rest.partition("[")
+                shape = tuple(int(d) for d in dims.rstrip("]").split(","))
+                buffers.append(Buffer(name, dtype, shape))
+            elif ln.startswith("kernel "):
+                name, _, rest = ln.removeprefix("kernel ").partition(" = ")
+                kind, _, args = rest.partition("(")
+                pairs = dict(_pairs(args.rstrip(")"), " "))
+                row_tile = int(pairs.pop("row_tile"))
+                statics = tuple((k, _value(v)) for k, v in pairs.items())
+                kernels.append(Kernel(name, kind, statics, row_tile))
+            elif ln.startswith("  L"):
+                layer, _, rest = ln.strip().removeprefix("L").partition(" ")
+                kernel, _, args = rest.partition("(")
+                launches.append(Launch(kernel, int(layer), _pairs(args.rstrip(")"), ",")))
+            else:
+                raise PrefillParseError(f"unknown line '{ln[:60]}'")
+        except (ValueError, KeyError) as e:
+            raise PrefillParseError(f"line {n}: {e}") from None
+    return PrefillProgram(chunk, tuple(buffers), tuple(kernels), tuple(launches), consts)

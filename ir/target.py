@@ -27,6 +27,9 @@ class Target:
     # 96 KiB and the whole ring (128-176 KiB), and on llama-3.2-1b against 16 and 48 KiB
     # (bench/NOTES.md, runs S8-3 to S8-6). The plan keeps at least one copy in flight.
     copies_in_flight_bytes: int = 32 * 1024
+    # Dense bf16 tensor-core rate: torch.matmul of 8192^3 measured 771 TFLOP/s on H100
+    # (bench/NOTES.md, run P1); the prefill program's cost model scales it per kernel kind.
+    tensor_flops_per_s: float = 7.7e14
 
 
 KNOWN_ARCHS = ("sm_90", "sm_90a")

@@ -46,6 +46,8 @@ SOURCE = "kernel.cu"
 CUBIN = "kernel.cubin"
 RESOURCES = "resources.txt"
 PREFILL = "prefill"
+# The prefill program: its launches and kernels' specs, CUDA source and cubin
+TILES_SPEC, TILES_SOURCE, TILES_CUBIN = "prefill.json", "prefill.cu", "prefill.cubin"
 
 
 class ArtifactError(ValueError):
@@ -58,7 +60,10 @@ class Artifact:
     table: TaskTable
     source: str
     cubin: bytes | None
-    prefill: Artifact | None = None  # the prefill program, sharing weights and KV cache
+    prefill: Artifact | None = None  # the persistent prefill program (prefill_rows > 0)
+    # The prefill program (runtime/prefill.py): (prefill.json's spec, cubin or None)
+    tiles: tuple[dict, bytes | None] | None = None
+    tiles_source: str | None = None
 
     @property
     def variants(self) -> list[Variant]:
@@ -97,6 +102,12 @@ def _write_files(folder: Path, art: Artifact, *, top: bool = True) -> None:
     res = art.manifest.get("resources")
     if res:
         (folder / RESOURCES).write_text(res.get("report", "") + "\n")
+    if art.tiles is not None:
+        spec, tiles_cubin = art.tiles
+        (folder / TILES_SPEC).write_text(json.dumps(spec, indent=1))
+        (folder / TILES_SOURCE).write_text(art.tiles_source or "")
+        if tiles_cubin is not None:
+            (folder / TILES_CUBIN).write_bytes(tiles_cubin)
     # The manifest last: a folder is an artifact (is_artifact) only once it is whole.
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
@@ -117,7 +128,16 @@ def _write_files(folder: Path, art: Artifact, *, top: bool = True) -> None:
 # SIGINT and SIGTERM wait while the renames run, so they never stop halfway.
 
 TOOL = "tilert-compiler"  # the manifest's "tool": marks a folder as this compiler's artifact
-OWN_FILES = (MANIFEST, TASKS, SOURCE, CUBIN, RESOURCES)  # at the top and in prefill/
+OWN_FILES = (
+    MANIFEST,
+    TASKS,
+    SOURCE,
+    CUBIN,
+    RESOURCES,
+    TILES_SPEC,
+    TILES_SOURCE,
+    TILES_CUBIN,
+)  # at the top and in prefill/
 
 
 class OutputError(ArtifactError):
@@ -458,7 +478,21 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
         prefill = load_artifact(path / PREFILL, need_cubin=need_cubin)
         if not _prefill_fits(manifest, prefill.manifest):
             raise ArtifactError(f"{path / PREFILL}: not this model's prefill program; recompile")
-    return Artifact(manifest, table, src, cubin, prefill)
+    tiles, tiles_source = None, None
+    if (path / TILES_SPEC).is_file():
+        from tilert_compiler.runtime.prefill import PrefillError, read_spec
+
+        try:
+            spec = read_spec((path / TILES_SPEC).read_text(), manifest)
+        except (PrefillError, KeyError, TypeError, AttributeError) as e:
+            raise ArtifactError(f"{path / TILES_SPEC}: {e}") from None
+        tc = path / TILES_CUBIN
+        if need_cubin and not tc.is_file():
+            raise ArtifactError(f"{path}: no {TILES_CUBIN}; recompile with nvcc")
+        tiles = (spec, tc.read_bytes() if tc.is_file() else None)
+        if (path / TILES_SOURCE).is_file():
+            tiles_source = (path / TILES_SOURCE).read_text()
+    return Artifact(manifest, table, src, cubin, prefill, tiles, tiles_source)
 
 
 def _prefill_fits(decode: dict, pre: dict) -> bool:

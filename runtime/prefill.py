@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from tilert_compiler.ir.prefill import RUNTIME_BUFFERS
+
 META_WORDS = 4  # pos, n, index of the chunk's first token, unused
 # Chunk rows are launched in multiples of this (every kernel's row tile divides it, and
 # rows past n are left alone by each kernel), so one CUDA graph serves each multiple.
@@ -40,11 +42,47 @@ class PrefillError(ValueError):
 SPEC_FILE, SOURCE_FILE, CUBIN_FILE = "prefill.json", "prefill.cu", "prefill.cubin"
 
 
-def parse_prefill(text: str) -> dict:
-    spec = json.loads(text)
+def read_spec(text: str, manifest: dict) -> dict:
+    """prefill.json, checked against the artifact's manifest before anything runs: every
+    launch names a kernel of the spec, binds every parameter of it, and every place it
+    binds exists (a buffer, a runtime buffer, or a manifest tensor in the right arena)."""
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        raise PrefillError(f"not JSON ({e})") from None
     for key in ("chunk", "buffers", "kernels", "launches", "consts"):
         if key not in spec:
-            raise PrefillError(f"prefill.json: missing '{key}'")
+            raise PrefillError(f"missing '{key}'")
+    chunk = spec["chunk"]
+    if not isinstance(chunk, int) or chunk <= 0 or chunk % 128:
+        raise PrefillError(f"chunk {chunk!r} is not a positive multiple of 128")
+    cfg = manifest["config"]
+    if spec["consts"].get("max_seq_len") != cfg["max_seq_len"]:
+        raise PrefillError(
+            f"built for max_seq_len {spec['consts'].get('max_seq_len')}, the decode program "
+            f"has {cfg['max_seq_len']}: not this model's prefill program; recompile"
+        )
+    arenas = {t["name"]: t["arena"] for t in manifest["tensors"]}
+    buffers = {b["name"] for b in spec["buffers"]}
+    for la in spec["launches"]:
+        k = spec["kernels"].get(la.get("kernel"))
+        if k is None:
+            raise PrefillError(f"a launch names kernel {la.get('kernel')!r}, which it lacks")
+        for p in k.get("params", []):
+            place = la["args"].get(p["name"])
+            kind, _, name = (place or "").partition(":")
+            ok = (
+                place == "none"
+                or (kind == "buf" and name in buffers)
+                or (kind == "rt" and name in RUNTIME_BUFFERS)
+                or (kind == "w" and arenas.get(name) == "weights")
+                or (kind == "act" and arenas.get(name) == "act")
+            )
+            if not ok:
+                raise PrefillError(
+                    f"{la['kernel']} (layer {la.get('layer')}) binds {p['name']} to {place!r}, "
+                    "which is not a buffer, a runtime buffer or a tensor of the manifest"
+                )
     return spec
 
 
