@@ -138,3 +138,49 @@ def test_the_tile_programs_appear_in_the_source_and_the_spec():
     # the last layer stops after its cache rows: its o-proj and MLP feed only the LM head
     last = [la["kernel"] for la in spec["launches"] if la["layer"] == cm.config.layers - 1]
     assert last == ["add_norm", "gemm_qkv", "qk_cache"]
+
+
+def test_the_program_text_parses_back():
+    from tilert_compiler.ir.prefill import format_prefill, parse_prefill
+
+    for case in CASES:
+        p = _compile(case).tiles.program
+        assert parse_prefill(format_prefill(p)) == p
+
+
+def test_explain_dumps_and_pictures_show_the_prefill_program(tmp_path, capsys):
+    from tilert_compiler.cli import main
+
+    out = tmp_path / "a"
+    args = ["tiny-qwen3", "-o", str(out), "--no-run", "--no-nvcc", "--explain", "--dump-ir"]
+    assert main([*args, "--pictures", "--prefill-chunk", "128"]) == 0
+    text = capsys.readouterr().out
+    assert "prefill program: chunks of 128 tokens" in text
+    for kernel in ("gemm_qkv", "attention", "gemm_silu", "qk_cache"):
+        assert f"  {kernel} " in text
+        assert kernel in (out / "ir" / "prefill.tir").read_text()
+    assert (out / "ir" / "prefill-attention.py").read_text().count("T.prim_func") == 1
+    assert (out / "pictures" / "prefill.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda s: s["launches"][2]["args"].update(B="w:no.such.weight"), "not a buffer"),
+        (lambda s: s["launches"].append({"kernel": "gemm_x", "args": {}}), "gemm_x"),
+        (lambda s: s.update(chunk=100), "multiple of 128"),
+        (lambda s: s["consts"].update(max_seq_len=4096), "not this model's"),
+    ],
+)
+def test_a_damaged_prefill_json_is_refused_at_load(tmp_path, damage, match):
+    import json
+
+    from tilert_compiler.runtime.artifact import ArtifactError, load_artifact
+
+    path = _compile("tiny-llama").save(tmp_path / "a")
+    spec = json.loads((path / "prefill.json").read_text())
+    damage(spec)
+    (path / "prefill.json").write_text(json.dumps(spec))
+    with pytest.raises(ArtifactError, match=match) as e:
+        load_artifact(path)
+    assert "\n" not in str(e.value)
