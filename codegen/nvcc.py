@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -67,7 +68,9 @@ def compile_cubin(
             str(out),
             str(src),
         ]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        # nvcc's own temporaries (tmpxft_*) in the same folder: gone with it, even when
+        # nvcc is killed
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": d})
         log = r.stdout + r.stderr
         if r.returncode != 0:
             raise NvccError(f"nvcc failed ({' '.join(cmd)}):\n{log}")
