@@ -25,6 +25,8 @@ BUILDS = {
         {"max_seq_len": 320, "heads": 8, "kv_heads": 2, "tie_embeddings": True},
         {"prefill_chunk": 128},
     ),
+    # the whole cache in 32 chunks of the default 1024 tokens
+    "tiny-llama-32k": ("tiny-llama", {"max_seq_len": 32768}, {}),
 }
 
 

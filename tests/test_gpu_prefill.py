@@ -110,3 +110,29 @@ def test_a_prompt_past_the_cache_is_refused_before_any_launch(loaded):
         m.prefill(list(range(cfg.max_seq_len + 1)), 0)
     torch.cuda.synchronize()
     assert torch.equal(before.nan_to_num(7.0), m.act.nan_to_num(7.0))
+
+
+def test_a_prompt_as_long_as_the_cache_goes_through():
+    """max_seq_len 32768: 32 chunks of 1024 tokens, then the last steps as decode steps."""
+    import gpu_artifacts
+
+    from tilert_compiler.models.reference import hf_model, reference_logits
+    from tilert_compiler.runtime.artifact import load_artifact
+    from tilert_compiler.runtime.gpu import GpuModel
+
+    path = gpu_artifacts.artifact("tiny-llama-32k")
+    cfg = ModelConfig.from_dict(load_artifact(path).manifest["config"])
+    assert cfg.max_seq_len == 32768
+    w = load_weights(cfg)
+    m = GpuModel(path, weights=w)
+    steps = 4
+    L = cfg.max_seq_len - steps
+    toks = torch.randint(0, cfg.vocab, (L + steps,))
+    m.prefill(toks[: L - 1].tolist(), 0)
+    ours = torch.stack([m.step(int(toks[p]), p) for p in range(L - 1, L + steps)]).cpu()
+    f32 = reference_logits(hf_model(cfg, w, device="cuda"), toks)[L - 1 :].cpu()
+    b16 = reference_logits(hf_model(cfg, w, dtype=torch.bfloat16, device="cuda"), toks)
+    e_ours, e_b16 = _rel(ours, f32), _rel(b16[L - 1 :].float().cpu(), f32)
+    assert not ours.isnan().any()
+    assert float(e_ours.mean() / e_b16.mean()) <= 1.5
+    assert float((e_ours / e_b16).max()) <= 3.0
