@@ -122,6 +122,15 @@ class _Places:
         arena = self.w if kind == "w" else self.act
         return arena.data_ptr() + int(t["offset"]) * arena.element_size()
 
+    def room(self, place: str) -> int:
+        """Bytes from a place's address to the end of its buffer or arena."""
+        kind, _, name = place.partition(":")
+        if kind in ("buf", "rt"):
+            t = self.buffers[name] if kind == "buf" else self.rt[name]
+            return t.numel() * t.element_size()
+        arena = self.w if kind == "w" else self.act
+        return (arena.numel() - int(self._tensor(name, kind)["offset"])) * arena.element_size()
+
     def view(self, place: str, shape: Sequence[int] | None = None) -> torch.Tensor | None:
         """The place as a tensor (`shape` for arena places; default the tensor's own)."""
         if place == "none":
@@ -319,7 +328,18 @@ class GpuPrefill:
                 raise PrefillError(f"prefill.json: launch of {la['kernel']} binds no '{param}'")
             return self.places.address(place)
 
-        argv, keep = kernel_argv(k, addr_of, f"{la['kernel']} (L{la['layer']})")
+        what = f"{la['kernel']} (L{la['layer']})"
+        for p in k["params"]:  # a TMA descriptor must not reach past what it is bound to
+            if p["kind"] == "tmap":
+                t = p["tmap"]
+                reach = max(s * d for s, d in zip(t["strides"], t["dims"][1:], strict=True))
+                room = self.places.room(la["args"][p["name"]])
+                if reach > room:
+                    raise PrefillError(
+                        f"prefill.json: {what}.{p['name']} spans {reach} bytes, its tensor "
+                        f"has {room}: not this artifact's program; recompile"
+                    )
+        argv, keep = kernel_argv(k, addr_of, what)
         self._keep.append(keep)
         return self.fns[la["kernel"]], k, argv
 

@@ -136,3 +136,22 @@ def test_a_prompt_as_long_as_the_cache_goes_through():
     assert not ours.isnan().any()
     assert float(e_ours.mean() / e_b16.mean()) <= 1.5
     assert float((e_ours / e_b16).max()) <= 3.0
+
+
+def test_a_descriptor_reaching_past_its_tensor_is_refused_at_load(tmp_path):
+    import json
+    import shutil
+
+    import gpu_artifacts
+
+    from tilert_compiler.runtime.gpu import GpuModel
+    from tilert_compiler.runtime.prefill import PrefillError
+
+    path = tmp_path / "a"
+    shutil.copytree(gpu_artifacts.artifact("tiny-llama"), path)
+    spec = json.loads((path / "prefill.json").read_text())
+    (b,) = [p for p in spec["kernels"]["gemm_qkv"]["params"] if p["name"] == "B"]
+    b["tmap"]["dims"][1] *= 1000  # rows far past the weights arena
+    (path / "prefill.json").write_text(json.dumps(spec))
+    with pytest.raises(PrefillError, match="spans"):
+        GpuModel(path)
