@@ -179,6 +179,13 @@ def _parser() -> argparse.ArgumentParser:
         default=4,
         help="tokens to run after compiling (interpreted on CPU, or on the GPU)",
     )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="bind seeded random weights (seed 0) whatever the description names; without it"
+        " only the bundled descriptions have random weights, and a model without loadable"
+        " weights compiles but does not run",
+    )
     p.add_argument("--no-run", action="store_true", help="compile only")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -283,6 +290,8 @@ def _run(args, say) -> int:
         overrides.setdefault("target", {})["arch"] = args.target
     if args.max_seq_len is not None:
         overrides["max_seq_len"] = args.max_seq_len
+    if args.random_weights:
+        overrides["weights"] = {"random": 0}
     t0 = time.perf_counter()
     if args.from_ir:
         from tilert_compiler.driver import compile_from_ir
@@ -296,14 +305,19 @@ def _run(args, say) -> int:
             args.from_ir, args.model, overrides=overrides or None, progress=say, **kw
         )
         cfg = cm.config
+        _check_weights_to_run(cfg, args)
         out = Path(args.out) if args.out else Path("build") / f"{cfg.name}-from-ir"
     else:
         cfg = tc.load_config(args.model or DEFAULT_MODEL, overrides=overrides or None)
         out = Path(args.out) if args.out else Path("build") / cfg.name
         flags = _option_flags(args)  # bad flag values fail before any work
         _check_outputs(args, out)  # and so do output paths it would refuse
+        _check_weights_to_run(cfg, args)  # and a run without weights
         say(f"compiling {describe(cfg)}")
         cm = tc.compile(cfg, progress=say, **flags)
+    run = not (args.no_run or args.explain or args.tokens <= 0)
+    # Weights are read (and checked: NaN, Inf) before anything is written.
+    weights = _load_weights(cm.config, say) if run else None
     _write(cm, cfg, out, args, say)
     r = cm.resources
     res = (
@@ -325,9 +339,21 @@ def _run(args, say) -> int:
         f"wrote {out}/ in {time.perf_counter() - t0:.1f} s: {cm.manifest['tasks']} tasks, "
         f"{cm.manifest['counters']} counters, {res}{pre_text}"
     )
-    if args.no_run or args.explain or args.tokens <= 0:
+    if not run:
         return 0
-    return _run_tokens(cm, out, args.tokens, say)
+    return _run_tokens(cm, out, args.tokens, say, weights)
+
+
+def _check_weights_to_run(cfg, args) -> None:
+    """A model with no weights bound compiles, but the run after compiling needs some."""
+    if cfg.weights.bound or args.no_run or args.explain or args.tokens <= 0:
+        return
+    from tilert_compiler.models.config import ConfigError
+
+    raise ConfigError(
+        f"{cfg.weights.none}: nothing to run the model with; pass --random-weights to run "
+        "it on random weights, or --no-run to compile only"
+    )
 
 
 def _check_outputs(args, out: Path) -> None:
@@ -377,16 +403,19 @@ def _write(cm, cfg, out: Path, args, say) -> None:
                 print(explain_prefill(cm.tiles.program, cfg.target), end="")
 
 
-def _run_tokens(cm, out: Path, n: int, say) -> int:
-    import torch
-
+def _load_weights(cfg, say) -> dict:
     from tilert_compiler.models.weights import load_weights
+
+    ws = cfg.weights
+    say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
+    return load_weights(cfg)
+
+
+def _run_tokens(cm, out: Path, n: int, say, weights: dict) -> int:
+    import torch
 
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, cm.config.vocab, (n,), generator=gen).tolist()
-    ws = cm.config.weights
-    say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
-    weights = load_weights(cm.config)
     if torch.cuda.is_available() and cm.cubin is not None:
         from tilert_compiler.runtime.gpu import GpuModel
 

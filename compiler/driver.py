@@ -95,13 +95,18 @@ class CompiledModel:
         Returns float32 logits [len(token_ids), vocab]."""
         import torch
 
-        from tilert_compiler.models.weights import load_weights
+        from tilert_compiler.models.weights import check_weights, load_weights
+        from tilert_compiler.runtime.generate import check_request
         from tilert_compiler.runtime.interpreter import Interpreter
 
+        cfg = self.config
+        ids = check_request(token_ids, 1, max_seq_len=cfg.max_seq_len, vocab=cfg.vocab)
         if weights is None:
-            weights = load_weights(self.config)
+            weights = load_weights(cfg)
+        else:
+            check_weights(cfg, weights)
         it = Interpreter(self.artifact, weights)
-        return torch.stack([it.step(int(t), pos) for pos, t in enumerate(token_ids)])
+        return torch.stack([it.step(t, pos) for pos, t in enumerate(ids)])
 
 
 def compile(  # noqa: A001 - the verb users expect

@@ -17,7 +17,13 @@ from typing import Any
 from tilert_compiler.ir.parse import ParseError, parse_dump
 from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import Schedule, TileProgram
-from tilert_compiler.models.config import ModelConfig, load_config
+from tilert_compiler.models.config import (
+    ModelConfig,
+    load_config,
+    parse_json,
+    read_text,
+    show_path,
+)
 from tilert_compiler.options import Options
 from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
 
@@ -25,6 +31,7 @@ from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
 # dump, the cache folder, whether nvcc runs) are about the run that made the dump only.
 _RUN_ONLY = ("dump_ir", "nvcc")
 _DUMPED_OPTIONS = tuple(f.name for f in fields(Options) if f.name not in _RUN_ONLY)
+MAX_DUMP_BYTES = 1 << 30  # a qwen3-8b schedule dump is a few MB
 
 
 def format_dump(
@@ -85,10 +92,7 @@ def read_dump(
     """Parse a dump for resuming. The config is `source` when given, else the dump's
     `# config:` line; `overrides` (our yaml schema) apply on top of either."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ParseError(f"{path}: cannot read: {e.strerror}") from None
+    text = read_text(path, "tilert IR dump", limit=MAX_DUMP_BYTES, error=ParseError)
     meta, ir = parse_dump(text, str(path))
     stage = meta.get("stage") or _stage_from_name(path) or _stage_from_content(ir)
     level = "tile" if isinstance(ir, TileProgram) else "schedule"
@@ -102,10 +106,8 @@ def read_dump(
     elif source is not None:
         cfg = load_config(source, overrides=overrides)
     elif "config" in meta:
-        try:
-            cfg = load_config(json.loads(meta["config"]), overrides=overrides)
-        except json.JSONDecodeError as e:
-            raise ParseError(f"{path}: '# config:' is not JSON: {e.msg}") from None
+        where = f"{show_path(path)}: '# config:'"
+        cfg = load_config(parse_json(meta["config"], where, error=ParseError), overrides=overrides)
     else:
         raise ParseError(
             f"{path}: no '# config:' line; name the model too: "
@@ -116,7 +118,10 @@ def read_dump(
             f"{path}: schedules {len(ir.sm_lists)} SMs but the target has {cfg.target.sms}; "
             f"pass --sms {len(ir.sm_lists)}, or resume from the deps dump to reschedule"
         )
-    options = json.loads(meta["options"]) if "options" in meta else {}
+    where = f"{show_path(path)}: '# options:'"
+    options = parse_json(meta["options"], where, error=ParseError) if "options" in meta else {}
+    if not isinstance(options, dict):
+        raise ParseError(f"{where} must be a JSON object (got {type(options).__name__})")
     options = {k: v for k, v in options.items() if k in _DUMPED_OPTIONS}
     return Dump(stage, ir, cfg, options)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import numbers
 import os
+import typing
 from dataclasses import dataclass, fields, replace
+
+from tilert_compiler.models.config import ConfigError, ConfigTypeError
 
 MAX_PREFILL_ROWS = 8
 
@@ -59,28 +64,86 @@ class Options:
     # shared memory, down to 2); 0: not built. Kept only to measure against; slower.
     prefill_rows: int = 0
 
+    def __post_init__(self) -> None:
+        # Every field against its annotation, so `stage_kb="32"` is one line here rather
+        # than a TypeError deep in a pass; numpy integers are taken as ints.
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), _field_kinds(f.name)
+            if value is None and type(None) in kinds:
+                continue
+            if bool in kinds:
+                ok = isinstance(value, bool)
+            elif int in kinds:
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                if ok:
+                    object.__setattr__(self, f.name, int(value))
+            else:  # str: a path
+                ok = isinstance(value, (str, os.PathLike))
+            if not ok:
+                want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+                raise ConfigTypeError(
+                    f"option {f.name} must be {want} (got {type(value).__name__} {value!r:.40})"
+                )
+
     def with_(self, **kw) -> Options:
         known = {f.name for f in fields(self)}
         unknown = set(kw) - known
         if unknown:
-            raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigTypeError(
+                f"unknown option(s) {', '.join(sorted(map(str, unknown)))}; known: "
+                f"{', '.join(sorted(known))}"
+            )
         return replace(self, **kw)
 
 
+@functools.cache
+def _field_kinds(name: str) -> tuple[type, ...]:
+    hint = typing.get_type_hints(Options)[name]
+    return typing.get_args(hint) or (hint,)
+
+
+# TILERT_* switches: these words, any case; empty or unset is the default.
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool | None:
+    """A boolean environment variable: None when unset or empty, else its value; anything
+    but 1/0, true/false, yes/no or on/off is one ConfigError line."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(
+        f"environment variable {name} must be 1 or 0 (or true/false) (got {raw!r:.40})"
+    )
+
+
 def from_env(base: Options | None = None) -> Options:
-    """Options with the TILERT_* environment variables applied."""
+    """Options with the TILERT_* environment variables applied: TILERT_DUMP_IR (a folder),
+    and the switches TILERT_L2_PREFETCH, TILERT_NO_CACHE_PREFETCH, TILERT_NO_WEIGHT_RING,
+    TILERT_FLAGS and TILERT_MMA_GEMV (1/0, true/false; a TILERT_NO_* set to 0 keeps the
+    feature on)."""
+    if base is not None and not isinstance(base, Options):
+        raise ConfigTypeError(
+            f"options must be a tilert_compiler.Options (got {type(base).__name__}); "
+            "keyword arguments set single options"
+        )
     o = base or Options()
     env = os.environ
     if env.get("TILERT_DUMP_IR") and o.dump_ir is None:
         o = replace(o, dump_ir=env["TILERT_DUMP_IR"])
-    if env.get("TILERT_L2_PREFETCH"):
-        o = replace(o, l2_prefetch=True)
-    if env.get("TILERT_NO_CACHE_PREFETCH"):
-        o = replace(o, cache_prefetch=False)
-    if env.get("TILERT_NO_WEIGHT_RING"):
-        o = replace(o, weight_ring=False)
-    if env.get("TILERT_FLAGS") in ("0", "1"):  # e.g. the GPU tests in either mode
-        o = replace(o, flags=env["TILERT_FLAGS"] == "1")
-    if env.get("TILERT_MMA_GEMV") in ("0", "1"):
-        o = replace(o, mma_gemv=env["TILERT_MMA_GEMV"] == "1")
+    switches = {
+        "TILERT_L2_PREFETCH": ("l2_prefetch", False),
+        "TILERT_NO_CACHE_PREFETCH": ("cache_prefetch", True),
+        "TILERT_NO_WEIGHT_RING": ("weight_ring", True),
+        "TILERT_FLAGS": ("flags", False),  # e.g. the GPU tests in either mode
+        "TILERT_MMA_GEMV": ("mma_gemv", False),
+    }
+    for var, (field, negated) in switches.items():
+        value = env_flag(var)
+        if value is not None:
+            o = replace(o, **{field: value != negated})
     return o

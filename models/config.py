@@ -7,12 +7,15 @@ is allowed, so a typo in a yaml fails here and never deep inside lowering.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import json
 import math
 import os
 import re
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +42,23 @@ MAX_SMS = 1024  # the schedule has one list per SM; GPUs today have at most ~150
 # Names become folder names (build/<name>/) and a comment in the CUDA source.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 BUNDLED_DIR = Path(__file__).parent / "bundled"
+# Text inputs: a description is a few KB (the largest HF config.json of a supported family
+# is under 10 KB), so these only stop a wrong file or a crafted one: a multi-gigabyte read,
+# a YAML alias bomb (1 KB that expands to billions of values), nesting that overflows the
+# parser's stack.
+MAX_DESCRIPTION_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 100_000  # values in a parsed description, aliases expanded
+SHOWN_CHARS = 60  # at most this much of a value or a path is quoted in a message
 
 
 class ConfigError(ValueError):
     """One-line, user-facing: names the field and what is allowed."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A Python API argument of the wrong type (`tc.compile(42)`): a ConfigError, so it
+    carries the CLI's one-line message, and a TypeError, so it reads like one."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,19 @@ class RopeScaling:
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """Where weights come from: the seeded generator (`seed`) or a folder of *.safetensors
-    (`path`, absolute). Exactly one is set."""
+    """Where weights come from: the seeded generator (`seed`), a folder of *.safetensors
+    (`path`, absolute), or nowhere (`none`: what was found instead, e.g. "only
+    pytorch_model.bin"). Exactly one is set. Random weights come only when asked for (the
+    bundled descriptions ask; elsewhere `--random-weights`), so a folder without loadable
+    weights compiles (the kernel needs only the config) but does not run."""
 
     seed: int | None = None
     path: str | None = None
+    none: str | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self.seed is not None or self.path is not None
 
 
 @dataclass(frozen=True)
@@ -85,7 +109,7 @@ class ModelConfig:
     norm_eps: float
     qk_norm: bool  # per-head RMSNorm on q and k before RoPE (qwen3)
     dtype: str = "bf16"
-    weights: WeightsSpec = WeightsSpec(seed=0)
+    weights: WeightsSpec = WeightsSpec(none="no weights named")
     max_seq_len: int = 1024  # KV-cache capacity in tokens
     target: Target = Target()
 
@@ -125,7 +149,13 @@ class ModelConfig:
             "norm_eps": self.norm_eps,
             "qk_norm": self.qk_norm,
             "dtype": self.dtype,
-            "weights": {"random": w.seed} if w.path is None else {"path": w.path},
+            "weights": (
+                {"random": w.seed}
+                if w.seed is not None
+                else {"path": w.path}
+                if w.path is not None
+                else {"none": w.none}
+            ),
             "max_seq_len": self.max_seq_len,
             "target": dataclasses.asdict(self.target),
         }
@@ -139,61 +169,33 @@ class ModelConfig:
 
 
 def load_config(
-    source: str | os.PathLike[str] | dict[str, Any], *, overrides: dict[str, Any] | None = None
+    source: str | os.PathLike[str] | dict[str, Any] | ModelConfig,
+    *,
+    overrides: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """Read and validate a model description.
 
     `source` is our model.yaml, a dict in its schema, a Hugging Face config.json (or a dict of
-    one), a folder holding model.yaml or config.json, or a bundled name ("llama-3.2-1b").
-    `overrides` (our schema) is merged in before validation, e.g. {"target": {"sms": 8}}.
+    one), a folder holding model.yaml or config.json, a bundled name ("llama-3.2-1b"), or a
+    ModelConfig (validated again). `overrides` (our schema) is merged in before validation,
+    e.g. {"target": {"sms": 8}} or {"weights": {"random": 0}}.
     """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigTypeError(
+            f"overrides must be a dict in the model.yaml schema (got {_type_name(overrides)})"
+        )
     raw, origin, base_dir, hf_names = _read_source(source)
     if overrides:
         raw = _merge(raw, overrides)
     cfg = _Validator(origin, base_dir, hf_names).model(raw)
     if cfg.weights.path is not None:
-        _check_weight_headers(cfg)
+        # Names, shapes and dtypes from the *.safetensors headers (no tensor data is read),
+        # so weights for another model are refused before compiling, not after the
+        # artifact is written.
+        from tilert_compiler.models.weights import weight_map  # weights.py imports us
+
+        weight_map(cfg)
     return cfg
-
-
-def _check_weight_headers(cfg: ModelConfig) -> None:
-    """Names and shapes in the *.safetensors headers (no tensor data is read) against the
-    config, so weights for another model are refused before compiling, not after the
-    artifact is written. Mirrors the rules of `weights.load_weights`."""
-    from safetensors import safe_open
-
-    from tilert_compiler.models.weights import hf_weight_names  # weights.py imports us
-
-    expected = dict(hf_weight_names(cfg))
-    found: set[str] = set()
-    for file in sorted(Path(cfg.weights.path or "").glob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}  # noqa: SIM118
-        except Exception as e:  # safetensors raises its own error type for a bad header
-            raise ConfigError(f"{file.name}: not a readable safetensors file ({e})") from None
-        for name, shape in shapes.items():
-            if (name == "lm_head.weight" and cfg.tie_embeddings) or name.endswith(
-                "rotary_emb.inv_freq"
-            ):
-                continue  # the tied head is the embedding; inv_freq is a recomputed buffer
-            if name not in expected:
-                raise ConfigError(
-                    f"{file.name}: tensor '{name}' is not a weight of {cfg.family} "
-                    f"'{cfg.name}' (a different model?)"
-                )
-            if tuple(shape) != expected[name]:
-                raise ConfigError(
-                    f"{file.name}: tensor '{name}' has shape {list(shape)}, the config needs "
-                    f"{list(expected[name])}"
-                )
-            found.add(name)
-    missing = [n for n in expected if n not in found]
-    if missing:
-        raise ConfigError(
-            f"{cfg.weights.path}: tensor '{missing[0]}' {list(expected[missing[0]])} is missing"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
 
 
 def bundled_names() -> list[str]:
@@ -224,61 +226,296 @@ def _si(n: float) -> str:
     return f"{n:g}"
 
 
-# --------------------------------------------------------------------------- sources
+# --------------------------------------------------------------------------- reading text
 
 
-def _read_source(
-    source: str | os.PathLike[str] | dict[str, Any],
-) -> tuple[dict[str, Any], str, Path, dict[str, str]]:
-    """-> (dict in our schema, label for messages, folder relative paths resolve against,
-    our field name -> HF key for messages about converted HF configs)."""
-    if isinstance(source, dict):
-        if _looks_like_hf(source):
-            return _from_hf(source, "config dict", None), "config dict", Path.cwd(), _HF_NAMES
-        return dict(source), "config dict", Path.cwd(), {}
-    path = Path(source)
-    if not path.exists() and isinstance(source, str) and os.sep not in source:
-        path = _bundled_path(source)
-    if path.is_dir():
-        folder = path
-        path = next(
-            (folder / n for n in ("model.yaml", "config.json") if (folder / n).is_file()), None
-        )
-        if path is None:
-            raise ConfigError(f"{folder}: holds neither model.yaml nor config.json")
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    origin = path.name
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = _parse(text, origin, as_json=True)
-        return _from_hf(data, origin, path.parent), origin, path.parent, _HF_NAMES
-    return _parse(text, origin), origin, path.parent, {}
+def show_path(path: str | os.PathLike[str]) -> str:
+    """A path for a message: one line, and at most ~200 characters (the start and the
+    file name of a longer one)."""
+    text = _printable(os.fspath(path) if not isinstance(path, str) else path)
+    return text if len(text) <= 200 else f"{text[:120]}...{text[-60:]}"
 
 
-def _bundled_path(name: str) -> Path:
-    path = BUNDLED_DIR / f"{name}.yaml"
-    if path.is_file():
-        return path
-    names = bundled_names()
-    hint = difflib.get_close_matches(name, names, n=1)
-    did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-    raise ConfigError(
-        f"'{name}' is neither a file nor a bundled model{did_you_mean}; bundled: {', '.join(names)}"
-    )
-
-
-def _parse(text: str, origin: str, *, as_json: bool = False) -> dict[str, Any]:
-    # JSON gets its own parser: PyYAML would read JSON's `1e-05` as a string (YAML 1.1).
+def path_kind(path: Path, error: type[Exception] = ConfigError) -> str | None:
+    """ "file", "dir", "other" or None (nothing there). A path the OS will not look at (a
+    name over 255 characters, a NUL byte, no permission) is one `error` line."""
     try:
-        data = json.loads(text) if as_json else yaml.safe_load(text)
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise error(f"{show_path(path)}: cannot look at it ({why})") from None
+    return "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def read_text(
+    path: str | os.PathLike[str],
+    what: str = "model description",
+    *,
+    limit: int = MAX_DESCRIPTION_BYTES,
+    error: type[Exception] = ConfigError,
+) -> str:
+    """The UTF-8 text of a file the tool reads (a description, a config.json, an index, a
+    tokenizer, an IR dump). Every way it can fail is one `error` line naming the file:
+    missing, unreadable, a folder, longer than `limit` bytes, binary, or not UTF-8."""
+    shown = show_path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except IsADirectoryError:
+        raise error(f"{shown}: is a folder, not a {what}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        why = getattr(e, "strerror", None) or str(e)
+        raise error(f"{shown}: cannot read ({why})") from None
+    if len(data) > limit:
+        raise error(
+            f"{shown}: more than {_bytes(limit)}; too large for a {what} (a different file?)"
+        )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise error(f"{shown}: is UTF-16 text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")  # an editor's BOM is harmless
+    except UnicodeDecodeError as e:
+        kind = "a binary file" if b"\0" in data else "another encoding (latin-1?)"
+        raise error(
+            f"{shown}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): "
+            f"{kind}, not a {what}; save it as UTF-8"
+        ) from None
+    if "\0" in text:
+        raise error(f"{shown}: holds NUL bytes: a binary file (or UTF-16 text), not a {what}")
+    return text
+
+
+def parse_json(text: str, origin: str, *, error: type[Exception] = ConfigError) -> Any:
+    """JSON with the description limits: nesting depth, value count, duplicate keys."""
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{origin}: not valid JSON: {e.msg} at line {e.lineno}") from None
+        raise error(f"{origin}: not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise error(f"{origin}: nested deeper than {MAX_DEPTH} levels") from None
+    except _Refused as e:
+        raise error(f"{origin}: {e}") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise error(f"{origin}: not valid JSON: {_parse_problem(e)}") from None
+    problem = _too_big(data)
+    if problem:
+        raise error(f"{origin}: {problem}")
+    return data
+
+
+def parse_yaml(text: str, origin: str, *, error: type[Exception] = ConfigError) -> Any:
+    """YAML (safe tags only) with the description limits: nesting depth, values with
+    aliases expanded (an alias bomb is refused before it is built), duplicate keys."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problem = _too_big_node(node)
+        if problem:
+            raise _Refused(problem)
+        return loader.construct_document(node)
+    except _Refused as e:
+        raise error(f"{origin}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"{origin}: not valid YAML: {problem}{where}") from None
+        raise error(f"{origin}: not valid YAML: {_cut(problem)}{where}") from None
+    except RecursionError:
+        raise error(f"{origin}: nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, OverflowError) as e:  # a timestamp like 2024-13-45, a huge integer
+        raise error(f"{origin}: not valid YAML: {_parse_problem(e)}") from None
+    finally:
+        loader.dispose()
+
+
+def _parse_problem(e: Exception) -> str:
+    if "integer string conversion" in str(e):  # Python's guard against quadratic int()
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        return f"an integer of more than {limit} digits"
+    return _cut(str(e))
+
+
+class _Refused(ValueError):
+    """A parsed input past a limit (depth, size, a duplicate key)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"key {_show(key)} appears twice in one object")
+        out[key] = value
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting past MAX_DEPTH while composing (before recursion
+    can overflow) and duplicate keys in one mapping (PyYAML keeps the last silently)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[tuple[str, str]] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in seen:
+                    raise _Refused(
+                        f"key {_show(key.value)} appears twice in one mapping "
+                        f"(line {key.start_mark.line + 1})"
+                    )
+                seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _too_big_node(root: yaml.Node) -> str | None:
+    """Why a composed YAML document is refused: more than MAX_VALUES values once aliases
+    are expanded, or an alias inside its own anchor; None if it is fine. Each node is
+    counted once (memoized), so a bomb costs its size in nodes, not its expansion."""
+    size: dict[int, int] = {}
+    active: set[int] = set()
+
+    def count(node: yaml.Node) -> int:
+        if id(node) in size:
+            return size[id(node)]
+        if id(node) in active:
+            raise _Refused(f"an alias refers to itself (line {node.start_mark.line + 1})")
+        active.add(id(node))
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(count(c) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(count(k) + count(v) for k, v in node.value)
+        active.discard(id(node))
+        size[id(node)] = n
+        return n
+
+    n = count(root)
+    if n > MAX_VALUES:
+        return f"holds {n:.3g} values once its aliases are expanded, more than {MAX_VALUES}"
+    return None
+
+
+def _too_big(data: Any) -> str | None:
+    """Why parsed JSON is refused (deeper than MAX_DEPTH, more than MAX_VALUES values)."""
+    stack, n = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        n += 1
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if n > MAX_VALUES:
+            return f"holds more than {MAX_VALUES} values"
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+    return None
+
+
+def _bytes(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def _printable(text: str) -> str:
+    """Control characters and the like escaped, so a message stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _cut(text: str, n: int = SHOWN_CHARS * 2) -> str:
+    text = " ".join(_printable(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _read_source(
+    source: str | os.PathLike[str] | dict[str, Any] | ModelConfig,
+) -> tuple[dict[str, Any], str, Path, dict[str, str]]:
+    """-> (dict in our schema, label for messages, folder relative paths resolve against,
+    our field name -> HF key for messages about converted HF configs)."""
+    if isinstance(source, ModelConfig):
+        source = source.to_dict()
+    if isinstance(source, dict):
+        if _looks_like_hf(source):
+            return _from_hf(source, "config dict", None), "config dict", Path.cwd(), _HF_NAMES
+        return dict(source), "config dict", Path.cwd(), {}
+    if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
+        raise ConfigTypeError(
+            "a model is a model.yaml or config.json path, a folder, a bundled name, a dict "
+            f"or a ModelConfig (got {_type_name(source)}{_value_suffix(source)})"
+        )
+    text = os.fspath(source)
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"a model path or bundled name must not be empty (got {_show(text)})")
+    if "\0" in text:
+        raise ConfigError(f"{show_path(text)}: a path cannot hold a NUL character")
+    path = Path(text)
+    kind = path_kind(path)
+    if kind is None and isinstance(source, str) and os.sep not in source:
+        path = _bundled_path(source)
+        kind = "file"
+    if kind == "dir":
+        folder = path
+        path = next(
+            (folder / n for n in ("model.yaml", "config.json") if path_kind(folder / n) == "file"),
+            None,
+        )
+        if path is None:
+            raise ConfigError(f"{show_path(folder)}: holds neither model.yaml nor config.json")
+    elif kind is None:
+        raise ConfigError(f"{show_path(path)}: no such file")
+    elif kind == "other":
+        raise ConfigError(f"{show_path(path)}: not a regular file")
+    origin = _cut(path.name, SHOWN_CHARS)
+    text = read_text(path)
+    if path.suffix == ".json":
+        data = _mapping(parse_json(text, origin), origin)
+        return _from_hf(data, origin, path.parent), origin, path.parent, _HF_NAMES
+    return _mapping(parse_yaml(text, origin), origin), origin, path.parent, {}
+
+
+def _value_suffix(value: Any) -> str:
+    plain = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    return f" {_show(value)}" if plain else ""
+
+
+def _bundled_path(name: str) -> Path:
+    path = BUNDLED_DIR / f"{name}.yaml"
+    if len(name) < 100 and path.is_file():
+        return path
+    names = bundled_names()
+    hint = difflib.get_close_matches(name[:100], names, n=1)
+    did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+    raise ConfigError(
+        f"{_show(name)} is neither a file nor a bundled model{did_you_mean}; "
+        f"bundled: {', '.join(names)}"
+    )
+
+
+def _mapping(data: Any, origin: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: must be a mapping of fields (got {type(data).__name__})")
     return data
@@ -365,7 +602,12 @@ def _from_hf(hf: dict[str, Any], origin: str, folder: Path | None) -> dict[str, 
     if head_dim is None and isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
         head_dim = hidden // heads  # LlamaConfig's default
     max_pos = get("max_position_embeddings")
-    has_weights = folder is not None and any(folder.glob("*.safetensors"))
+    weights: dict[str, Any] = {"none": f"the {origin} names no weights"}
+    if folder is not None:
+        from tilert_compiler.models.weights import found_weights  # weights.py imports us
+
+        instead = found_weights(folder.resolve())
+        weights = {"none": instead} if instead else {"path": str(folder.resolve())}
     return {
         "name": _hf_name(hf, folder, family),
         "family": family,
@@ -380,7 +622,7 @@ def _from_hf(hf: dict[str, Any], origin: str, folder: Path | None) -> dict[str, 
         "rope": _hf_rope(hf, max_pos, fail),
         "norm_eps": get("rms_norm_eps"),
         "qk_norm": family == "qwen3",
-        "weights": {"path": str(folder.resolve())} if has_weights else {"random": 0},
+        "weights": weights,
         "max_seq_len": min(max_pos, _HF_MAX_SEQ_LEN) if isinstance(max_pos, int) else max_pos,
     }
 
@@ -431,11 +673,54 @@ def _hf_rope(hf: dict[str, Any], max_pos: Any, fail: Any) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    """A value as the user wrote it, cut short so errors stay one line."""
-    text = "null" if value is None else repr(value) if not isinstance(value, bool) else str(value)
-    text = text.lower() if isinstance(value, bool) else text
-    text = " ".join(text.split())
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A value as the user wrote it, cut short so errors stay one line. Only the shown
+    prefix is ever rendered: a huge or self-referencing value costs nothing."""
+    parts: list[str] = []
+    _render(value, parts, [SHOWN_CHARS + 1], set())
+    text = " ".join(_printable("".join(parts)).split())
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _render(value: Any, out: list[str], budget: list[int], seen: set[int]) -> None:
+    """Appends the rendering of `value` to `out` until `budget[0]` characters are spent."""
+    if budget[0] <= 0:
+        return
+
+    def put(text: str) -> None:
+        out.append(text[: budget[0]])
+        budget[0] -= len(text)
+
+    if value is None:
+        put("null")
+    elif isinstance(value, bool):
+        put(str(value).lower())
+    elif isinstance(value, int):
+        # str() of an int over 4300 digits raises; such a value is its size, not its digits
+        put(repr(value) if value.bit_length() < 1000 else f"<a {value.bit_length()}-bit integer>")
+    elif isinstance(value, (float, str)):
+        put(repr(value[: budget[0] + 2] if isinstance(value, str) else value))
+    elif isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            put("...")
+            return
+        seen.add(id(value))
+        is_dict = isinstance(value, dict)
+        put("{" if is_dict else "[")
+        items = value.items() if is_dict else value
+        for i, item in enumerate(items):
+            if budget[0] <= 0:
+                return
+            if i:
+                put(", ")
+            if is_dict:
+                _render(item[0], out, budget, seen)
+                put(": ")
+                item = item[1]
+            _render(item, out, budget, seen)
+        put("}" if is_dict else "]")
+        seen.discard(id(value))
+    else:  # another type (a date from YAML, an object through the Python API): its name
+        put(f"<{type(value).__name__}>")
 
 
 _FIELDS = {
@@ -487,10 +772,10 @@ class _Validator:
             raise self.fail(where, f"must be a mapping (got {_show(data)})")
         for key in data:
             if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = difflib.get_close_matches(str(key)[:100], allowed, n=1)
                 did_you_mean = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
                 # a key with a newline or control character is shown escaped: one line
-                shown = key if isinstance(key, str) and key.isprintable() else _show(key)
+                shown = _cut(key, SHOWN_CHARS) if isinstance(key, str) else _show(key)
                 raise self.fail(
                     f"{prefix}{shown}",
                     f"is not a known field{did_you_mean} (allowed: {', '.join(allowed)})",
@@ -598,7 +883,7 @@ class _Validator:
             norm_eps=eps,
             qk_norm=qk_norm,
             dtype=self.choice(d.get("dtype", "bf16"), "dtype", DTYPES),
-            weights=self.weights(d.get("weights", {"random": 0})),
+            weights=self.weights(d.get("weights")),
             max_seq_len=self.int_(
                 d.get("max_seq_len", 1024), "max_seq_len", high=MAX_SEQ_LEN_LIMIT
             ),
@@ -633,7 +918,11 @@ class _Validator:
         return theta, RopeScaling("llama3", factor, low, high, original)
 
     def weights(self, d: Any) -> WeightsSpec:
-        self.fields(d, "weights", ("random", "path"), ())
+        # Random weights only when asked: a description that names none compiles, and
+        # says so when it is run.
+        if d is None:
+            return WeightsSpec(none=f"{self.origin} names no weights")
+        self.fields(d, "weights", ("random", "path", "none"), ())
         if len(d) != 1:
             raise self.fail(
                 "weights", f"must set exactly one of 'random' or 'path' (got {_show(d)})"
@@ -641,14 +930,21 @@ class _Validator:
         if "random" in d:
             # torch.Generator seeds are unsigned 64-bit
             return WeightsSpec(seed=self.int_(d["random"], "weights.random", low=0, high=2**64 - 1))
+        if "none" in d:  # what an artifact's manifest records when no weights were bound
+            if not isinstance(d["none"], str):
+                raise self.fail("weights.none", f"must be text (got {_show(d['none'])})")
+            return WeightsSpec(none=_cut(d["none"], 400))
         raw = d["path"]
-        if not isinstance(raw, str) or not raw:
+        if not isinstance(raw, str) or not raw or "\0" in raw:
             raise self.fail("weights.path", f"must be a folder path (got {_show(raw)})")
         path = (self.base_dir / Path(raw).expanduser()).resolve()  # relative to the yaml
-        if not path.is_dir():
-            raise self.fail("weights.path", f"must be an existing folder (got {path})")
-        if not any(path.glob("*.safetensors")):
-            raise self.fail("weights.path", f"must hold *.safetensors files ({path} has none)")
+        if path_kind(path) != "dir":
+            raise self.fail("weights.path", f"must be an existing folder (got {show_path(path)})")
+        from tilert_compiler.models.weights import found_weights  # weights.py imports us
+
+        instead = found_weights(path)
+        if instead:
+            raise self.fail("weights.path", f"must hold *.safetensors files ({instead})")
         return WeightsSpec(path=str(path))
 
     def target(self, d: Any) -> Target:

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import torch
 
-from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
+from tilert_compiler.models.config import (
+    ConfigError,
+    ModelConfig,
+    load_config,
+    path_kind,
+    show_path,
+)
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.gpu import MAX_STOP_IDS, KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError
@@ -124,6 +130,7 @@ def _fail(e: Exception, code: int) -> int:
 
 def _plan(args: argparse.Namespace) -> Plan:
     gpu = torch.cuda.is_available()
+    path_kind(Path(args.artifact), ArtifactError)  # a name the OS refuses: one line
     art = load_artifact(args.artifact, need_cubin=gpu)
     path = Path(args.artifact)
     m = art.manifest  # load_artifact checked format, arch, table and cubin
@@ -191,8 +198,8 @@ def _config(path: Path, m: dict, weights_dir: str | None) -> ModelConfig:
     except ConfigError as e:
         raise ArtifactError(f"{path}: manifest config is invalid: {e}") from None
     if weights_dir is not None:
-        if not Path(weights_dir).is_dir():
-            raise UsageError(f"--weights {weights_dir}: not a folder")
+        if path_kind(Path(weights_dir), UsageError) != "dir":
+            raise UsageError(f"--weights {show_path(weights_dir)}: not a folder")
         return load_config(raw, overrides={"weights": {"path": weights_dir}})
     spec = raw.get("weights", {})
     if isinstance(spec, dict) and "path" in spec and not Path(str(spec["path"])).is_dir():
@@ -200,7 +207,13 @@ def _config(path: Path, m: dict, weights_dir: str | None) -> ModelConfig:
             f"{path}: built with weights from {spec['path']}, which is not on this machine; "
             "pass --weights DIR"
         )
-    return load_config(raw)
+    cfg = load_config(raw)
+    if not cfg.weights.bound:  # compiled from a folder without loadable weights
+        raise UsageError(
+            f"{path}: built without weights ({cfg.weights.none}); pass --weights DIR, a folder "
+            "of *.safetensors for this model"
+        )
+    return cfg
 
 
 def _prompt(text: str, vocab: int) -> list[int]:

@@ -10,11 +10,19 @@ same ones) and fed back.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 
-from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling, sample_token
+from tilert_compiler.runtime.sampling import (
+    GREEDY,
+    GenerationError,
+    RequestTypeError,
+    Sampling,
+    check_tokens,
+    sample_token,
+)
 
 __all__ = ["GenerationError", "check_request", "generate", "generate_on"]
 
@@ -93,12 +101,11 @@ def generate(
 
 def check_request(prompt_ids, max_new_tokens: int, *, max_seq_len: int, vocab: int) -> list[int]:
     """The prompt as ints, after checking it and the length against the cache."""
-    prompt = [int(t) for t in prompt_ids]
-    if not prompt:
-        raise GenerationError("the prompt needs at least one token")
-    bad = [t for t in prompt if not 0 <= t < vocab]
-    if bad:
-        raise GenerationError(f"prompt token {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    prompt = check_tokens(prompt_ids, vocab, "the prompt")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise RequestTypeError(
+            f"max_new_tokens must be an integer (got {type(max_new_tokens).__name__})"
+        )
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
     if len(prompt) + max_new_tokens - 1 > max_seq_len:

@@ -1,6 +1,8 @@
 """Sampling: one definition for the host loop, the interpreter and the kernel's sample task.
 
-- temperature 0: greedy, the first index of the largest logit.
+- temperature 0: greedy, the first index of the largest logit. So is a temperature below
+  GREEDY_BELOW (1e-30), or one that makes a logit overflow float32 when divided by it.
+  Parameters are checked when a Sampling is made: finite, in range, one line if not.
 - Otherwise z = logits / temperature, then
   - top-k (k > 0): keep z >= the k-th largest z (ties at the threshold kept);
   - top-p (p < 1): among those, in descending order, keep every token whose strictly
@@ -20,6 +22,9 @@ except where a threshold or the draw falls within float32 rounding of a boundary
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +36,20 @@ class GenerationError(ValueError):
     """The request does not fit the artifact (cache length, vocabulary, parameters)."""
 
 
+class RequestTypeError(GenerationError, TypeError):
+    """A request argument of the wrong type (a 2-D token list, a string temperature): a
+    GenerationError, so it carries the one-line message, and a TypeError."""
+
+
+# The kernel takes temperature and top_p as float32 and divides the logits by the
+# temperature in float32. Below this temperature a logit of 3.4e8 already overflows
+# (float32's largest value is 3.4e38), and long before that the draw keeps only the
+# largest logit: such a temperature is greedy, on the host and in the kernel alike.
+GREEDY_BELOW = 1e-30
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_TOP_K = 2**31 - 1  # the kernel's int
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0
@@ -39,17 +58,82 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        t = _number(self.temperature, "temperature")
+        if t < 0:
             raise GenerationError(
-                f"sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0 "
-                f"(got {self.temperature}, {self.top_p}, {self.top_k})"
+                f"temperature must be a finite number >= 0, 0 for greedy (got {_shown(t)})"
             )
-        if not 0 <= self.seed < 2**63:
-            raise GenerationError(f"seed must be in [0, 2^63) (got {self.seed})")
+        if t > FLOAT32_MAX:
+            raise GenerationError(
+                f"temperature must be at most 3.4e38, the kernel's float32 (got {_shown(t)})"
+            )
+        p = _number(self.top_p, "top_p")
+        if not 0 < p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], 1 for all tokens (got {_shown(p)})")
+        k = _integer(self.top_k, "top_k")
+        if not 0 <= k <= MAX_TOP_K:
+            raise GenerationError(f"top_k must be in [0, 2^31), 0 for all tokens (got {k})")
+        seed = _integer(self.seed, "seed")
+        if not 0 <= seed < 2**63:
+            raise GenerationError(f"seed must be in [0, 2^63) (got {seed})")
+        # plain Python numbers from here on (numpy scalars, 0-d tensors in)
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "top_p", p)
+        object.__setattr__(self, "top_k", k)
+        object.__setattr__(self, "seed", seed)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Greedy: temperature 0, or one so small that dividing by it overflows."""
+        return self.temperature < GREEDY_BELOW
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise RequestTypeError(f"{name} must be a number (got {type(value).__name__})")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise RequestTypeError(f"{name} must be a number (got a tensor of {value.numel()})")
+        value = value.item()
+    value = float(value)
+    if not math.isfinite(value):
+        raise GenerationError(f"{name} must be a finite number (got {_shown(value)})")
+    return value
+
+
+def _integer(value, name: str) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise RequestTypeError(f"{name} must be an integer (got {type(value).__name__})")
+    return int(value)
+
+
+def _shown(x: float) -> str:
+    return f"{x:g}"
+
+
+def check_tokens(ids, vocab: int, what: str = "token_ids") -> list[int]:
+    """`ids` as a list of ints: a non-empty flat sequence (list, tuple, 1-D tensor or
+    array) of integers in [0, vocab); otherwise one GenerationError line."""
+    if hasattr(ids, "tolist") and not isinstance(ids, (str, bytes)):
+        ids = ids.tolist()  # a tensor or an array; a 2-D one becomes nested lists
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable):
+        raise RequestTypeError(f"{what} must be a sequence of token ids (got {type(ids).__name__})")
+    out = []
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise RequestTypeError(
+                f"{what} must be a flat sequence of integers (item {i} is {type(t).__name__})"
+            )
+        if not 0 <= t < vocab:
+            raise GenerationError(
+                f"{what}: token {int(t)} is outside the vocabulary (0..{vocab - 1})"
+            )
+        out.append(int(t))
+    if not out:
+        raise GenerationError(f"{what} must hold at least one token")
+    return out
 
 
 GREEDY = Sampling()
@@ -103,4 +187,6 @@ def sample_token(logits: torch.Tensor, s: Sampling, pos: int) -> int:
     if s.greedy:
         return int(torch.argmax(logits))
     z = scaled(logits, s.temperature)
+    if not bool(torch.isfinite(z[torch.isfinite(logits)]).all()):
+        return int(torch.argmax(logits))  # logits / temperature overflowed: greedy
     return draw(z, keep_threshold(z, s.top_k, s.top_p), uniform(s.seed, pos))

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tilert_compiler.models.config import path_kind, read_text, show_path
+
 TOKENIZER_FILE = "tokenizer.json"
+# Real tokenizer.json files run to ~35 MB (Gemma's); this refuses a wrong file, not them.
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 class TokenizerError(ValueError):
@@ -13,14 +17,16 @@ class TokenizerError(ValueError):
 
 
 def find_tokenizer(*places: str | Path | None) -> Path | None:
-    """The first tokenizer.json among `places` (files, or folders holding one)."""
+    """The first tokenizer.json among `places` (files, or folders holding one). A place the
+    OS will not look at (a name over 255 characters) is one TokenizerError line."""
     for place in places:
         if place is None:
             continue
         p = Path(place)
-        if p.is_file():
+        kind = path_kind(p, TokenizerError)
+        if kind == "file":
             return p
-        if (p / TOKENIZER_FILE).is_file():
+        if kind == "dir" and path_kind(p / TOKENIZER_FILE, TokenizerError) == "file":
             return p / TOKENIZER_FILE
     return None
 
@@ -29,21 +35,23 @@ class TextCodec:
     def __init__(self, path: str | Path, vocab: int):
         from tokenizers import Tokenizer
 
+        # Read here, so a binary, UTF-16 or huge file is the same one line as a bad config.
+        text = read_text(path, TOKENIZER_FILE, limit=MAX_TOKENIZER_BYTES, error=TokenizerError)
         try:
-            self.tok = Tokenizer.from_file(str(path))
+            self.tok = Tokenizer.from_str(text)
         except Exception as e:  # the package's own message, on one line
-            why = " ".join(str(e).split())
-            raise TokenizerError(f"{path}: not a tokenizer.json ({why})") from None
+            why = " ".join(str(e).split())[:120]
+            raise TokenizerError(f"{show_path(path)}: not a tokenizer.json ({why})") from None
         self.path, self.vocab = Path(path), vocab
 
     def encode(self, text: str) -> list[int]:
         ids = self.tok.encode(text).ids
         if not ids:
-            raise TokenizerError(f"the prompt {text!r} encodes to no tokens")
+            raise TokenizerError(f"the prompt {text[:60]!r} encodes to no tokens")
         big = [i for i in ids if i >= self.vocab]
         if big:
             raise TokenizerError(
-                f"{self.path}: token id {big[0]} is outside the model's vocabulary "
+                f"{show_path(self.path)}: token id {big[0]} is outside the model's vocabulary "
                 f"(0..{self.vocab - 1}): a tokenizer of another model?"
             )
         return ids

@@ -95,6 +95,37 @@ DESCRIPTIONS = {
     "hf_weights_missing_tensor": "tensor 'model.norm.weight' [16] is missing",
     "hf_weights_foreign_tensor": "'model.layers.0.self_attn.q_proj.bias' is not a weight of",
     "hf_weights_not_safetensors": "model.safetensors: not a readable safetensors file",
+    # text: every file goes through one reader (encoding, size, depth, aliases, duplicates)
+    "binary_file.yaml": "binary_file.yaml: not UTF-8 text (byte 0x80 at offset 128): a binary file",
+    "latin1.yaml": "latin1.yaml: not UTF-8 text (byte 0xe1 at offset 80): another encoding",
+    "hf_utf16.json": "hf_utf16.json: is UTF-16 text; save it as UTF-8",
+    "utf16_without_bom.yaml": "utf16_without_bom.yaml: holds NUL bytes: a binary file (or UTF-16",
+    "alias_bomb.yaml": "holds 9.26e+08 values once its aliases are expanded, more than 100000",
+    "recursive_alias.yaml": "an alias refers to itself (line 3)",
+    "deep_nesting.yaml": "deep_nesting.yaml: nested deeper than 32 levels (line 2)",
+    "hf_deep_nesting.json": "hf_deep_nesting.json: nested deeper than 32 levels",
+    "duplicate_key.yaml": "key 'hidden' appears twice in one mapping (line 5)",
+    "hf_duplicate_key.json": "key 'hidden_size' appears twice in one object",
+    "huge_integer.yaml": "not valid YAML: an integer of more than 4300 digits",
+    "hf_huge_integer.json": "not valid JSON: an integer of more than 4300 digits",
+    "impossible_date.yaml": "not valid YAML: month must be in 1..12",
+    "long_value.yaml": "field 'family' must be one of llama, qwen3 (got 'xxxxxxxxxxxxx",
+    "long_unknown_key.yaml": "field 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...'",
+    "python_tag.yaml": "could not determine a constructor for the tag",
+    "weights_none_not_text.yaml": "field 'weights.none' must be text (got 5)",
+    # weights: the index decides which files are read; names, dtypes checked from headers
+    "hf_weights_duplicate_across_shards": "is in both model-a.safetensors and model-b",
+    "hf_weights_index_missing_shard": "names model-00002-of-00002.safetensors, which is not in",
+    "hf_weights_index_disagrees": "is here too, but model.safetensors.index.json puts it in",
+    "hf_weights_index_unlisted_tensor": "'model.norm.weight' is not listed in model.safetensors",
+    "hf_weights_index_tensor_not_in_shard": "'model.norm.weight' is missing, but model.safetensors",
+    "hf_weights_index_not_json": "model.safetensors.index.json: not valid JSON",
+    "hf_weights_index_no_weight_map": "field 'weight_map' must be a mapping of tensor names",
+    "hf_weights_index_shard_escapes": "shard '../model.safetensors' must be a file name",
+    "hf_weights_int8": "'model.layers.0.mlp.up_proj.weight' is I8; weights must be floating",
+    "hf_weights_bool": "'model.layers.0.mlp.up_proj.weight' is BOOL; weights must be floating",
+    "hf_weights_fp8": "'model.layers.0.mlp.up_proj.weight' is F8_E4M3; weights must be",
+    "weights_path_only_pytorch_bin": "field 'weights.path' must hold *.safetensors files",
 }
 
 
@@ -143,7 +174,7 @@ def test_the_weight_folders_fail_for_their_weights_not_their_config(tmp_path):
     from tilert_compiler.models.weights import random_weights
 
     shutil.copy(CORPUS / "hf_weights_wrong_shape" / "config.json", tmp_path)
-    save_file(random_weights(load_config(tmp_path)), str(tmp_path / "model.safetensors"))
+    save_file(random_weights(load_config(tmp_path), 0), str(tmp_path / "model.safetensors"))
     cfg = load_config(tmp_path)
     assert cfg.weights.path == str(tmp_path.resolve())
     tc.compile(cfg, nvcc=False, prefill_chunk=0)  # hidden 16: no prefill program
@@ -265,6 +296,26 @@ RUN_ARGS = {
     "tokenizer_not_there": (
         ["--prompt", "hello", "--tokenizer", "/no/such/tok"],
         "--tokenizer /no/such/tok: no tokenizer.json there",
+    ),
+    # sampling: finite and in range, checked before any weight is loaded
+    "temperature_nan": (["--temperature", "nan"], "temperature must be a finite number (got nan)"),
+    "temperature_inf": (["--temperature", "inf"], "temperature must be a finite number (got inf)"),
+    "temperature_negative": (["--temperature", "-0.5"], "temperature must be a finite number >= 0"),
+    "temperature_beyond_float32": (
+        ["--temperature", "1e39"],
+        "at most 3.4e38, the kernel's float32",
+    ),
+    "top_p_zero": (["--top-p", "0"], "top_p must be in (0, 1], 1 for all tokens (got 0)"),
+    "top_p_above_one": (["--top-p", "1.5"], "top_p must be in (0, 1], 1 for all tokens (got 1.5)"),
+    "top_p_nan": (["--top-p", "nan"], "top_p must be a finite number (got nan)"),
+    "top_k_negative": (["--top-k", "-1"], "top_k must be in [0, 2^31), 0 for all tokens (got -1)"),
+    "top_k_past_int32": (["--top-k", str(2**31)], "top_k must be in [0, 2^31)"),
+    "seed_negative": (["--seed", "-1"], "seed must be in [0, 2^63) (got -1)"),
+    # names the OS refuses: one line, not an OSError
+    "weights_name_too_long": (["--weights", "w" * 300], "cannot look at it (File name too long)"),
+    "tokenizer_name_too_long": (
+        ["--prompt", "hi", "--tokenizer", "t" * 300],
+        "cannot look at it (File name too long)",
     ),
 }
 

@@ -138,7 +138,7 @@ def test_hf_config_json_matches_yaml(tmp_path: Path, name: str, hf: dict, form: 
     hf = hf if form == "old" else _new_rope_form(hf)
     path = _write_hf(tmp_path / name, hf)
     expected = load_config(name)
-    overrides = {"target": {"sms": 8}}
+    overrides = {"target": {"sms": 8}, "weights": {"random": 0}}  # no safetensors: asked for
     assert load_config(path, overrides=overrides) == expected  # the file
     assert load_config(path.parent, overrides=overrides) == expected  # its folder
     assert load_config(hf, overrides={**overrides, "name": name}) == expected  # a dict
@@ -151,6 +151,7 @@ def test_hf_config_from_reference_loads_back(tmp_path: Path, name: str) -> None:
     cfg = load_config(name)
     _write_hf(tmp_path / name, hf_config(cfg).to_dict())
     keep = {"max_seq_len": cfg.max_seq_len, "target": cfg.to_dict()["target"]}
+    keep["weights"] = cfg.to_dict()["weights"]
     assert load_config(tmp_path / name, overrides=keep) == cfg
 
 
@@ -173,7 +174,8 @@ def test_hf_defaults_follow_transformers(tmp_path: Path) -> None:
     assert (cfg.kv_heads, cfg.head_dim, cfg.tie_embeddings) == (4, 16, False)
     assert cfg.rope_scaling is not None and cfg.rope_scaling.original_max_position == 131072
     assert cfg.max_seq_len == 4096  # capped: the KV cache is sized for it
-    assert cfg.weights.seed == 0  # no safetensors next to it
+    assert not cfg.weights.bound  # no safetensors next to it: no random weights unasked
+    assert cfg.weights.none is not None and "no weight files" in cfg.weights.none
 
 
 def test_overrides_merge_before_validation() -> None:
