@@ -20,6 +20,7 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
 )
 from tilert_compiler.ir.tile import POLLING_KINDS
+from tilert_compiler.models.config import ConfigError
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.sampling import Sampling, sample_token
 
@@ -43,7 +44,13 @@ def pack_weights(art: Artifact, weights: dict[str, torch.Tensor], dtype, device=
                 f"{tuple(t['shape'])}"
             )
         n = w.numel()
-        arena[t["offset"] : t["offset"] + n].copy_(w.reshape(-1).to(dtype))
+        seg = arena[t["offset"] : t["offset"] + n]
+        seg.copy_(w.reshape(-1).to(dtype))
+        if not bool(torch.isfinite(seg).all()):  # NaN or Inf handed in, or past bf16's range
+            raise ConfigError(
+                f"weights: tensor '{t['name']}' holds NaN or Inf (as {str(dtype)[6:]}); "
+                "a damaged checkpoint?"
+            )
     return arena
 
 

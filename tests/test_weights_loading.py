@@ -223,3 +223,15 @@ def test_nan_in_weights_handed_to_interpret_is_refused(tmp_path):
     w["model.norm.weight"] = torch.ones(64, dtype=torch.int32)
     with pytest.raises(ConfigError, match="is torch.int32; weights must be floats"):
         cm.interpret([1, 2], weights=w)
+
+
+def test_an_interpreter_or_gpu_model_given_inf_weights_refuses_them():
+    # pack_weights (the interpreter's and GpuModel's) checks what it packs: a dict handed
+    # in directly, or a finite float32 value that bf16 cannot hold.
+    from tilert_compiler.runtime.interpreter import Interpreter
+
+    cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
+    w = random_weights(cm.config, seed=2)
+    w["model.layers.1.mlp.up_proj.weight"][0, 0] = float("inf")
+    with pytest.raises(ConfigError, match="'model.layers.1.mlp.up_proj.weight' holds NaN or Inf"):
+        Interpreter(cm.artifact, w)
