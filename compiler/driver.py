@@ -23,7 +23,7 @@ from tilert_compiler.codegen.serialize import serialize
 from tilert_compiler.ir.prefill import PrefillProgram, format_prefill
 from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
-from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
+from tilert_compiler.models.config import ConfigError, ConfigTypeError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.options import MAX_PREFILL_ROWS, Options, from_env
 from tilert_compiler.passes.prefill import plan_prefill, prefill_chunk
@@ -120,7 +120,7 @@ def compile(  # noqa: A001 - the verb users expect
 ) -> CompiledModel:
     """Compile a model description (model.yaml path, dict, HF folder/config.json, bundled
     name, or ModelConfig) into a CompiledModel. `target` overrides the arch ("sm_90a")."""
-    say = progress or (lambda _msg: None)
+    say = _progress(progress)
     cfg = source if isinstance(source, ModelConfig) else load_config(source, overrides=overrides)
     if target is not None:
         cfg = replace(cfg, target=replace(cfg.target, arch=target))
@@ -259,6 +259,14 @@ def prefill_rows(decode_variants, target, ring: bool, most: int, stage_kb=None) 
         except CodegenError:
             rows //= 2
     return 0
+
+
+def _progress(progress: Any) -> Callable[[str], None]:
+    if progress is not None and not callable(progress):
+        raise ConfigTypeError(
+            f"progress must be a function taking a line of text (got {type(progress).__name__})"
+        )
+    return progress or (lambda _msg: None)
 
 
 def _check_options(opts: Options) -> None:
@@ -403,7 +411,9 @@ def compile_from_ir(
     from tilert_compiler.dumps import read_dump
     from tilert_compiler.pipeline import resume_pipeline
 
-    say = progress or (lambda _msg: None)
+    say = _progress(progress)
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigTypeError(f"path must be an IR dump file's path (got {type(path).__name__})")
     d = read_dump(path, source, overrides)
     cfg, opts = d.config, from_env(Options(**d.options)).with_(**option_kw)
     _check_options(opts)

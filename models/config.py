@@ -323,7 +323,7 @@ def parse_yaml(text: str, origin: str, *, error: type[Exception] = ConfigError) 
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise error(f"{origin}: not valid YAML: {_cut(problem)}{where}") from None
+        raise error(f"{origin}: not valid YAML: {shorten(problem)}{where}") from None
     except RecursionError:
         raise error(f"{origin}: nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, OverflowError) as e:  # a timestamp like 2024-13-45, a huge integer
@@ -336,7 +336,7 @@ def _parse_problem(e: Exception) -> str:
     if "integer string conversion" in str(e):  # Python's guard against quadratic int()
         limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
         return f"an integer of more than {limit} digits"
-    return _cut(str(e))
+    return shorten(str(e))
 
 
 class _Refused(ValueError):
@@ -439,7 +439,8 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _cut(text: str, n: int = SHOWN_CHARS * 2) -> str:
+def shorten(text: str, n: int = SHOWN_CHARS * 2) -> str:
+    """`text` on one line (control characters escaped), cut to at most `n` characters."""
     text = " ".join(_printable(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -489,7 +490,7 @@ def _read_source(
         raise ConfigError(f"{show_path(path)}: no such file")
     elif kind == "other":
         raise ConfigError(f"{show_path(path)}: not a regular file")
-    origin = _cut(path.name, SHOWN_CHARS)
+    origin = shorten(path.name, SHOWN_CHARS)
     text = read_text(path)
     if path.suffix == ".json":
         data = _mapping(parse_json(text, origin), origin)
@@ -672,6 +673,11 @@ def _hf_rope(hf: dict[str, Any], max_pos: Any, fail: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- validation
 
 
+def show_value(value: Any) -> str:
+    """A value for a message, as `_show` renders it (one line, a short prefix)."""
+    return _show(value)
+
+
 def _show(value: Any) -> str:
     """A value as the user wrote it, cut short so errors stay one line. Only the shown
     prefix is ever rendered: a huge or self-referencing value costs nothing."""
@@ -775,7 +781,7 @@ class _Validator:
                 hint = difflib.get_close_matches(str(key)[:100], allowed, n=1)
                 did_you_mean = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
                 # a key with a newline or control character is shown escaped: one line
-                shown = _cut(key, SHOWN_CHARS) if isinstance(key, str) else _show(key)
+                shown = shorten(key, SHOWN_CHARS) if isinstance(key, str) else _show(key)
                 raise self.fail(
                     f"{prefix}{shown}",
                     f"is not a known field{did_you_mean} (allowed: {', '.join(allowed)})",
@@ -933,7 +939,7 @@ class _Validator:
         if "none" in d:  # what an artifact's manifest records when no weights were bound
             if not isinstance(d["none"], str):
                 raise self.fail("weights.none", f"must be text (got {_show(d['none'])})")
-            return WeightsSpec(none=_cut(d["none"], 400))
+            return WeightsSpec(none=shorten(d["none"], 400))
         raw = d["path"]
         if not isinstance(raw, str) or not raw or "\0" in raw:
             raise self.fail("weights.path", f"must be a folder path (got {_show(raw)})")

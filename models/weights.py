@@ -17,12 +17,12 @@ from tilert_compiler.models.config import (
     ConfigError,
     ConfigTypeError,
     ModelConfig,
-    _cut,
-    _show,
     parse_json,
     path_kind,
     read_text,
+    shorten,
     show_path,
+    show_value,
 )
 
 WeightList = list[tuple[str, tuple[int, ...]]]
@@ -101,17 +101,20 @@ def found_weights(folder: Path) -> str | None:
         if not any(path_kind(folder / s) == "file" for s in shards):
             return (
                 f"{show_path(folder)}: {INDEX_FILE} but none of its {len(shards)} "
-                f"shard(s), e.g. {_cut(shards[0])}"
+                f"shard(s), e.g. {shorten(shards[0])}"
             )
         return None
     if any(folder.glob("*.safetensors")):
         return None
-    others = sorted(p.name for p in folder.iterdir() if p.suffix in _OTHER_FORMATS)
+    try:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in _OTHER_FORMATS)
+    except OSError as e:
+        raise ConfigError(f"{show_path(folder)}: cannot list it ({e.strerror})") from None
     if not others:
         return f"{show_path(folder)}: no weight files"
     more = f" and {len(others) - 1} more" if len(others) > 1 else ""
     return (
-        f"{show_path(folder)}: no *.safetensors, only {_cut(others[0])}{more} "
+        f"{show_path(folder)}: no *.safetensors, only {shorten(others[0])}{more} "
         "(convert to safetensors)"
     )
 
@@ -130,7 +133,7 @@ def weight_map(cfg: ModelConfig) -> dict[str, Path]:
         absent = [f.name for f in files if path_kind(f) != "file"]
         if absent:
             raise ConfigError(
-                f"{INDEX_FILE} names {_cut(absent[0])}, which is not in {show_path(folder)}"
+                f"{INDEX_FILE} names {shorten(absent[0])}, which is not in {show_path(folder)}"
                 + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else "")
             )
     else:
@@ -141,7 +144,7 @@ def weight_map(cfg: ModelConfig) -> dict[str, Path]:
     where: dict[str, Path] = {}
     for file in files:
         for name, (dtype, shape) in _header(file).items():
-            shown = _cut(name)
+            shown = shorten(name)
             if _ignored(name, cfg):
                 continue
             if index is not None and index.get(name) != file.name:
@@ -151,7 +154,7 @@ def weight_map(cfg: ModelConfig) -> dict[str, Path]:
                     )
                 raise ConfigError(
                     f"{file.name}: tensor '{shown}' is here too, but {INDEX_FILE} puts it "
-                    f"in {_cut(index[name])}: a tensor in two shards"
+                    f"in {shorten(index[name])}: a tensor in two shards"
                 )
             if name not in expected:
                 raise ConfigError(
@@ -180,7 +183,8 @@ def weight_map(cfg: ModelConfig) -> dict[str, Path]:
             if name not in where and not _ignored(name, cfg):
                 what = "is missing" if name in expected else "is not a weight of the model"
                 raise ConfigError(
-                    f"{_cut(shard)}: tensor '{_cut(name)}' {what}, but {INDEX_FILE} puts it there"
+                    f"{shorten(shard)}: tensor '{shorten(name)}' {what}, but {INDEX_FILE} "
+                    "puts it there"
                 )
     missing = [n for n in expected if n not in where]
     if missing:
@@ -213,7 +217,7 @@ def load_weights(cfg: ModelConfig) -> dict[str, torch.Tensor]:
             raise
         except Exception as e:  # truncated data, an offset past the end
             raise ConfigError(
-                f"{file.name}: not a readable safetensors file ({_cut(str(e))})"
+                f"{file.name}: not a readable safetensors file ({shorten(str(e))})"
             ) from None
     # hf_weight_names order, so iteration order never depends on shard layout
     return {name: out[name] for name in where}
@@ -277,7 +281,7 @@ def _index(folder: Path) -> dict[str, str] | None:
     for shard in wm.values():
         if Path(shard).name != shard or shard in ("", ".", ".."):
             raise ConfigError(
-                f"{INDEX_FILE}: shard {_show(shard)} must be a file name in the same folder"
+                f"{INDEX_FILE}: shard {show_value(shard)} must be a file name in the same folder"
             )
     return wm
 
@@ -295,7 +299,7 @@ def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             return out
     except Exception as e:  # safetensors raises its own error type for a bad header
         raise ConfigError(
-            f"{file.name}: not a readable safetensors file ({_cut(str(e))})"
+            f"{file.name}: not a readable safetensors file ({shorten(str(e))})"
         ) from None
 
 
@@ -310,7 +314,7 @@ def _finite(name: str, t: torch.Tensor, where: str) -> torch.Tensor:
         if bool(bad.any()):
             n = int(bad.sum())
             raise ConfigError(
-                f"{where}: tensor '{_cut(name)}' holds NaN or Inf ({n} of {t.numel()} values); "
+                f"{where}: tensor '{shorten(name)}' holds NaN or Inf ({n} of {t.numel()} values); "
                 "a damaged checkpoint?"
             )
     return t

@@ -47,6 +47,7 @@ def generate_on(
     the host."""
     model.reset()
     rules = Sampling(temperature, top_k, top_p, seed)
+    stop_ids = check_tokens(stop_ids, model.vocab, "stop_ids", empty=True)
     if per_token:
         return generate(
             model.step,
@@ -83,6 +84,7 @@ def generate(
     """New tokens (stop id included, if one ended it). `step(token, pos)` -> logits, one
     step per token, sampled on the host by `rules`."""
     prompt = check_request(prompt_ids, max_new_tokens, max_seq_len=max_seq_len, vocab=vocab)
+    stop_ids = check_tokens(stop_ids, vocab, "stop_ids", empty=True)
     for pos, tok in enumerate(prompt[:-1]):
         step(tok, pos)
     pos = len(prompt) - 1

@@ -113,9 +113,9 @@ def _shown(x: float) -> str:
     return f"{x:g}"
 
 
-def check_tokens(ids, vocab: int, what: str = "token_ids") -> list[int]:
-    """`ids` as a list of ints: a non-empty flat sequence (list, tuple, 1-D tensor or
-    array) of integers in [0, vocab); otherwise one GenerationError line."""
+def check_tokens(ids, vocab: int, what: str = "token_ids", *, empty: bool = False) -> list[int]:
+    """`ids` as a list of ints: a flat sequence (list, tuple, 1-D tensor or array) of
+    integers in [0, vocab), non-empty unless `empty`; otherwise one GenerationError line."""
     if hasattr(ids, "tolist") and not isinstance(ids, (str, bytes)):
         ids = ids.tolist()  # a tensor or an array; a 2-D one becomes nested lists
     if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable):
@@ -131,7 +131,7 @@ def check_tokens(ids, vocab: int, what: str = "token_ids") -> list[int]:
                 f"{what}: token {int(t)} is outside the vocabulary (0..{vocab - 1})"
             )
         out.append(int(t))
-    if not out:
+    if not out and not empty:
         raise GenerationError(f"{what} must hold at least one token")
     return out
 

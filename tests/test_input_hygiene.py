@@ -387,3 +387,23 @@ def test_the_api_error_is_the_cli_line(tmp_path, capsys):
     assert _one_line(capsys.readouterr().err, "tilert-compile") == (
         f"tilert-compile: error: {e.value}"
     )
+
+
+def test_stop_ids_of_the_wrong_type_are_one_line(tiny):
+    from tilert_compiler.models.weights import random_weights
+    from tilert_compiler.runtime.interpreter import Interpreter
+
+    it = Interpreter(tiny.artifact, random_weights(tiny.config, seed=0))
+    for stop_ids, err in (("5", RequestTypeError), ([[5]], RequestTypeError), ([999], None)):
+        with pytest.raises(err or GenerationError):
+            it.generate([1, 2], 2, stop_ids=stop_ids)
+    assert len(it.generate([1, 2], 2, stop_ids=np.array([], dtype=np.int64))) == 2
+
+
+def test_progress_and_dump_path_of_the_wrong_type_are_config_type_errors():
+    from tilert_compiler.driver import compile_from_ir
+
+    with pytest.raises(ConfigTypeError, match="progress must be a function"):
+        tc.compile("tiny-llama", nvcc=False, progress="loud")
+    with pytest.raises(ConfigTypeError, match="path must be an IR dump file's path"):
+        compile_from_ir(7)
