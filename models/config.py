@@ -237,8 +237,9 @@ def show_path(path: str | os.PathLike[str]) -> str:
 
 
 def path_kind(path: Path, error: type[Exception] = ConfigError) -> str | None:
-    """ "file", "dir", "other" or None (nothing there). A path the OS will not look at (a
-    name over 255 characters, a NUL byte, no permission) is one `error` line."""
+    """What is at `path`: "file", "dir", "other" (a device, a pipe) or None (nothing). A
+    path the OS will not look at (a name over 255 characters, a NUL byte, no permission)
+    is one `error` line."""
     try:
         st = path.stat()
     except (FileNotFoundError, NotADirectoryError):
@@ -260,6 +261,8 @@ def read_text(
     tokenizer, an IR dump). Every way it can fail is one `error` line naming the file:
     missing, unreadable, a folder, longer than `limit` bytes, binary, or not UTF-8."""
     shown = show_path(path)
+    if path_kind(Path(path), error) == "other":  # a pipe would block the read
+        raise error(f"{shown}: not a regular file, not a {what}")
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)

@@ -9,6 +9,7 @@ never a raw TypeError, AttributeError or IndexError.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -199,14 +200,23 @@ def test_read_text_names_the_file_in_every_failure(tmp_path):
         tmp_path / "bin": "not UTF-8 text",
         tmp_path / "dir": "is a folder",
         tmp_path / "nothing": "cannot read (No such file or directory)",
-        tmp_path / ("x" * 300): "cannot read (File name too long)",
-        str(tmp_path / "nul\0byte"): "cannot read",
+        tmp_path / ("x" * 300): "(File name too long)",
+        str(tmp_path / "nul\0byte"): "(embedded null byte)",
     }
     for path, fragment in cases.items():
         with pytest.raises(TokenizerError) as e:
             read_text(path, "tokenizer.json", error=TokenizerError)
         assert fragment in str(e.value) and "\n" not in str(e.value)
         assert len(str(e.value)) < 400
+
+
+def test_a_pipe_is_refused_not_read(tmp_path, capsys):
+    fifo = tmp_path / "model.yaml"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    rc = compile_main([str(fifo), "--no-run", "-q", "-o", str(tmp_path / "out")])
+    assert rc == 2 and "not a regular file" in _one_line(capsys.readouterr().err, "tilert-compile")
+    with pytest.raises(TokenizerError, match="not a regular file"):
+        read_text(fifo, "tokenizer.json", error=TokenizerError)
 
 
 def test_an_alias_bomb_through_the_python_api_is_refused_fast():
