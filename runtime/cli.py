@@ -170,7 +170,7 @@ def _plan(args: argparse.Namespace) -> Plan:
 def _codec(args: argparse.Namespace, cfg: ModelConfig, path: Path) -> TextCodec:
     """The tokenizer for a text prompt: --tokenizer, else the weights' or artifact's folder."""
     if args.tokenizer is not None and find_tokenizer(args.tokenizer) is None:
-        raise UsageError(f"--tokenizer {args.tokenizer}: no {TOKENIZER_FILE} there")
+        raise UsageError(f"--tokenizer {show_path(args.tokenizer)}: no {TOKENIZER_FILE} there")
     found = find_tokenizer(args.tokenizer, cfg.weights.path, path)
     if found is None:
         raise UsageError(
@@ -202,11 +202,13 @@ def _config(path: Path, m: dict, weights_dir: str | None) -> ModelConfig:
             raise UsageError(f"--weights {show_path(weights_dir)}: not a folder")
         return load_config(raw, overrides={"weights": {"path": weights_dir}})
     spec = raw.get("weights", {})
-    if isinstance(spec, dict) and "path" in spec and not Path(str(spec["path"])).is_dir():
-        raise UsageError(
-            f"{path}: built with weights from {spec['path']}, which is not on this machine; "
-            "pass --weights DIR"
-        )
+    if isinstance(spec, dict) and "path" in spec:
+        where = str(spec["path"])
+        if path_kind(Path(where), UsageError) != "dir":
+            raise UsageError(
+                f"{path}: built with weights from {show_path(where)}, which is not on this "
+                "machine; pass --weights DIR"
+            )
     cfg = load_config(raw)
     if not cfg.weights.bound:  # compiled from a folder without loadable weights
         raise UsageError(
@@ -220,7 +222,9 @@ def _prompt(text: str, vocab: int) -> list[int]:
     try:
         ids = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(f"--prompt-ids must be comma-separated integers (got {text!r})") from None
+        raise UsageError(
+            f"--prompt-ids must be comma-separated integers (got {text[:60]!r})"
+        ) from None
     if not ids:
         raise UsageError("--prompt-ids must name at least one token")
     bad = [i for i in ids if not 0 <= i < vocab]

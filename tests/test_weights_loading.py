@@ -235,3 +235,18 @@ def test_an_interpreter_or_gpu_model_given_inf_weights_refuses_them():
     w["model.layers.1.mlp.up_proj.weight"][0, 0] = float("inf")
     with pytest.raises(ConfigError, match="'model.layers.1.mlp.up_proj.weight' holds NaN or Inf"):
         Interpreter(cm.artifact, w)
+
+
+def test_tilert_run_when_the_weights_folder_is_gone(tmp_path, capsys):
+    model = _hf_folder(tmp_path / "model")
+    save_file(_weights(), str(model / "model.safetensors"))
+    out = tmp_path / "out"
+    nvcc = [] if torch.cuda.is_available() else ["--no-nvcc"]
+    assert (
+        compile_main([str(model), "--no-run", "--prefill-chunk", "0", "-q", "-o", str(out), *nvcc])
+        == 0
+    )
+    shutil.rmtree(model)
+    rc = run_main([str(out), "--prompt-ids", "1"])
+    line = _one_line(capsys.readouterr().err, "tilert-run")
+    assert rc == 2 and "which is not on this machine; pass --weights DIR" in line
