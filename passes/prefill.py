@@ -81,6 +81,10 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
     group = H // KV
     pack = max(p for p in range(1, group + 1) if group % p == 0 and ATTN_ROWS % p == 0)
     _check_adjacent(decode, L)
+    if hd % 16:  # attention's q.k products run on wgmma, 16 elements deep
+        raise PrefillPlanError(
+            f"the prefill program's attention needs head_dim a multiple of 16 (got {hd})"
+        )
     for what, v in (("hidden", D), ("intermediate", F), ("q/k/v width", nqkv)):
         if v % 32:
             raise PrefillPlanError(
