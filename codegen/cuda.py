@@ -31,7 +31,6 @@ from tilert_compiler.ir.tasktable import (
 from tilert_compiler.ir.tile import Schedule
 
 KERNEL_NAME = "tilert_decode_step"
-PREFILL_KERNEL_NAME = "tilert_prefill_chunk"
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -61,8 +60,8 @@ class KernelPlan:
     # Bulk copies the producer keeps in flight (its copy of chunk c waits until chunk
     # c - in_flight landed); the ring's depth when not capped.
     in_flight: int = 0
-    # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the prefill program always, the
-    # decode program with the mma_gemv option; otherwise FFMA, a warp per weight row.
+    # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the mma_gemv option; otherwise
+    # FFMA, a warp per weight row.
     mma: bool = False
 
     @property
@@ -100,16 +99,15 @@ X_REGS = 64
 ATTN_BLOCK_ROWS = 48
 
 
-def item_rows(rows: int, mma: bool) -> int:
+def item_rows(mma: bool) -> int:
     """Weight rows in a warp's item of a GEMV chunk (the template's Chunking::kItemRows):
-    with mma and one token row, 16 (the tile's m: the weights are A); with token rows, 8
-    (the tile's n); FFMA, one row."""
-    return (16 if rows == 1 else 8) if mma else 1
+    with mma, 16 (the tile's m: the weights are A); FFMA, one row."""
+    return 16 if mma else 1
 
 
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int, mma: bool) -> int:
-    """Dynamic shared memory (in floats) a task kind needs besides the ring; `rows` token
-    rows per task (a prefill program); `mma`: GEMVs on tensor cores (KernelPlan.mma)."""
+def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, mma: bool) -> int:
+    """Dynamic shared memory (in floats) a task kind needs besides the ring; `mma`: GEMVs
+    on tensor cores (KernelPlan.mma)."""
     if v.kind == "embed":
         return 0
     if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
@@ -121,16 +119,10 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, rows: int,
         rows = max(chunk * (hd + 4 + hd), splits * g * (hd + 2))
         scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
         return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
-    if v.kind == "attention_prefill":  # the same with `rows` query rows and new cache rows
-        hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
-        chunk = -(-(v.get("S") - 1) // splits) + rows
-        q, padded = rows * g, hd + 4  # q and k rows padded (conflict-free float4 reads)
-        cache = max(chunk * (padded + hd), splits * g * (hd + 2))  # rows, then the partials
-        return q * padded + 2 * rows * hd + 2 * hd + -(-q * chunk // 4) * 4 + cache
     k = v.get("K")
-    groups = -(-_rows_per_chunk(k, stage_bytes) // item_rows(rows, mma))
+    groups = -(-_rows_per_chunk(k, stage_bytes) // item_rows(mma))
     split = 1 if groups >= consumer_warps else consumer_warps // groups
-    return rows * (k + split * v.get("R"))  # input rows + per-K-slice row results
+    return k + split * v.get("R")  # the input row + per-K-slice row results
 
 
 def _check_stream_rows(table: TaskTable) -> None:
@@ -154,7 +146,6 @@ def plan_kernel(
     table: TaskTable,
     target: Target,
     ring: bool,
-    rows: int = 1,
     mma_gemv: bool = False,
     stage_kb: int | None = None,
     in_flight_kb: int | None = None,
@@ -163,8 +154,8 @@ def plan_kernel(
     """`stage_kb`: ring stage size (None: STAGE_BYTES, or the largest weight row if
     bigger). `in_flight_kb`: weight bytes each SM's producer keeps in flight (None: the
     target's, `Target.copies_in_flight_bytes`; 0: no cap, the ring's depth).
-    `ring_stages`: the ring's stages (None: as many as fit, in a decode program at most
-    half a layer's weights per SM, rounded up to a stage).
+    `ring_stages`: the ring's stages (None: as many as fit, at most half a layer's weights
+    per SM, rounded up to a stage).
 
     Why half a layer: the producer then runs at most about half a layer ahead of its
     consumers. Further ahead, its copies are for weights that wait past the layer's next
@@ -174,7 +165,7 @@ def plan_kernel(
     llama-3.2-1b (0.9 MB) even at 5 and 6 (bench/NOTES.md runs S9-5, S9-6)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
-    mma = rows > 1 or mma_gemv
+    mma = mma_gemv
     ks = [v.get("K") for v in table.variants if "K" in dict(v.static)]
     odd = sorted(k for k in ks if k % 32)
     if mma_gemv and odd:
@@ -192,7 +183,7 @@ def plan_kernel(
     stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
 
     def need(v: Variant) -> int:
-        return scratch_floats(v, consumers // 32, stage, rows, mma)
+        return scratch_floats(v, consumers // 32, stage, mma)
 
     scratch = max(need(v) for v in table.variants)
     room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
@@ -208,7 +199,7 @@ def plan_kernel(
             f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
             "are left after the task scratch; compile with weight_ring off or a smaller model"
         )
-    ahead = layer_bytes_per_sm(table, target.sms) if rows == 1 else None
+    ahead = layer_bytes_per_sm(table, target.sms)
     if ring and ring_stages is None and ahead is not None:
         stages = min(stages, max(2, -(-ahead // (2 * stage))))
     if ring and ring_stages is not None:
@@ -238,7 +229,6 @@ def emit_cuda(
     arch: str,
     profile: bool = False,
     fault_skip_task: int = -1,
-    kernel_name: str = KERNEL_NAME,
 ) -> str:
     """`profile`: record per task the global timer at wait start, run start and end (the
     schedule and the task table are the same either way)."""
@@ -251,7 +241,6 @@ def emit_cuda(
         lstrip_blocks=True,
     )
     consts = dict(sched.program.consts)
-    rows = int(consts.get("rows", 1))
     return env.get_template("persistent_kernel.cu.j2").render(
         version=version,
         model=sched.program.model,
@@ -284,13 +273,11 @@ def emit_cuda(
         flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
-        kernel_name=kernel_name,
-        rows=rows,
+        kernel_name=KERNEL_NAME,
         mma=plan.mma,
-        item_rows=item_rows(rows, plan.mma),
+        item_rows=item_rows(plan.mma),
         x_regs=X_REGS,
         attn_block=ATTN_BLOCK_ROWS,
-        row_stride=sched.row_stride,
     )
 
 

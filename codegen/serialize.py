@@ -81,7 +81,7 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
         H, KV = consts["heads"], consts["kv_heads"]
         splits = o.splits[t.op]
         return Variant(
-            "attention_prefill" if consts.get("rows", 1) > 1 else k.value,
+            k.value,
             (
                 ("HD", hd),
                 ("G", H // KV),

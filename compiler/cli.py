@@ -162,13 +162,6 @@ def _parser() -> argparse.ArgumentParser:
         " run as decode steps",
     )
     p.add_argument(
-        "--prefill-rows",
-        type=int,
-        metavar="N",
-        help="prompt tokens per launch of the prefill program, at most (0..8, default 8, halved"
-        " until it fits shared memory); 0: no prefill program, prompts run as decode steps",
-    )
-    p.add_argument(
         "--profile",
         action="store_true",
         help="kernel records per-task timestamps; a GPU run writes trace.json",
@@ -247,16 +240,6 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "mma_gemv": args.mma_gemv,
         "profile": args.profile,
     }
-    if args.prefill_rows is not None:
-        from tilert_compiler.options import MAX_PREFILL_ROWS
-
-        if not 0 <= args.prefill_rows <= MAX_PREFILL_ROWS:
-            from tilert_compiler.models.config import ConfigError
-
-            raise ConfigError(
-                f"--prefill-rows must be 0..{MAX_PREFILL_ROWS} (got {args.prefill_rows})"
-            )
-        flags["prefill_rows"] = args.prefill_rows
     for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)

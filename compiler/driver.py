@@ -10,13 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.codegen.cuda import (
-    KERNEL_NAME,
-    PREFILL_KERNEL_NAME,
-    CodegenError,
-    emit_cuda,
-    plan_kernel,
-)
+from tilert_compiler.codegen.cuda import KERNEL_NAME, CodegenError, emit_cuda, plan_kernel
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.prefill import kernel_resources, lower_prefill, nvcc_flags
 from tilert_compiler.codegen.serialize import serialize
@@ -25,7 +19,7 @@ from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ConfigTypeError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
-from tilert_compiler.options import MAX_PREFILL_ROWS, Options, from_env
+from tilert_compiler.options import Options, from_env
 from tilert_compiler.passes.prefill import plan_prefill, prefill_chunk
 from tilert_compiler.pipeline import STAGES, format_stage, run_pipeline
 from tilert_compiler.runtime.artifact import (
@@ -50,9 +44,6 @@ class CompiledModel:
     resources: Resources | None
     manifest: dict
     timings: dict[str, float] = field(default_factory=dict)
-    # The persistent prefill program it replaces (prefill_rows > 0 only; slower), sharing
-    # the decode program's weights and KV cache; None when off or nothing fits.
-    prefill: CompiledModel | None = None
     # The prefill program: TileLang GEMMs and attention over prompt chunks (None: off)
     tiles: PrefillBuild | None = None
 
@@ -74,17 +65,14 @@ class CompiledModel:
 
     @property
     def artifact(self) -> Artifact:
-        pre = self.prefill.artifact if self.prefill is not None else None
         t = self.tiles
-        tiles = (t.spec, t.cubin) if t is not None else None
         return Artifact(
             self.manifest,
             self.table,
             self.source,
             self.cubin,
-            pre,
-            tiles,
-            t.source if t is not None else None,
+            tiles=(t.spec, t.cubin) if t is not None else None,
+            tiles_source=t.source if t is not None else None,
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -149,7 +137,6 @@ def compile(  # noqa: A001 - the verb users expect
     cm = CompiledModel(
         cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
     )
-    cm.prefill = _compile_prefill(cfg, opts, sched, table, say)
     cm.tiles = build_prefill(cfg, opts, sched, say)
     if opts.dump_ir:
         cm.dump_ir(opts.dump_ir)
@@ -210,57 +197,6 @@ def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
     return PrefillBuild(program, spec, source, cubin, resources, scripts)
 
 
-def _compile_prefill(
-    cfg, opts, decode: Schedule, decode_table: TaskTable, say
-) -> CompiledModel | None:
-    """The prefill program with the most token rows per launch (opts.prefill_rows, then
-    half as many, down to 2) whose kernel fits the target's shared memory; None if none
-    does or it is off. Its passes are the decode program's, on the prefill graph."""
-    ring = bool(dict(decode.options).get("weight_ring"))
-    rows = prefill_rows(decode_table.variants, cfg.target, ring, opts.prefill_rows, opts.stage_kb)
-    while rows >= 2:
-        stages: dict[str, Any] = {}
-        sched = run_pipeline(cfg, opts, stages.__setitem__, rows=rows, base=decode)
-        timings: dict[str, float] = {}
-        try:
-            out = _codegen(cfg, opts, sched, timings, lambda _m: None, PREFILL_KERNEL_NAME)
-        except CodegenError:  # e.g. ptxas's static shared memory on top of the plan
-            rows //= 2
-            continue
-        table, plan, inv_freq, source, cubin, resources, toolkit = out
-        manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, source, resources, toolkit)
-        say(f"  prefill   {rows} tokens per launch, {len(sched.program.tasks)} tasks")
-        return CompiledModel(
-            cfg, opts, stages, sched, table, source, cubin, resources, manifest, timings
-        )
-    return None
-
-
-def prefill_rows(decode_variants, target, ring: bool, most: int, stage_kb=None) -> int:
-    """The most token rows (`most`, halved) whose prefill kernel plan fits the target, read
-    off the decode program's task kinds (the prefill program cuts its ops the same way,
-    without the LM head and the sample); 0 if none fits or prefill is off."""
-    from types import SimpleNamespace
-
-    from tilert_compiler.ir.tasktable import Variant
-
-    kinds = []
-    for v in decode_variants:
-        if v.kind == "sample" or (v.kind == "norm_linear" and v.get("ARGMAX")):
-            continue
-        kinds.append(Variant("attention_prefill", v.static) if v.kind == "attention_decode" else v)
-    rows = most
-    while rows >= 2:
-        try:
-            plan_kernel(
-                SimpleNamespace(variants=kinds), target, ring=ring, rows=rows, stage_kb=stage_kb
-            )
-            return rows
-        except CodegenError:
-            rows //= 2
-    return 0
-
-
 def _progress(progress: Any) -> Callable[[str], None]:
     if progress is not None and not callable(progress):
         raise ConfigTypeError(
@@ -271,10 +207,6 @@ def _progress(progress: Any) -> Callable[[str], None]:
 
 def _check_options(opts: Options) -> None:
     """Option values the passes cannot honour, said before any work."""
-    if not 0 <= opts.prefill_rows <= MAX_PREFILL_ROWS:
-        raise ConfigError(
-            f"option prefill_rows must be 0..{MAX_PREFILL_ROWS} (got {opts.prefill_rows})"
-        )
     if opts.l2_window_kb is not None and opts.l2_window_kb < 0:
         raise ConfigError(f"option l2_window_kb must be 0 or more (got {opts.l2_window_kb})")
     if opts.stage_kb is not None and not 1 <= opts.stage_kb <= 128:
@@ -293,26 +225,19 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
 
 
-def _rows(sched: Schedule) -> int:
-    """Token rows per launch of the program (a dump from before prefill programs has none)."""
-    return int(dict(sched.program.consts).get("rows", 1))
-
-
-def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = KERNEL_NAME):
+def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
     """Schedule -> task table, kernel plan, CUDA source and (with nvcc) cubin."""
     t0 = time.perf_counter()
     table = serialize(sched)
-    rows = _rows(sched)
     ring = bool(dict(sched.options).get("weight_ring"))
     plan = plan_kernel(
         table,
         cfg.target,
         ring=ring,
-        rows=rows,
         mma_gemv=opts.mma_gemv,
         stage_kb=opts.stage_kb,
         in_flight_kb=opts.in_flight_kb,
-        ring_stages=opts.ring_stages if rows == 1 else None,
+        ring_stages=opts.ring_stages,
     )
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
     source = emit_cuda(
@@ -324,14 +249,13 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say, kernel_name: str = 
         arch=cfg.target.arch,
         profile=opts.profile,
         fault_skip_task=opts.fault_skip_task,
-        kernel_name=kernel_name,
     )
     timings["codegen"] = time.perf_counter() - t0
     say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
     cubin, resources, toolkit = None, None, None
     if opts.nvcc and find_nvcc():
         t1 = time.perf_counter()
-        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, kernel_name)
+        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)
         if warnings:
             raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
         toolkit = nvcc_version(find_nvcc() or "nvcc")
@@ -367,9 +291,7 @@ def _manifest(
             "stage_bytes": plan.stage_bytes,
             "in_flight": plan.in_flight,
         },
-        "kernel": KERNEL_NAME if _rows(sched) == 1 else PREFILL_KERNEL_NAME,
-        "rows": _rows(sched),
-        "row_stride": sched.row_stride,
+        "kernel": KERNEL_NAME,
         "variants": variants_to_json(table.variants),
         "arenas": dict(sched.arena_sizes),
         "tensors": [
@@ -427,6 +349,5 @@ def compile_from_ir(
     table, plan, inv_freq, src, cubin, resources, toolkit = _codegen(cfg, opts, sched, timings, say)
     manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, src, resources, toolkit)
     cm = CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)
-    cm.prefill = _compile_prefill(cfg, opts, sched, table, say)  # against the edited program
-    cm.tiles = build_prefill(cfg, opts, sched, say)
+    cm.tiles = build_prefill(cfg, opts, sched, say)  # against the edited program
     return cm

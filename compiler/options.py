@@ -10,8 +10,6 @@ from dataclasses import dataclass, fields, replace
 
 from tilert_compiler.models.config import ConfigError, ConfigTypeError
 
-MAX_PREFILL_ROWS = 8
-
 
 @dataclass(frozen=True)
 class Options:
@@ -59,10 +57,6 @@ class Options:
     # (None: 1024, at most max_seq_len rounded up to 128; 0: none, prompts run as decode
     # steps). Its GEMMs and attention are TileLang tile programs on tensor cores.
     prefill_chunk: int | None = None
-    # The persistent prefill program it replaces (several tokens per launch of a second
-    # persistent kernel): tokens per launch, at most (halved until its kernel fits the
-    # shared memory, down to 2); 0: not built. Kept only to measure against; slower.
-    prefill_rows: int = 0
 
     def __post_init__(self) -> None:
         # Every field against its annotation, so `stage_kb="32"` is one line here rather

@@ -21,13 +21,10 @@ from tilert_compiler.passes.schedule import schedule
 from tilert_compiler.passes.tile import tile
 
 
-def run_pipeline(
-    cfg, opts, on_stage: Callable[[str, Any], None], *, rows: int = 1, base: Schedule | None = None
-) -> Schedule:
-    """The decode program (rows = 1), or the prefill program of `rows` tokens per launch,
-    laid out against the decode schedule `base` (shared weights and KV cache)."""
+def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
+    """The decode program: one step of the model as a schedule of tasks over the SMs."""
     t = cfg.target
-    ir: Any = build_graph(cfg, rows)  # model description -> graph of primitive ops
+    ir: Any = build_graph(cfg)  # model description -> graph of primitive ops
     on_stage("graph", ir)
     ir = fuse(ir)  # norms into GEMVs, rope/cache into attention, residual, silu·mul
     on_stage("fuse", ir)
@@ -41,7 +38,7 @@ def run_pipeline(
     on_stage("schedule", ir)
     ir = prefetch(ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb, opts.cache_prefetch)
     on_stage("prefetch", ir)
-    ir = layout(ir, base)  # arena offsets for every tensor
+    ir = layout(ir)  # arena offsets for every tensor
     verify_schedule(ir)  # deadlock freedom, ordering of every read after its write
     on_stage("layout", ir)
     return ir

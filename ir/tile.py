@@ -148,9 +148,6 @@ class Schedule:
     layout: tuple[tuple[str, str, int], ...] = ()  # (tensor, arena, element offset)
     arena_sizes: tuple[tuple[str, int], ...] = ()  # (arena, elements)
     options: tuple[tuple[str, object], ...] = field(default=())
-    # Prefill programs: act elements from one token row of an activation to the next
-    # (0: one row, the decode step)
-    row_stride: int = 0
 
     def sm_of(self) -> dict[int, int]:
         return {t: sm for sm, ts in enumerate(self.sm_lists) for t in ts}

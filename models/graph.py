@@ -11,11 +11,7 @@ from __future__ import annotations
 from tilert_compiler.ir.graph import Graph, Op, OpKind, Storage, TensorDecl, attrs
 
 
-def build_graph(cfg, rows: int = 1) -> Graph:
-    """One decode step (rows = 1), or one prefill chunk of `rows` prompt tokens at positions
-    pos .. pos + rows - 1: the same layers, every activation a row per token (the kernel
-    strides them by the program's row stride), and no LM head or sample (the prompt's last
-    token goes through the decode program, which samples the first new token)."""
+def build_graph(cfg) -> Graph:
     hd, H, KV = cfg.head_dim, cfg.heads, cfg.kv_heads
     D, F, V, S = cfg.hidden, cfg.intermediate, cfg.vocab, cfg.max_seq_len
     tensors: list[TensorDecl] = []
@@ -88,6 +84,15 @@ def build_graph(cfg, rows: int = 1) -> Graph:
         op(L + "mlp_residual", OpKind.ADD, [h, dn], [x_next], i)
         x = x_next
 
+    norm = w("model.norm.weight", D)
+    lm = embed if cfg.tie_embeddings else w("lm_head.weight", V, D)
+    xf = a("xf", D)
+    logits = a("logits", V, storage=Storage.OUT)
+    op("final_norm", OpKind.RMSNORM, [x, norm], [xf])
+    op("lm_head", OpKind.LINEAR, [xf, lm], [logits])
+    # The next token, as a float (exact below 2^24): multi-step launches feed it back.
+    token = a("token", 1)
+    op("sample", OpKind.SAMPLE, [logits], [token])
     consts = attrs(
         hidden=D,
         heads=H,
@@ -99,17 +104,5 @@ def build_graph(cfg, rows: int = 1) -> Graph:
         max_seq_len=S,
         norm_eps=float(cfg.norm_eps),
         qk_norm=bool(cfg.qk_norm),
-        rows=rows,
     )
-    if rows > 1:
-        return Graph(f"{cfg.name}-prefill", tuple(tensors), tuple(ops), consts)
-    norm = w("model.norm.weight", D)
-    lm = embed if cfg.tie_embeddings else w("lm_head.weight", V, D)
-    xf = a("xf", D)
-    logits = a("logits", V, storage=Storage.OUT)
-    op("final_norm", OpKind.RMSNORM, [x, norm], [xf])
-    op("lm_head", OpKind.LINEAR, [xf, lm], [logits])
-    # The next token, as a float (exact below 2^24): multi-step launches feed it back.
-    token = a("token", 1)
-    op("sample", OpKind.SAMPLE, [logits], [token])
     return Graph(cfg.name, tuple(tensors), tuple(ops), consts)

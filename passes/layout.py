@@ -4,11 +4,6 @@ Two arenas: `weights` (bf16 on the GPU) and `act` (f32: activations, KV cache, l
 Offsets are in elements, aligned to 128 bytes so every row block starts on a boundary
 that 16-byte vector loads and bulk copies accept. Weights are laid out in the order the
 schedule first streams them.
-
-A prefill program (rows > 1) shares the decode program's weights and KV cache: it is laid
-out against that schedule (`base`), keeping the offsets of every weight and cache tensor,
-and places its own activations after the decode arena, one row per token: row m of a
-tensor lives `row_stride` elements after row m - 1.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ from tilert_compiler.ir.tile import Schedule
 ALIGN_BYTES = 128
 
 
-def layout(sched: Schedule, base: Schedule | None = None) -> Schedule:
+def layout(sched: Schedule) -> Schedule:
     program = sched.program
     decls = {t.name: t for t in program.tensors}
     order: list[str] = []
@@ -33,32 +28,13 @@ def layout(sched: Schedule, base: Schedule | None = None) -> Schedule:
                 order.append(r.tensor)
     sizes = {"weights": 0, "act": 0}
     placed: list[tuple[str, str, int]] = []
-    shared: dict[str, tuple[str, int]] = {}
-    if base is not None:
-        sizes = dict(base.arena_sizes)
-        shared = {
-            n: (a, off)
-            for n, a, off in base.layout
-            if decls.get(n) is not None and decls[n].storage in (Storage.WEIGHT, Storage.CACHE)
-        }
-    first_row = sizes["act"] = _align(sizes["act"], ALIGN_BYTES // 4)
     for name in order:
-        if name in shared:
-            placed.append((name, *shared[name]))
-            continue
         decl = decls[name]
-        if base is not None and decl.storage == Storage.WEIGHT:
-            raise ValueError(f"prefill: weight '{name}' is not in the decode program's layout")
         arena = "weights" if decl.storage == Storage.WEIGHT else "act"
         off = _align(sizes[arena], ALIGN_BYTES // (2 if arena == "weights" else 4))
         placed.append((name, arena, off))
         sizes[arena] = off + decl.numel
-    rows = int(program.const("rows")) if "rows" in dict(program.consts) else 1
-    stride = 0
-    if rows > 1:  # activations repeat per token row; the cache is shared (placed in base)
-        stride = _align(sizes["act"] - first_row, ALIGN_BYTES // 4)
-        sizes["act"] = first_row + rows * stride
-    return replace(sched, layout=tuple(placed), arena_sizes=tuple(sizes.items()), row_stride=stride)
+    return replace(sched, layout=tuple(placed), arena_sizes=tuple(sizes.items()))
 
 
 def _align(n: int, to: int) -> int:

@@ -54,15 +54,11 @@ def tile(
     shape = {t.name: t.shape for t in graph.tensors}
     storage = {t.name: t.storage for t in graph.tensors}
     lm_tasks: list[int] = []  # LM-head tasks, in argmax-partial order
-    # Prefill programs (graph const rows > 1) run `rows` tokens per launch: every activation
-    # is a row per token, so a task reads and writes `rows` times the activation bytes and
-    # attention writes `rows` cache rows from pos on.
-    rows = int(dict(graph.consts).get("rows", 1))
 
     def add(kind, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
         if cost is None:
             cost = sum(r.numel() for r in weights) * W_BYTES
-            cost += sum(r.numel() for r in reads + writes) * A_BYTES * rows + cost_extra
+            cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
         tasks.append(
             Task(
                 len(tasks),
@@ -112,7 +108,7 @@ def tile(
                     )
                     writes = [part]
                     if last:  # the static home of this step's cache rows and the combine
-                        row = (("pos", 0), ("pos", rows))
+                        row = (("pos", 0), ("pos", 1))
                         writes += [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
                         writes.append(_vec(out, g * group * hd, (g + 1) * group * hd))
                     add(

@@ -113,7 +113,7 @@ def _refusals(d: Path) -> dict[str, list[str]]:
             "-o",
             str(d / "user"),
         ],
-        "a bad option value": ["tiny-llama", "--prefill-rows", "16", "-o"],
+        "a bad option value": ["tiny-llama", "--stage-kb", "0", "-o"],
         "a dump that does not parse": ["--from-ir", str(bad_dump), "-o"],
     }
 

@@ -155,16 +155,15 @@ def test_bad_description_is_one_line_exit_2_nothing_written(case, tmp_path, caps
     assert list(tmp_path.iterdir()) == []  # not even a temporary sibling
 
 
-@pytest.mark.parametrize("rows", ["-2", "16"])
-def test_a_prefill_row_count_outside_0_to_8_is_one_line_exit_2(rows, tmp_path, capsys):
-    # More than 8 would pass the tensor-core tile's dead A rows off as tokens.
+@pytest.mark.parametrize("kb", ["0", "200"])
+def test_a_ring_stage_size_outside_1_to_128_kib_is_one_line_exit_2(kb, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = compile_main(["tiny-llama", "--prefill-rows", rows, "--no-run", "-o", str(out)])
+    rc = compile_main(["tiny-llama", "--stage-kb", kb, "--no-run", "-q", "-o", str(out)])
     line = one_error_line(capsys.readouterr().err, "tilert-compile")
-    assert rc == 2 and f"--prefill-rows must be 0..8 (got {rows})" in line
+    assert rc == 2 and f"stage_kb must be 1..128 KiB (got {kb})" in line
     assert not out.exists()
-    with pytest.raises(tc.ConfigError, match="0..8"):
-        tc.compile("tiny-llama", nvcc=False, prefill_rows=int(rows))
+    with pytest.raises(tc.ConfigError, match="1..128"):
+        tc.compile("tiny-llama", nvcc=False, stage_kb=int(kb))
 
 
 def test_the_weight_folders_fail_for_their_weights_not_their_config(tmp_path):

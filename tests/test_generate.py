@@ -9,7 +9,7 @@ import tilert_compiler as tc
 from tilert_compiler.models import random_weights
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.runtime.generate import GenerationError, generate
-from tilert_compiler.runtime.interpreter import Interpreter
+from tilert_compiler.runtime.interpreter import Interpreter, InterpreterError
 from tilert_compiler.runtime.sampling import (
     Sampling,
     draw,
@@ -149,6 +149,23 @@ def test_a_request_longer_than_the_cache_is_refused_in_one_line():
     with pytest.raises(GenerationError, match="KV cache holds 64") as e:
         it.generate([1] * 60, 10)
     assert "\n" not in str(e.value)
+
+
+def test_without_a_prefill_program_prompts_run_as_decode_steps():
+    cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
+    assert cm.tiles is None
+    w = random_weights(cm.config, seed=int(torch.randint(0, 2**31 - 1, ())))
+    prompt = torch.randint(0, cm.config.vocab, (9,)).tolist()
+    it = Interpreter(cm.artifact, w)
+    assert it.prefill_rows == 1
+    assert it.generate(prompt, 4) == it.generate(prompt, 4, per_token=True)
+
+
+def test_a_prefill_past_the_cache_is_a_clear_error():
+    cm, _, it = _interp("tiny-llama", 1)
+    s = cm.config.max_seq_len
+    with pytest.raises(InterpreterError, match="outside the KV cache"):
+        it.prefill([1] * 5, s - 3)
 
 
 def test_bad_prompts_and_parameters_are_refused():
