@@ -61,12 +61,7 @@ ARGS: dict[str, tuple[str, ...]] = {
     "norm_linear": ("x", "w_gamma", "w", "out", "rows", "argmax_out", "row0"),
     "sample": ("logits", "out", "vocab", "parts", "n_parts"),
 }
-# Prefill programs: `rows` query tokens per task, causal within them (same arguments).
-ARGS["attention_prefill"] = ARGS["attention_decode"]
 assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
-# Arguments that are a token row's activations: in a prefill program row m of each is
-# `row_stride` elements after row m - 1 (the KV cache and weights are not per row).
-ROW_ARGS = frozenset(("x", "out", "residual", "qkv", "part"))
 
 
 @dataclass(frozen=True)

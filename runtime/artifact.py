@@ -5,7 +5,8 @@ tasks.npz       the task table (ir.tasktable)
 kernel.cu       the generated source
 kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
 resources.txt   ptxas's report: registers, spills, shared memory
-prefill/        the prefill program (the same files), when the compiler built one
+prefill.json    the prefill program (runtime/prefill.py), with prefill.cu and prefill.cubin,
+                when the compiler built one
 
 Those are the artifact's own files; the manifest's "tool" marks the folder as one. Writing
 (StagedArtifact) replaces or deletes nothing else, and a folder appears whole or not at all.
@@ -38,14 +39,15 @@ from tilert_compiler.ir.tasktable import (
 )
 
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
-# 3: the prefill program (prefill/), Params.n_rows, manifest rows and row_stride.
+# 3: Params.n_rows. (Earlier format-3 artifacts may also hold the persistent prefill
+# program, since removed, in prefill/, and the manifest keys rows and row_stride; this
+# runtime ignores them.)
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"
 SOURCE = "kernel.cu"
 CUBIN = "kernel.cubin"
 RESOURCES = "resources.txt"
-PREFILL = "prefill"
 # The prefill program: its launches and kernels' specs, CUDA source and cubin
 TILES_SPEC, TILES_SOURCE, TILES_CUBIN = "prefill.json", "prefill.cu", "prefill.cubin"
 
@@ -60,7 +62,6 @@ class Artifact:
     table: TaskTable
     source: str
     cubin: bytes | None
-    prefill: Artifact | None = None  # the persistent prefill program (prefill_rows > 0)
     # The prefill program (runtime/prefill.py): (prefill.json's spec, cubin or None)
     tiles: tuple[dict, bytes | None] | None = None
     tiles_source: str | None = None
@@ -92,9 +93,8 @@ def write_artifact(path: str | os.PathLike, art: Artifact, *, force: bool = Fals
     return staged.path
 
 
-def _write_files(folder: Path, art: Artifact, *, top: bool = True) -> None:
-    # The top manifest carries the marker; prefill/'s is the program's alone.
-    manifest = {**art.manifest, "tool": TOOL} if top else art.manifest
+def _write_files(folder: Path, art: Artifact) -> None:
+    manifest = {**art.manifest, "tool": TOOL}  # the marker (is_artifact)
     art.table.save(folder / TASKS)
     (folder / SOURCE).write_text(art.source)
     if art.cubin is not None:
@@ -115,9 +115,9 @@ def _write_files(folder: Path, art: Artifact, *, top: bool = True) -> None:
 # ---------------------------------------------------------------- writing without loss
 #
 # What the compiler may replace or delete in an output folder is exactly the artifact's
-# own files (OWN_FILES, at the top and in prefill/): nothing the user put beside them, and
-# nothing outside the folder. Everything is written into a hidden temporary sibling,
-# `.<name>.tmp-<pid>-<random>`, and put in place by renames at the end:
+# own files (OWN_FILES): nothing the user put beside them, and nothing outside the folder.
+# Everything is written into a hidden temporary sibling, `.<name>.tmp-<pid>-<random>`,
+# and put in place by renames at the end:
 #   new      (no folder, or an empty one)  one rename
 #   replace  (an earlier artifact)         the old folder is renamed aside, the new one
 #            into place, then what the user kept in the old one (anything not in
@@ -137,7 +137,7 @@ OWN_FILES = (
     TILES_SPEC,
     TILES_SOURCE,
     TILES_CUBIN,
-)  # at the top and in prefill/
+)
 
 
 class OutputError(ArtifactError):
@@ -185,7 +185,7 @@ def check_output(path: str | os.PathLike, *, force: bool = False, cubin: bool = 
             f"-o {path}: is a folder of other files, not a tilert-compile artifact; give a new"
             " or empty folder, or --force to add the artifact's files beside them"
         )
-    clash = [n for n in entries if n in (*OWN_FILES, PREFILL)]
+    clash = [n for n in entries if n in OWN_FILES]
     if clash:
         raise OutputError(
             f"-o {path}: already holds {', '.join(clash)}, not from tilert-compile; --force"
@@ -220,21 +220,6 @@ def _check_writable(path: Path, what: str) -> None:
             raise OutputError(f"{what} {path}: cannot write in {place}")
 
 
-def _check_prefill_room(prefill: Path, has_prefill: bool) -> None:
-    """Refuses a replace that would leave the user's files in an earlier artifact's prefill/
-    with nowhere to go: beside no prefill program (the runtime would read the folder as
-    one), or where the new prefill/ goes when it is not a folder."""
-    if _real_dir(prefill):
-        kept = sorted(e.name for e in prefill.iterdir() if e.name not in OWN_FILES)
-        if kept and not has_prefill:
-            raise OutputError(
-                f"{prefill}: holds {', '.join(kept)}, not the artifact's files, and this build"
-                " has no prefill program to keep them beside; move them or give another -o"
-            )
-    elif os.path.lexists(prefill) and has_prefill:
-        raise OutputError(f"{prefill}: is not a folder; move it or give another -o")
-
-
 class StagedArtifact:
     """An artifact that appears whole or not at all, with room for what goes with it.
 
@@ -251,8 +236,6 @@ class StagedArtifact:
         self.path = Path(os.path.abspath(path))
         self.art = art
         self.mode = check_output(self.path, force=force, cubin=art.cubin is not None)
-        if self.mode == "replace":
-            _check_prefill_room(self.path / PREFILL, art.prefill is not None)
         self.staging: Path | None = None
         self._made: list[Path] = []  # folders made for the temporary ones: removed if empty
         self._extra: list[tuple[Path, Path]] = []  # (temporary, target) outside self.path
@@ -262,9 +245,6 @@ class StagedArtifact:
             self._made = _make_folders(self.path.parent)
             self.staging = _temp_sibling(self.path, "tmp")
             _write_files(self.staging, self.art)
-            if self.art.prefill is not None:
-                (self.staging / PREFILL).mkdir()
-                _write_files(self.staging / PREFILL, self.art.prefill, top=False)
         except BaseException as e:
             self.discard()
             if isinstance(e, OSError):
@@ -340,10 +320,7 @@ def _replace(path: Path, new: Path) -> None:
     except BaseException:
         old.rename(path)
         raise
-    _move_into(old, path, dst_wins=True, keep={*OWN_FILES, PREFILL})
-    if (old / PREFILL).is_dir() and not (old / PREFILL).is_symlink():
-        _move_into(old / PREFILL, path / PREFILL, dst_wins=True, keep=set(OWN_FILES))
-        _remove_own(old / PREFILL)
+    _move_into(old, path, dst_wins=True, keep=set(OWN_FILES))
     _remove_own(old)
 
 
@@ -473,11 +450,6 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
         _check_cubin(path / CUBIN, cubin, str(manifest["arch"]))
     elif need_cubin:
         raise ArtifactError(f"{path}: no {CUBIN}; compile on a machine with nvcc")
-    prefill = None
-    if (path / PREFILL).is_dir() and manifest.get("rows", 1) == 1:
-        prefill = load_artifact(path / PREFILL, need_cubin=need_cubin)
-        if not _prefill_fits(manifest, prefill.manifest):
-            raise ArtifactError(f"{path / PREFILL}: not this model's prefill program; recompile")
     tiles, tiles_source = None, None
     if (path / TILES_SPEC).is_file():
         from tilert_compiler.runtime.prefill import PrefillError, read_spec
@@ -492,26 +464,7 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
         tiles = (spec, tc.read_bytes() if tc.is_file() else None)
         if (path / TILES_SOURCE).is_file():
             tiles_source = (path / TILES_SOURCE).read_text()
-    return Artifact(manifest, table, src, cubin, prefill, tiles, tiles_source)
-
-
-def _prefill_fits(decode: dict, pre: dict) -> bool:
-    """The prefill program was laid out against this decode program: the same weight arena,
-    every weight and cache tensor at the same offset and of the same shape (so the same
-    context length), its own activations past the decode program's. (The config itself is
-    checked where the runtime reads it.)"""
-    if pre.get("rows", 1) < 2 or pre["arenas"].get("weights") != decode["arenas"].get("weights"):
-        return False
-    home = {
-        t["name"]: (t["offset"], t["shape"]) for t in decode["tensors"] if t.get("storage") != "act"
-    }
-    for t in pre["tensors"]:
-        if t.get("storage") == "act":
-            if t["offset"] < decode["arenas"]["act"]:
-                return False
-        elif home.get(t["name"]) != (t["offset"], t["shape"]):
-            return False
-    return True
+    return Artifact(manifest, table, src, cubin, tiles, tiles_source)
 
 
 # What the runtime and the interpreter read from the manifest; a missing one is a damaged

@@ -1,7 +1,7 @@
 """Token generation on top of any stepper (the GPU kernel or the CPU interpreter).
 
 `generate_on` (what GpuModel.generate and Interpreter.generate call) writes the prompt's
-cache rows with the prefill program, several tokens per launch, then runs the prompt's last
+cache rows with the prefill program, a chunk of tokens at a time, then runs the prompt's last
 token and every new one in one multi-step launch that samples on the GPU. `generate` is
 the host loop: one decode step per token (the prompt too), each new token sampled from
 the last logits by the rules of runtime.sampling (the kernel's sample task follows the

@@ -86,7 +86,7 @@ class _Params(ctypes.Structure):
         ("token", ctypes.c_int),
         ("pos", ctypes.c_int),
         ("epoch", ctypes.c_uint),
-        ("n_rows", ctypes.c_int),
+        ("n_rows", ctypes.c_int),  # unused by the decode kernel; the slot stays
         ("timeout_ns", ctypes.c_ulonglong),
         ("profile", ctypes.c_void_p),
         ("tokens", ctypes.c_void_p),
@@ -163,7 +163,7 @@ def _load_kernel(art: Artifact):
 
 
 class _Program:
-    """One program of an artifact on the GPU: its task table, counters and profile buffer
+    """The artifact's decode program on the GPU: its task table, counters and profile buffer
     in device memory, its kernel, and the kernel's Params with every buffer address set
     once (the buffers live as long as the model; a launch sets only what varies)."""
 
@@ -173,13 +173,7 @@ class _Program:
         # The step's activations (not the KV cache): with flags they carry their step's
         # parity, so restarting the epochs must first forget them (see restart()).
         steps = [x for x in m["tensors"] if x["arena"] == "act" and x["storage"] == "act"]
-        if int(m.get("rows", 1)) > 1:
-            # The prefill program's tensors list row 0 only (row r lies row_stride further):
-            # its activations are the whole arena past the decode program's, up to its end.
-            start = min(x["offset"] for x in steps)
-            self._acts = [act[start : int(m["arenas"]["act"])]]
-        else:
-            self._acts = [act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))] for x in steps]
+        self._acts = [act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))] for x in steps]
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
         self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
@@ -191,7 +185,7 @@ class _Program:
         self.profile = torch.zeros((n_prof, PROFILE_WORDS), dtype=torch.int64, device=dev)
         # The largest per-step increment any counter sees: dependency waits and the split
         # attention's arrival counters (one arrival per split).
-        splits = [v.get("NSPLIT") for v in t.variants if v.kind.startswith("attention")]
+        splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_decode"]
         self.max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
         self.module, self.fn = _load_kernel(art)
         p = self.params = _Params()
@@ -238,37 +232,6 @@ class _Program:
         )
 
 
-class _Prefill(_Program):
-    """The prefill program of a GpuModel: its own task table and counters, the model's
-    weights, activations (its rows lie past the decode program's) and KV cache."""
-
-    def __init__(self, model: GpuModel, art: Artifact):
-        dev = model.device
-        super().__init__(art, dev, model.w, model.act, model.error, model.profiled)
-        self.rows, self.model, self.epoch = int(art.manifest["rows"]), model, 0
-        self.tokens = torch.zeros(model.max_seq_len, dtype=torch.int32, device=dev)
-        p = self.params
-        p.n_steps, p.n_forced, p.mode, p.sample_counter = 1, 1, MODE_LOGITS, -1
-
-    def run(self, tokens: list[int], pos: int) -> None:
-        """Enqueue one launch per chunk of `rows` tokens; no synchronisation."""
-        self.tokens[: len(tokens)].copy_(torch.tensor(tokens, dtype=torch.int32))
-        n_chunks = -(-len(tokens) // self.rows)
-        self.epoch = self.room_for(self.epoch, n_chunks, self.model.device)
-        p = self.params
-        p.timeout_ns = self.model.timeout_ns
-        for at in range(0, len(tokens), self.rows):
-            self.epoch += 1
-            p.pos, p.epoch = pos + at, self.epoch
-            p.n_rows = min(self.rows, len(tokens) - at)
-            p.tokens = self.tokens.data_ptr() + 4 * at
-            self.launch(self.model.device, "launching the prefill kernel")
-            if p.n_rows < self.rows:
-                # The rows this chunk did not feed keep an older launch's values; with flags
-                # one of the same parity as the launch after next could pass for fresh.
-                self.forget()
-
-
 class GpuModel:
     def __init__(
         self,
@@ -294,9 +257,7 @@ class GpuModel:
             weights = load_weights(ModelConfig.from_dict(m["config"]))
         dev = self.device
         self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
-        pre = self.art.prefill
-        acts = [m["arenas"]["act"]] + ([pre.manifest["arenas"]["act"]] if pre else [])
-        self.act = torch.full((max(acts),), float("nan"), device=dev)
+        self.act = torch.full((m["arenas"]["act"],), float("nan"), device=dev)
         t = self.art.table
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
         self.profiled = bool(m.get("options", {}).get("profile"))
@@ -331,7 +292,6 @@ class GpuModel:
         p = self._decode.params  # the buffers' addresses are set: add the multi-step ones
         p.tokens, p.stop_ids = self.tokens.data_ptr(), self.stop_ids.data_ptr()
         p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
-        self._prefill = _Prefill(self, pre) if pre is not None else None
         self._tiles = None  # the prefill program (runtime/prefill.py), when built
         if self.art.tiles is not None:
             from tilert_compiler.runtime.prefill import GpuPrefill
@@ -343,13 +303,11 @@ class GpuModel:
     def prefill_rows(self) -> int:
         """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
         steps)."""
-        if self._tiles is not None:
-            return self._tiles.chunk
-        return self._prefill.rows if self._prefill is not None else 1
+        return self._tiles.chunk if self._tiles is not None else 1
 
     def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
-        computed): the prefill program, `prefill_rows` tokens per launch, or one decode step
+        computed): the prefill program, `prefill_rows` tokens per chunk, or one decode step
         per token when the artifact has none. Synchronises; raises KernelError on a fault."""
         toks = [int(t) for t in tokens]
         for i, tok in enumerate(toks):
@@ -359,13 +317,10 @@ class GpuModel:
         if self._tiles is not None:
             self._tiles.run(toks, pos)
             self.check("prefill")
-        elif self._prefill is None:
+        else:
             for i, tok in enumerate(toks):
                 self.launch(tok, pos + i)
             self.check()
-        else:
-            self._prefill.run(toks, pos)
-            self.check(f"prefill, launches up to {self._prefill.epoch}")
 
     # ------------------------------------------------------------ stepping
     def launch(self, token: int, pos: int) -> None:
@@ -472,23 +427,16 @@ class GpuModel:
         self.error.zero_()
         self.act.fill_(float("nan"))
         self.epoch = 0
-        if self._prefill is not None:
-            self._prefill.counters.zero_()
-            self._prefill.epoch = 0
 
-    def timeline(self, prefill: bool = False):
-        """After a profiled step (prefill: the last prefill launch): int64 [n_tasks,
-        PROFILE_WORDS] per task (global-timer ns at wait start, run start and end; ns spent
-        waiting for weights in the ring; when its inputs were loaded, or 0; when its own work
-        was done, or 0; ns thread 0 spent on its ring chunks after their waits), and each
-        task's SM."""
+    def timeline(self):
+        """After a profiled step: int64 [n_tasks, PROFILE_WORDS] per task (global-timer ns at
+        wait start, run start and end; ns spent waiting for weights in the ring; when its
+        inputs were loaded, or 0; when its own work was done, or 0; ns thread 0 spent on its
+        ring chunks after their waits), and each task's SM."""
         if not self.profiled:
             raise RuntimeError("compiled without profile=True (tilert-compile --profile)")
-        if prefill and self._prefill is None:
-            raise RuntimeError("the artifact has no prefill program")
         torch.cuda.synchronize(self.device)
-        t = (self._prefill.art if prefill else self.art).table
-        buf = self._prefill.profile if prefill else self.profile
+        t, buf = self.art.table, self.profile
         sm_of = [0] * len(t.records)
         for s in range(len(t.sm_start) - 1):
             for i in range(int(t.sm_start[s]), int(t.sm_start[s + 1])):

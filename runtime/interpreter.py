@@ -16,7 +16,6 @@ from tilert_compiler.ir.tasktable import (
     F_NSTREAM,
     F_SIGNAL,
     F_STREAM,
-    ROW_ARGS,
     TaskTable,
 )
 from tilert_compiler.ir.tile import POLLING_KINDS
@@ -55,43 +54,28 @@ def pack_weights(art: Artifact, weights: dict[str, torch.Tensor], dtype, device=
 
 
 class Interpreter:
-    def __init__(self, art: Artifact, weights: dict[str, torch.Tensor], *, _arenas=None):
+    def __init__(self, art: Artifact, weights: dict[str, torch.Tensor]):
         self.art = art
         self.table: TaskTable = art.table
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        # Prefill programs: token rows per launch, and the act elements between rows.
-        self.rows, self.row_stride = int(m.get("rows", 1)), int(m.get("row_stride", 0))
-        self._tokens: list[int] = []  # the prefill chunk's tokens
-        if _arenas is None:  # the decode program: the prefill program shares its arenas
-            acts = [m["arenas"]["act"]]
-            if art.prefill is not None:
-                acts.append(art.prefill.manifest["arenas"]["act"])
-            _arenas = (
-                pack_weights(art, weights, torch.float32),
-                torch.full((max(acts),), float("nan"), dtype=torch.float32),
-            )
-        self.W, self.A = _arenas
+        self.W = pack_weights(art, weights, torch.float32)
+        self.A = torch.full((m["arenas"]["act"],), float("nan"), dtype=torch.float32)
         self.counters = [0] * m["counters"]
         self.epoch = 0
         self.vocab = int(m["config"]["vocab"])
         # With flags the GEMV and attention tasks poll their inputs' data (passes.deps); the
         # task table does not say whose outputs those are, so such a task runs here once
         # every task before it in the global order has run: a valid order, the same values.
-        # (the prefill program names its attention_decode variant attention_prefill)
-        kinds = {k.value for k in POLLING_KINDS} | {"attention_prefill"}
+        kinds = {k.value for k in POLLING_KINDS}
         flags = bool(m.get("options", {}).get("flags"))
         self._polls = [
             flags and self.table.variants[int(k)].kind in kinds
             for k in self.table.records[:, F_KIND]
         ]
         self._next = 0  # this step: the lowest task id not run yet
-        if self.rows == 1:
-            self.logits_at = art.tensor("logits")["offset"]
-        self._prefill = (
-            Interpreter(art.prefill, weights, _arenas=_arenas) if art.prefill is not None else None
-        )
+        self.logits_at = art.tensor("logits")["offset"]
         self.max_seq_len = int(m["config"]["max_seq_len"])
         # The prefill program's reference (runtime/prefill.py), rounding where its kernels
         # round; tiles_bf16=False keeps it float32 (a check of the program itself).
@@ -148,8 +132,8 @@ class Interpreter:
 
     def prefill(self, tokens, pos: int = 0) -> None:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
-        computed): the prefill program, `rows` tokens per launch, or decode steps when the
-        artifact has none."""
+        computed): the prefill program, a chunk at a time, or decode steps when the artifact
+        has none."""
         toks = [int(t) for t in tokens]
         for i, tok in enumerate(toks):
             self._check(tok, pos + i)
@@ -158,22 +142,14 @@ class Interpreter:
         if self._tiles is not None:
             self._tiles.run(toks, pos)
             return
-        if self._prefill is None:
-            for i, tok in enumerate(toks):
-                self.step(tok, pos + i)
-            return
-        pre = self._prefill
-        for at in range(0, len(toks), pre.rows):
-            pre._tokens = toks[at : at + pre.rows]
-            pre._run_step(pre._tokens[0], pos + at, 0)
+        for i, tok in enumerate(toks):
+            self.step(tok, pos + i)
 
     @property
     def prefill_rows(self) -> int:
         """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
         steps)."""
-        if self._tiles is not None:
-            return int(self._tiles.spec["chunk"])
-        return self._prefill.rows if self._prefill is not None else 1
+        return int(self._tiles.spec["chunk"]) if self._tiles is not None else 1
 
     def _check(self, token: int, pos: int) -> None:
         if not 0 <= pos < self.max_seq_len:
@@ -224,8 +200,6 @@ class Interpreter:
         self.A.fill_(float("nan"))
         self.counters = [0] * len(self.counters)
         self.epoch = 0
-        if self._prefill is not None:
-            self._prefill.reset()
 
     def _ready(self, task: int) -> bool:
         if self._polls[task] and task != self._next:
@@ -235,16 +209,7 @@ class Interpreter:
     def _run(self, task: int) -> None:
         self._task = task
         v = self.table.variants[int(self.table.records[task, F_KIND])]
-        run, args, static = getattr(self, "_" + v.kind), self.table.args(task), dict(v.static)
-        if self.rows == 1 or v.kind == "attention_prefill":
-            run(args, static)
-            return
-        for m, tok in enumerate(self._tokens):  # a prefill chunk: token rows are independent
-            self.token = tok
-            run(
-                {k: x + m * self.row_stride if k in ROW_ARGS else x for k, x in args.items()},
-                static,
-            )
+        getattr(self, "_" + v.kind)(self.table.args(task), dict(v.static))
 
     # ------------------------------------------------------------ helpers
     def _act(self, at: int, n: int) -> torch.Tensor:
@@ -270,65 +235,47 @@ class Interpreter:
         self._act(a["out"], a["rows"])[:] = self.W[src : src + a["rows"]]
 
     def _attention_decode(self, a: dict, s: dict) -> None:
-        """Split-KV attention of one kv head: the step's row (a decode step) or the chunk's
-        rows m at pos + m (attention_prefill), causal within the chunk. Split sp covers the
-        earlier cache rows [lo, hi) of [0, pos); the last split also the new rows."""
+        """Split-KV attention of one kv head for this step's row at pos. Split sp covers the
+        earlier cache rows [lo, hi) of [0, pos); the last split also this step's row."""
         HD, G, H, KV, S, NS = s["HD"], s["G"], s["H"], s["KV"], s["S"], s["NSPLIT"]
         g, sp, pos = a["head"], a["split"], self.pos
-        nr, stride = (len(self._tokens), self.row_stride) if self.rows > 1 else (1, 0)
-        qs, ks, vs = [], [], []
-        for m in range(nr):
-            qkv = a["qkv"] + m * stride
-            q = self._act(qkv + g * G * HD, G * HD).view(G, HD)
-            k_new = self._act(qkv + (H + g) * HD, HD)
-            v_new = self._act(qkv + (H + KV + g) * HD, HD)
-            if s["QKN"]:
-                q = torch.stack([self._rmsnorm(q[i], a["w_q_gamma"]) for i in range(G)])
-                k_new = self._rmsnorm(k_new, a["w_k_gamma"])
-            qs.append(torch.stack([self._rope(q[i], pos + m) for i in range(G)]))
-            ks.append(self._rope(k_new, pos + m))
-            vs.append(v_new.clone())
-        q, k_new, v_new = torch.stack(qs), torch.stack(ks), torch.stack(vs)  # [nr, G | -, HD]
+        q = self._act(a["qkv"] + g * G * HD, G * HD).view(G, HD)
+        k_new = self._act(a["qkv"] + (H + g) * HD, HD)
+        v_new = self._act(a["qkv"] + (H + KV + g) * HD, HD)
+        if s["QKN"]:
+            q = torch.stack([self._rmsnorm(q[i], a["w_q_gamma"]) for i in range(G)])
+            k_new = self._rmsnorm(k_new, a["w_k_gamma"])
+        q = torch.stack([self._rope(q[i], pos) for i in range(G)])  # [G, HD]
+        k_new = self._rope(k_new, pos)
         kc, vc = a["k_cache"] + g * S * HD, a["v_cache"] + g * S * HD
         last = sp == NS - 1
-        if last:  # this step's (chunk's) cache rows
-            self._act(kc + pos * HD, nr * HD)[:] = k_new.reshape(-1)
-            self._act(vc + pos * HD, nr * HD)[:] = v_new.reshape(-1)
+        if last:  # this step's cache row
+            self._act(kc + pos * HD, HD)[:] = k_new
+            self._act(vc + pos * HD, HD)[:] = v_new
         chunk = -(-pos // NS)
         lo = min(sp * chunk, pos)
         hi = min(lo + chunk, pos)
         keys = self._act(kc + lo * HD, (hi - lo) * HD).view(-1, HD)  # earlier steps' rows
         vals = self._act(vc + lo * HD, (hi - lo) * HD).view(-1, HD)
-        scores = (q @ keys.T) * HD**-0.5  # [nr, G, rows]
         if last:
-            keys, vals = torch.cat([keys, k_new]), torch.cat([vals, v_new])
-            new = (q @ k_new.T) * HD**-0.5  # [nr, G, nr]: row m sees the chunk's rows <= m
-            causal = torch.ones(nr, nr, dtype=torch.bool).tril()
-            scores = torch.cat([scores, new.masked_fill(~causal[:, None, :], float("-inf"))], -1)
-        for m in range(nr):
-            at = a["part"] + m * stride + (g * NS + sp) * G * (HD + 2)
-            part = self._act(at, G * (HD + 2)).view(G, HD + 2)
-            if len(keys):
-                mx = scores[m].max(dim=-1).values
-                p = torch.exp(scores[m] - mx[:, None])
-                part[:, :HD], part[:, HD], part[:, HD + 1] = p @ vals, mx, p.sum(dim=-1)
-            else:  # an empty split: no mass
-                part[:, :HD], part[:, HD], part[:, HD + 1] = 0.0, float("-inf"), 0.0
+            keys, vals = torch.cat([keys, k_new[None]]), torch.cat([vals, v_new[None]])
+        scores = (q @ keys.T) * HD**-0.5  # [G, rows]
+        part = self._act(a["part"] + (g * NS + sp) * G * (HD + 2), G * (HD + 2)).view(G, HD + 2)
+        if len(keys):
+            mx = scores.max(dim=-1).values
+            p = torch.exp(scores - mx[:, None])
+            part[:, :HD], part[:, HD], part[:, HD + 1] = p @ vals, mx, p.sum(dim=-1)
+        else:  # an empty split: no mass
+            part[:, :HD], part[:, HD], part[:, HD + 1] = 0.0, float("-inf"), 0.0
         # The last of g's splits to arrive combines (whichever it is, as on the GPU).
         self.counters[a["arrive"]] += 1
         if self.counters[a["arrive"]] != self.epoch * NS:
             return
-        for m in range(nr):
-            parts = self._act(a["part"] + m * stride + g * NS * G * (HD + 2), NS * G * (HD + 2))
-            parts = parts.view(NS, G, HD + 2)
-            mx = parts[:, :, HD].max(dim=0).values  # [G]
-            w = torch.exp(parts[:, :, HD] - mx)  # [NS, G]
-            o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[
-                :, None
-            ]
-            self._act(a["out"] + m * stride + g * G * HD, G * HD)[:] = o.reshape(-1)
-
-    _attention_prefill = _attention_decode
+        parts = self._act(a["part"] + g * NS * G * (HD + 2), NS * G * (HD + 2)).view(NS, G, HD + 2)
+        mx = parts[:, :, HD].max(dim=0).values  # [G]
+        w = torch.exp(parts[:, :, HD] - mx)  # [NS, G]
+        o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[:, None]
+        self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
     def _stream_dot(self, k: int, rows: int, x: torch.Tensor) -> torch.Tensor:
         """[rows] dot products of the task's weight rows with x, the rows taken as the kernel

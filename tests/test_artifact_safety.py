@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -143,13 +142,8 @@ def test_the_refusals_say_why(disk, capsys):
 
 
 def _artifact_files(folder: Path) -> dict[str, bytes]:
-    """The artifact's own files under `folder` (top and prefill/), by path."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for sub in (folder, folder / "prefill")
-        for p in (sub / n for n in OWN_FILES)
-        if p.is_file()
-    }
+    """The artifact's own files under `folder`, by path."""
+    return {n: (folder / n).read_bytes() for n in OWN_FILES if (folder / n).is_file()}
 
 
 def test_a_recompile_replaces_the_artifact_whole_and_a_failing_one_leaves_it(disk, capsys):
@@ -240,29 +234,6 @@ def test_the_library_refuses_what_the_cli_refuses(disk):
     assert snapshot(disk) == before
     write_artifact(disk / "user" / "new", art)  # a new folder inside one of theirs
     assert is_artifact(disk / "user" / "new")
-
-
-def test_the_users_files_in_prefill_stay_there(tmp_path, earlier):
-    # Through the library, so that the test decides whether there is a prefill program.
-    base = replace(load_artifact(earlier), prefill=None)
-    with_prefill = replace(base, prefill=base)
-    out = tmp_path / "out"
-    write_artifact(out, with_prefill)
-    user_files(out, ["prefill/notes.bin"])
-    notes = (out / "prefill" / "notes.bin").read_bytes()
-    write_artifact(out, replace(with_prefill, source=base.source + "// new\n"))
-    assert (out / "prefill" / "kernel.cu").read_text().endswith("// new\n") is False
-    assert (out / "kernel.cu").read_text().endswith("// new\n")
-    assert (out / "prefill" / "notes.bin").read_bytes() == notes
-    # A build without a prefill program would leave them where the runtime looks for one.
-    before = snapshot(tmp_path)
-    with pytest.raises(OutputError, match="holds notes.bin, not the artifact's files"):
-        write_artifact(out, base)
-    assert snapshot(tmp_path) == before
-    (out / "prefill" / "notes.bin").unlink()
-    write_artifact(out, base)
-    assert not (out / "prefill").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 # ------------------------------------------------------------------ interrupted
