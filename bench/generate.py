@@ -104,10 +104,10 @@ def main() -> None:
     m.prefill(long_prompt[:-1], 0)
     ours_last = m.step(long_prompt[-1], a.prefill - 1).float().cpu()
     print(
-        f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms ({m.prefill_rows} tokens per launch), "
+        f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms (chunks of {m.prefill_rows} tokens), "
         f"{steps_prefill_ms:.1f} ms as decode steps"
     )
-    m_rows = m.prefill_rows
+    chunk = m.prefill_rows
     del m
     gc.collect()
     torch.cuda.empty_cache()
@@ -169,7 +169,7 @@ def main() -> None:
         "tok_s_per_token_launch": rate_pt,
         "tok_s_one_launch_sampled": rates_sampled,
         "prefill_tokens": a.prefill,
-        "prefill_rows": m_rows,
+        "prefill_chunk": chunk,
         "prefill_ms_ours": ours_prefill_ms,
         "prefill_ms_ours_decode_steps_one_launch": steps_prefill_ms,
         "prefill_ms_hf_bf16_forward": hf_prefill_ms,
@@ -188,7 +188,7 @@ def main() -> None:
         f"{'the end' if near_tie is None else f'the near tie at step {near_tie}'} "
         f"(first difference: {first_diff}); one launch {rate_one:.0f} tok/s vs one launch per "
         f"token {rate_pt:.0f} tok/s ({rate_one / rate_pt:.2f}x); prefill {a.prefill}: ours "
-        f"{ours_prefill_ms:.1f} ms ({m_rows} tokens per launch; {steps_prefill_ms:.1f} ms as "
+        f"{ours_prefill_ms:.1f} ms (chunks of {chunk} tokens; {steps_prefill_ms:.1f} ms as "
         f"decode steps), transformers bf16 {hf_prefill_ms:.1f} ms; logits after it: error "
         f"{err_ours:.2e} vs transformers bf16's {err_bf16:.2e} (ratio {err_ours / err_bf16:.2f}); "
         "sampled in one launch: "

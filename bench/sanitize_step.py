@@ -1,5 +1,5 @@
-"""A few decode steps of a (tiny) artifact, one multi-step launch, then a prefill (full chunks
-and a partial one) and a step after it, for compute-sanitizer:
+"""A few decode steps of a (tiny) artifact, one multi-step launch, then a prefill (full chunks,
+as many as the cache holds, and a partial one) and a step after it, for compute-sanitizer:
 
 compute-sanitizer --tool memcheck python3 bench/sanitize_step.py ART
 compute-sanitizer --tool racecheck python3 bench/sanitize_step.py ART
@@ -24,10 +24,14 @@ print("steps ok, finite:", bool(torch.isfinite(torch.stack(logits)).all()))
 m.reset()
 drawn = m.run([3, 1, 4], 0, 8, Sampling(temperature=0.8, top_k=20, top_p=0.9, seed=5))
 print("multi-step launch ok:", drawn)
-# The prefill program: two full chunks and a partial one, then a decode step on its cache.
+# The prefill program (decode steps without one): two full chunks and a partial one, as far
+# as the cache allows, then a decode step on its cache.
 m.reset()
-rows = m.prefill_rows
-prompt = [(7 * i + 3) % cfg.vocab for i in range(2 * rows + 3)]
+chunk = m.prefill_rows
+prompt = [(7 * i + 3) % cfg.vocab for i in range(min(2 * chunk + 3, cfg.max_seq_len - 1))]
 m.prefill(prompt, 0)
 last = m.step(1, len(prompt))
-print(f"prefill ok ({rows} rows per launch), finite:", bool(torch.isfinite(last).all()))
+print(
+    f"prefill ok ({len(prompt)} tokens, chunks of {chunk}), finite:",
+    bool(torch.isfinite(last).all()),
+)

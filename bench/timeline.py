@@ -5,7 +5,6 @@
 Writes DIR/trace.json (open in ui.perfetto.dev), DIR/timeline.png (per-SM Gantt of
 measured times) and prints the summary, the cost model's predicted step against the
 measured one, and the profiling overhead (the plain build timed in the same run).
-With --prefill N: the last launch of a prefill of N tokens instead (the prefill program).
 `--layer L` prints that layer's chain too (each op's medians: inputs loaded, work done,
 end; default the middle layer). Without a GPU, `--stamps DIR` reads the stamps.npy and
 sm_of.npy an earlier run saved and prints the same summary and chain:
@@ -36,7 +35,6 @@ def main() -> None:
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=".")
-    ap.add_argument("--prefill", type=int, default=0, help="time the prefill program instead")
     ap.add_argument("--layer", type=int, help="print this layer's chain (default: the middle one)")
     ap.add_argument("--stamps", help="no run: the stamps.npy and sm_of.npy saved in this folder")
     a = ap.parse_args()
@@ -53,8 +51,6 @@ def main() -> None:
     weights = load_weights(cfg)
     toks = torch.randint(0, cfg.vocab, (a.pos + 1,)).tolist()
     m = GpuModel(a.artifact, weights=weights)
-    if a.prefill:
-        return prefill_timeline(m, art, cfg, a)
     ms = step_ms(m, toks, a.pos, a.iters)
     stamps, sm_of = m.timeline()  # the last launch
     del m
@@ -80,25 +76,6 @@ def main() -> None:
         plain = GpuModel(a.plain, weights=weights)
         ms_plain = step_ms(plain, toks, a.pos, a.iters)
         print(f"profiling overhead: {ms:.3f} vs {ms_plain:.3f} ms ({ms / ms_plain - 1:+.1%})")
-
-
-def prefill_timeline(m: GpuModel, art, cfg, a) -> None:
-    import time
-
-    toks = torch.randint(0, cfg.vocab, (a.prefill,)).tolist()
-    m.prefill(toks, 0)  # warm-up
-    m.reset()
-    t0 = time.perf_counter()
-    m.prefill(toks, 0)
-    ms = (time.perf_counter() - t0) * 1e3
-    stamps, sm_of = m.timeline(prefill=True)  # the last launch: a chunk at the longest context
-    tl = timeline(stamps, sm_of, art.prefill.table)
-    os.makedirs(a.out, exist_ok=True)
-    tl.write_trace(os.path.join(a.out, "prefill-trace.json"))
-    print(tl.summary())
-    rows = art.prefill.manifest["rows"]
-    print(f"{cfg.name}: prefill of {a.prefill} tokens in {ms:.1f} ms ({rows} per launch); the last")
-    print(f"launch's measured span {tl.span_us:.1f} us")
 
 
 if __name__ == "__main__":
