@@ -309,11 +309,12 @@ class GpuModel:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
         computed): the prefill program, `prefill_rows` tokens per chunk, or one decode step
         per token when the artifact has none. Synchronises; raises KernelError on a fault."""
+        from tilert_compiler.runtime.prefill import check_prompt
+
         toks = [int(t) for t in tokens]
+        check_prompt(len(toks), pos, self.max_seq_len)  # empty, or past the cache: refused
         for i, tok in enumerate(toks):
             self._check_step(tok, pos + i)
-        if not toks:
-            return
         if self._tiles is not None:
             self._tiles.run(toks, pos)
             self.check("prefill")

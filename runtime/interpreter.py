@@ -134,11 +134,12 @@ class Interpreter:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
         computed): the prefill program, a chunk at a time, or decode steps when the artifact
         has none."""
+        from tilert_compiler.runtime.prefill import check_prompt
+
         toks = [int(t) for t in tokens]
+        check_prompt(len(toks), pos, self.max_seq_len)  # empty, or past the cache: refused
         for i, tok in enumerate(toks):
             self._check(tok, pos + i)
-        if not toks:
-            return
         if self._tiles is not None:
             self._tiles.run(toks, pos)
             return

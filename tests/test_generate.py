@@ -164,7 +164,9 @@ def test_without_a_prefill_program_prompts_run_as_decode_steps():
 def test_a_prefill_past_the_cache_is_a_clear_error():
     cm, _, it = _interp("tiny-llama", 1)
     s = cm.config.max_seq_len
-    with pytest.raises(InterpreterError, match="outside the KV cache"):
+    from tilert_compiler.runtime.prefill import PrefillError
+
+    with pytest.raises(PrefillError, match="does not fit the KV cache"):
         it.prefill([1] * 5, s - 3)
 
 

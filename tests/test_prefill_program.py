@@ -184,3 +184,11 @@ def test_a_damaged_prefill_json_is_refused_at_load(tmp_path, damage, match):
     with pytest.raises(ArtifactError, match=match) as e:
         load_artifact(path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("n", "pos", "match"), [(0, 0, "empty"), (321, 0, "does not fit")])
+def test_the_interpreters_prefill_refuses_an_empty_or_overlong_prompt(n, pos, match):
+    cm = _compile("tiny-llama")
+    it = Interpreter(cm.artifact, random_weights(cm.config, seed=0))
+    with pytest.raises(PrefillError, match=match):
+        it.prefill([i % cm.config.vocab for i in range(n)], pos)
