@@ -9,7 +9,7 @@ import tilert_compiler as tc
 from tilert_compiler.models import random_weights
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.runtime.generate import GenerationError, generate
-from tilert_compiler.runtime.interpreter import Interpreter, InterpreterError
+from tilert_compiler.runtime.interpreter import Interpreter
 from tilert_compiler.runtime.sampling import (
     Sampling,
     draw,
