@@ -192,3 +192,36 @@ def test_the_interpreters_prefill_refuses_an_empty_or_overlong_prompt(n, pos, ma
     it = Interpreter(cm.artifact, random_weights(cm.config, seed=0))
     with pytest.raises(PrefillError, match=match):
         it.prefill([i % cm.config.vocab for i in range(n)], pos)
+
+
+def test_random_shapes_plan_or_refuse_in_one_line_and_plans_lower():
+    """The prefill plan takes a shape whole or refuses it in one line naming the way out;
+    every shape it takes lowers through TileLang (a few drawn at random: each costs ~5 s)."""
+    import random
+
+    from tilert_compiler.codegen.prefill import lower_prefill
+    from tilert_compiler.models.config import load_config
+    from tilert_compiler.passes.prefill import plan_prefill
+
+    rng = random.Random(int(torch.randint(0, 2**31 - 1, ())))
+    planned = []
+    for _ in range(40):
+        kv = rng.choice([1, 2, 4])
+        desc = {
+            "name": "shape", "family": rng.choice(["llama", "qwen3"]),
+            "hidden": 8 * rng.randint(2, 40), "layers": 1, "heads": kv * rng.choice([1, 2, 4]),
+            "kv_heads": kv, "head_dim": rng.choice([8, 16, 24, 32, 64, 128]),
+            "intermediate": 8 * rng.randint(2, 48), "vocab": 64, "tie_embeddings": True,
+            "rope": {"theta": 1e4}, "norm_eps": 1e-6, "max_seq_len": 64,
+            "weights": {"random": 0},
+        }  # fmt: skip
+        if desc["family"] == "llama" and desc["hidden"] % desc["heads"]:
+            continue
+        cm = tc.compile(load_config(desc), nvcc=False, prefill_chunk=0)
+        try:
+            planned.append(plan_prefill(cm.config, cm.schedule, 128))
+        except PrefillPlanError as e:
+            assert "\n" not in str(e) and "--prefill-chunk 0" in str(e)
+    assert planned, "no shape was planned: the draw proves nothing"
+    for program in rng.sample(planned, min(2, len(planned))):
+        lower_prefill(program, "sm_90a")
