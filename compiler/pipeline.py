@@ -11,7 +11,7 @@ from typing import Any
 
 from tilert_compiler.ir.graph import Graph, format_graph
 from tilert_compiler.ir.tile import Schedule, TileProgram, format_program, format_schedule
-from tilert_compiler.ir.verify import verify_program, verify_schedule
+from tilert_compiler.ir.verify import verify_layout, verify_program, verify_schedule
 from tilert_compiler.models.graph import build_graph
 from tilert_compiler.passes.deps import deps
 from tilert_compiler.passes.fuse import fuse
@@ -40,6 +40,8 @@ def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
     on_stage("prefetch", ir)
     ir = layout(ir)  # arena offsets for every tensor
     verify_schedule(ir)  # deadlock freedom, ordering of every read after its write
+    # placement (once, aligned, inside its arena, no overlaps); every region in its shape
+    verify_layout(ir, cfg.max_seq_len, cfg.vocab)
     on_stage("layout", ir)
     return ir
 
@@ -95,4 +97,5 @@ def resume_pipeline(after: str, ir: Any, cfg, opts, on_stage: Callable[[str, Any
         on_stage(after, ir)
     verify_program(ir.program)
     verify_schedule(ir)
+    verify_layout(ir, cfg.max_seq_len, cfg.vocab)  # a dump's buffers and regions, as edited
     return ir

@@ -216,3 +216,125 @@ def verify_combiners(p: TileProgram) -> None:
                 f"t{last.id} combines its group's partials but t{max(t.id for t in members)} "
                 "of the group comes after it"
             )
+
+
+# ---------------------------------------------------------------- layout and regions
+# Every arena's element size, and the alignment (16 bytes) vector loads and bulk copies
+# need at every tensor's start. passes/layout.py places them this way; an edited dump
+# (--from-ir) may not.
+ARENA_ELEMENT_BYTES = {"weights": 2, "act": 4}
+_ALIGN_BYTES = 16
+
+
+def verify_layout(s: Schedule, max_seq_len: int | None = None, vocab: int | None = None) -> None:
+    """The memory a step touches: every tensor a task names is declared, placed once in
+    the arena of its storage, aligned, inside the arena's size and overlapping no other
+    tensor there; every task region (and prefetch region) lies inside its tensor's shape
+    at every step, `pos` running to max_seq_len - 1 and `tok` to vocab - 1 (default: the
+    program's consts of those names)."""
+    p = s.program
+    consts = dict(p.consts)
+    steps = int(max_seq_len if max_seq_len is not None else consts.get("max_seq_len", 1))
+    tokens = int(vocab if vocab is not None else consts.get("vocab", 1))
+    symbols = {"pos": steps - 1, "tok": tokens - 1}
+    decls = {d.name: d for d in p.tensors}
+    for name, n in (("max_seq_len", steps), ("vocab", tokens)):
+        if n < 1:
+            raise VerifyError(f"{name} must be 1 or more (got {n})")
+    _verify_placement(s, decls)
+    for t in p.tasks:
+        for field_name in ("reads", "weights", "writes"):
+            for r in getattr(t, field_name):
+                _verify_region(f"t{t.id} {field_name}", r, decls, symbols)
+    for i, rs in enumerate(s.prefetch):
+        for r in rs:
+            _verify_region(f"t{i} prefetch", r, decls, symbols)
+
+
+def _verify_placement(s: Schedule, decls: dict) -> None:
+    if not s.layout:
+        raise VerifyError("no buffer is placed: the schedule has no layout")
+    sizes: dict[str, int] = {}
+    for arena, n in s.arena_sizes:
+        if arena not in ARENA_ELEMENT_BYTES:
+            raise VerifyError(f"arena {arena} is not one of {', '.join(ARENA_ELEMENT_BYTES)}")
+        if arena in sizes:
+            raise VerifyError(f"arena {arena} is declared twice")
+        sizes[arena] = n
+    placed: dict[str, tuple[str, int]] = {}
+    for name, arena, off in s.layout:
+        if name not in decls:
+            raise VerifyError(f"buffer {name} places a tensor that is not declared")
+        if name in placed:
+            raise VerifyError(f"buffer {name} is placed twice")
+        decl = decls[name]
+        want = "weights" if decl.storage == Storage.WEIGHT else "act"
+        if arena != want:
+            raise VerifyError(
+                f"buffer {name} is in arena {arena}; a {decl.storage.value} tensor belongs "
+                f"in {want}"
+            )
+        if arena not in sizes:
+            raise VerifyError(f"buffer {name} is in arena {arena}, which has no size line")
+        align = _ALIGN_BYTES // ARENA_ELEMENT_BYTES[arena]
+        if off < 0 or off % align:
+            raise VerifyError(
+                f"buffer {name} @{off}: offsets in arena {arena} must be multiples of {align}"
+            )
+        if off + decl.numel > sizes[arena]:
+            raise VerifyError(
+                f"buffer {name} ({arena} @{off}, {decl.numel} elements) ends at "
+                f"{off + decl.numel}, past arena {arena}'s {sizes[arena]} elements"
+            )
+        placed[name] = (arena, off)
+    for arena in sizes:
+        spans = sorted(
+            (off, off + decls[n].numel, n) for n, (a, off) in placed.items() if a == arena
+        )
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+            if start < end:
+                raise VerifyError(
+                    f"buffers {a} and {b} overlap in arena {arena} "
+                    f"(elements {start}..{min(end, start + decls[b].numel)})"
+                )
+    used = dict.fromkeys(r.tensor for t in s.program.tasks for r in t.reads + t.weights + t.writes)
+    for name in used:
+        if name not in placed:
+            raise VerifyError(f"tensor {name} is used by a task but placed in no arena")
+
+
+def _bound_range(b, symbols: dict[str, int]) -> tuple[int, int]:
+    """The least and greatest value a bound takes over the steps."""
+    if isinstance(b, int):
+        return b, b
+    sym, off = b
+    return off, symbols[sym] + off
+
+
+def _verify_region(who: str, r, decls: dict, symbols: dict[str, int]) -> None:
+    if r.tensor not in decls:
+        raise VerifyError(f"{who} {r}: no tensor {r.tensor} is declared")
+    shape = decls[r.tensor].shape
+    if len(r.box) != len(shape):
+        raise VerifyError(f"{who} {r}: {len(r.box)} dimensions, tensor {r.tensor} has {len(shape)}")
+    for d, ((lo, hi), n) in enumerate(zip(r.box, shape, strict=True)):
+        lo_min, lo_max = _bound_range(lo, symbols)
+        hi_min, hi_max = _bound_range(hi, symbols)
+        if isinstance(lo, tuple) and isinstance(hi, tuple) and lo[0] == hi[0]:
+            empty_or_more = lo[1] <= hi[1]  # the same symbol on both sides
+        else:
+            empty_or_more = lo_max <= hi_min
+        at = ", ".join(f"{k}={v}" for k, v in symbols.items() if _names(lo, hi, k))
+        when = f" (at {at})" if at else ""
+        if lo_min < 0:
+            raise VerifyError(f"{who} {r}: dimension {d} starts below 0{when}")
+        if hi_max > n:
+            raise VerifyError(
+                f"{who} {r}: dimension {d} runs to {hi_max}{when}, past {r.tensor}'s {n}"
+            )
+        if not empty_or_more:
+            raise VerifyError(f"{who} {r}: dimension {d} ends before it starts{when}")
+
+
+def _names(lo, hi, sym: str) -> bool:
+    return any(isinstance(b, tuple) and b[0] == sym for b in (lo, hi))
