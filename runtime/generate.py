@@ -48,20 +48,27 @@ def generate_on(
     model.reset()
     rules = Sampling(temperature, top_k, top_p, seed)
     stop_ids = check_tokens(stop_ids, model.vocab, "stop_ids", empty=True)
+    prompt = check_request(
+        prompt_ids, max_new_tokens, max_seq_len=model.max_seq_len, vocab=model.vocab
+    )
     if per_token:
+        # The prompt takes the same path as in one run (the prefill program's rounding is
+        # not a decode step's), so a seed draws the same tokens either way.
+        start = 0
+        if len(prompt) > 1 and model.prefill_rows > 1:
+            model.prefill(prompt[:-1], 0)
+            start = len(prompt) - 1
         return generate(
             model.step,
-            prompt_ids,
+            prompt[start:],
             max_new_tokens,
             max_seq_len=model.max_seq_len,
             vocab=model.vocab,
             rules=rules,
             stop_ids=stop_ids,
             stream=stream,
+            start=start,
         )
-    prompt = check_request(
-        prompt_ids, max_new_tokens, max_seq_len=model.max_seq_len, vocab=model.vocab
-    )
     if len(prompt) > 1 and model.prefill_rows > 1:
         model.prefill(prompt[:-1], 0)
         pos = len(prompt) - 1
@@ -80,14 +87,16 @@ def generate(
     rules: Sampling = GREEDY,
     stop_ids: Sequence[int] = (),
     stream: Callable[[int], None] | None = None,
+    start: int = 0,
 ) -> list[int]:
     """New tokens (stop id included, if one ended it). `step(token, pos)` -> logits, one
-    step per token, sampled on the host by `rules`."""
-    prompt = check_request(prompt_ids, max_new_tokens, max_seq_len=max_seq_len, vocab=vocab)
+    step per token, sampled on the host by `rules`; the prompt's first token at cache
+    position `start` (the rows before it already written)."""
+    prompt = check_request(prompt_ids, max_new_tokens, max_seq_len=max_seq_len - start, vocab=vocab)
     stop_ids = check_tokens(stop_ids, vocab, "stop_ids", empty=True)
-    for pos, tok in enumerate(prompt[:-1]):
+    for pos, tok in enumerate(prompt[:-1], start):
         step(tok, pos)
-    pos = len(prompt) - 1
+    pos = start + len(prompt) - 1
     logits = step(prompt[-1], pos)
     out: list[int] = []
     while True:
