@@ -336,7 +336,7 @@ def compile_from_ir(
     say = _progress(progress)
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigTypeError(f"path must be an IR dump file's path (got {type(path).__name__})")
-    d = read_dump(path, source, overrides)
+    d = read_dump(path, source, overrides, given=option_kw)
     cfg, opts = d.config, from_env(Options(**d.options)).with_(**option_kw)
     _check_options(opts)
     stages: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tilert_compiler.ir.parse import ParseError, parse_dump
 from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import Schedule, TileProgram
 from tilert_compiler.models.config import (
+    ConfigTypeError,
     ModelConfig,
     load_config,
     parse_json,
@@ -31,6 +33,12 @@ from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
 # dump, the cache folder, whether nvcc runs) are about the run that made the dump only.
 _RUN_ONLY = ("dump_ir", "nvcc")
 _DUMPED_OPTIONS = tuple(f.name for f in fields(Options) if f.name not in _RUN_ONLY)
+# Debug builds a dump may record but never switches on by itself: an edited '# options:'
+# line must not turn a dump into a fault-injection or profiling build unasked.
+_DEBUG_OPTIONS = {
+    "fault_skip_task": ("fault_skip_task=N to compile_from_ir()", -1),
+    "profile": ("--profile (profile=True)", False),
+}
 MAX_DUMP_BYTES = 1 << 30  # a qwen3-8b schedule dump is a few MB
 
 
@@ -88,9 +96,12 @@ def read_dump(
     path: str | os.PathLike,
     source: str | os.PathLike | dict | ModelConfig | None = None,
     overrides: dict | None = None,
+    given: Collection[str] = (),
 ) -> Dump:
     """Parse a dump for resuming. The config is `source` when given, else the dump's
-    `# config:` line; `overrides` (our yaml schema) apply on top of either."""
+    `# config:` line; `overrides` (our yaml schema) apply on top of either. The dump's
+    options are type-checked, and a debug option it switches on is refused unless named
+    in `given` (the options the caller sets itself)."""
     path = Path(path)
     text = read_text(path, "tilert IR dump", limit=MAX_DUMP_BYTES, error=ParseError)
     meta, ir = parse_dump(text, str(path))
@@ -123,6 +134,16 @@ def read_dump(
     if not isinstance(options, dict):
         raise ParseError(f"{where} must be a JSON object (got {type(options).__name__})")
     options = {k: v for k, v in options.items() if k in _DUMPED_OPTIONS}
+    try:
+        Options(**options)
+    except ConfigTypeError as e:
+        raise ParseError(f"{where} {e}") from None
+    for name, (how, default) in _DEBUG_OPTIONS.items():
+        if options.get(name, default) != default and name not in given:
+            raise ParseError(
+                f"{where} sets the debug option {name}={options[name]!r}, which a dump does "
+                f"not switch on by itself; pass {how} to build it, or remove it from the line"
+            )
     return Dump(stage, ir, cfg, options)
 
 
