@@ -14,6 +14,7 @@ Those are the artifact's own files; the manifest's "tool" marks the folder as on
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -29,10 +30,13 @@ from pathlib import Path
 
 from tilert_compiler.ir.target import KNOWN_ARCHS
 from tilert_compiler.ir.tasktable import (
+    ARGS,
+    F_ARG0,
     F_KIND,
     F_NWAIT,
     F_SIGNAL,
     F_WAIT,
+    NO_OFFSET,
     RECORD,
     TaskTable,
     Variant,
@@ -435,6 +439,7 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
         raise ArtifactError(
             f"{mf}: built for {manifest['arch']}; this runtime runs {', '.join(KNOWN_ARCHS)}"
         )
+    _check_manifest(mf, manifest)
     if not (path / TASKS).is_file():
         raise ArtifactError(f"{path}: no {TASKS} (the task table); recompile")
     if not zipfile.is_zipfile(path / TASKS):  # np.load would try, and blame, pickle
@@ -444,6 +449,7 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{path / TASKS}: unreadable task table ({e})") from None
     _check_table(path / TASKS, manifest, table)
+    _check_records(path / TASKS, manifest, table)
     src = (path / SOURCE).read_text() if (path / SOURCE).is_file() else ""
     cubin = (path / CUBIN).read_bytes() if (path / CUBIN).is_file() else None
     if cubin is not None:
@@ -528,6 +534,172 @@ def _check_table(where: Path, m: dict, t: TaskTable) -> None:
     for name, ids in (("signals", signals), ("waits on", waited)):
         if len(ids) and (ids.min() < 0 or ids.max() >= counters):
             raise fail(f"a task {name} a counter outside the manifest's {counters}")
+
+
+# ---------------------------------------------------------------- the manifest's own agreement
+#
+# The kernel and the interpreter index arenas with the manifest's offsets and the task
+# table's arguments, and size the KV cache and the vocabulary from its config: those must
+# agree with each other, or a step runs past a buffer instead of failing.
+
+_ARENAS = ("weights", "act")
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_manifest(mf: Path, m: dict) -> None:
+    """Every field the runtime reads has its type; the tensors lie inside their arenas and
+    overlap nowhere; config.max_seq_len and config.vocab agree with the KV cache, the
+    logits, the embedding and the attention variants."""
+
+    def fail(msg: str) -> ArtifactError:
+        return ArtifactError(f"{mf}: {msg}; recompile")
+
+    if not isinstance(m["kernel"], str) or not m["kernel"].isidentifier():
+        raise fail(f"'kernel' must be the kernel's name (got {m['kernel']!r:.40})")
+    eps = m["norm_eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise fail(f"'norm_eps' must be a number in (0, 1) (got {eps!r:.40})")
+    freqs = m["rope_inv_freq"]
+    if not isinstance(freqs, list) or not all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) for f in freqs
+    ):
+        raise fail("'rope_inv_freq' must be a list of numbers")
+    if not isinstance(m.get("options", {}), dict):
+        raise fail("'options' must be an object")
+    variants = m["variants"]
+    if not isinstance(variants, list) or not all(
+        isinstance(v, dict)
+        and v.get("kind") in ARGS
+        and isinstance(v.get("static"), dict)
+        and all(isinstance(k, str) and _is_count(x) for k, x in v["static"].items())
+        for v in variants
+    ):
+        raise fail(
+            "'variants' must be a list of {kind, static} with kinds "
+            f"{', '.join(ARGS)} and integer statics"
+        )
+    arenas = m["arenas"]
+    if not isinstance(arenas, dict) or set(arenas) != set(_ARENAS):
+        raise fail(f"'arenas' must give the sizes of {' and '.join(_ARENAS)}")
+    for name, n in arenas.items():
+        if not _is_count(n):
+            raise fail(f"'arenas.{name}' must be a count of elements (got {n!r:.40})")
+    tensors = m["tensors"]
+    if not isinstance(tensors, list):
+        raise fail("'tensors' must be a list")
+    shapes: dict[str, tuple[int, ...]] = {}
+    spans: dict[str, list[tuple[int, int, str]]] = {a: [] for a in _ARENAS}
+    for i, t in enumerate(tensors):
+        if not isinstance(t, dict):
+            raise fail(f"'tensors[{i}]' must be an object")
+        name = t.get("name")
+        if not isinstance(name, str) or name in shapes:
+            raise fail(f"'tensors[{i}].name' must be a new tensor name (got {name!r:.40})")
+        shape, arena, off = t.get("shape"), t.get("arena"), t.get("offset")
+        if not isinstance(shape, list) or not shape or not all(map(_is_count, shape)):
+            raise fail(f"tensor {name}: 'shape' must be a list of counts (got {shape!r:.40})")
+        if arena not in _ARENAS or not isinstance(t.get("storage"), str):
+            raise fail(f"tensor {name}: 'arena' must be weights or act (got {arena!r:.20})")
+        if (arena == "weights") != (t["storage"] == "weight"):
+            raise fail(f"tensor {name}: a {t['storage']} tensor in the {arena} arena")
+        if not _is_count(off):
+            raise fail(f"tensor {name}: 'offset' must be a count (got {off!r:.40})")
+        n = 1
+        for d in shape:
+            n *= d
+        if off + n > arenas[arena]:
+            raise fail(
+                f"tensor {name} ({arena} @{off}, {n} elements) runs past the {arena} arena's "
+                f"{arenas[arena]} elements"
+            )
+        shapes[name] = tuple(shape)
+        spans[arena].append((off, off + n, name))
+    for arena, ss in spans.items():
+        ss.sort()
+        for (_, end, a), (start, _, b) in zip(ss, ss[1:], strict=False):
+            if start < end:
+                raise fail(f"tensors {a} and {b} overlap in the {arena} arena")
+    cfg = m["config"]
+    for key in ("max_seq_len", "vocab"):
+        if not _is_count(cfg.get(key)) or cfg[key] < 1:
+            raise fail(f"'config.{key}' must be a positive integer (got {cfg.get(key)!r:.40})")
+    steps, vocab = cfg["max_seq_len"], cfg["vocab"]
+    for t in tensors:
+        if t["storage"] == "cache" and (len(t["shape"]) != 3 or t["shape"][1] != steps):
+            raise fail(
+                f"'config.max_seq_len' is {steps}, but the KV cache tensor {t['name']} has "
+                f"shape {t['shape']} (rows in dimension 1)"
+            )
+    for v in variants:
+        if v["kind"] == "attention_decode" and v["static"].get("S", steps) != steps:
+            raise fail(
+                f"'config.max_seq_len' is {steps}, but attention is compiled for "
+                f"S={v['static']['S']} cache rows"
+            )
+    if shapes.get("logits") != (vocab,):
+        raise fail(
+            f"'config.vocab' is {vocab}, but the logits tensor has shape "
+            f"{list(shapes['logits']) if 'logits' in shapes else 'none'}"
+        )
+    for name, shape in shapes.items():
+        if name.endswith("embed_tokens.weight") and shape[0] != vocab:
+            raise fail(f"'config.vocab' is {vocab}, but {name} has {shape[0]} rows")
+
+
+def _check_records(where: Path, m: dict, t: TaskTable) -> None:
+    """Every offset in the task table points into a tensor of its arena (w and w_*
+    arguments and weight streams into the weights, the rest into the activations), and the sample
+    task reads config.vocab logits."""
+
+    def fail(msg: str) -> ArtifactError:
+        return ArtifactError(f"{where}: {msg}; recompile")
+
+    spans: dict[str, list[tuple[int, int]]] = {a: [] for a in _ARENAS}
+    for x in m["tensors"]:
+        n = 1
+        for d in x["shape"]:
+            n *= d
+        spans[x["arena"]].append((x["offset"], x["offset"] + n))
+    starts = {a: sorted(ss) for a, ss in spans.items()}  # disjoint (_check_manifest)
+
+    def inside(arena: str, off: int, n: int = 1) -> bool:
+        ss = starts[arena]
+        k = bisect.bisect_right(ss, (off, float("inf"))) - 1
+        return k >= 0 and ss[k][0] <= off and off + n <= ss[k][1]
+
+    counts = {"rows", "head", "split", "arrive", "vocab", "parts", "n_parts", "row0"}
+    for i in range(len(t.records)):
+        v = t.variants[int(t.records[i, F_KIND])]
+        for j, name in enumerate(ARGS[v.kind]):
+            value = int(t.records[i, F_ARG0 + j])
+            if name in counts:
+                ok = value >= 0
+            else:
+                ok = value == NO_OFFSET or inside(
+                    "weights" if name.split("_")[0] == "w" else "act", value
+                )
+            if not ok:
+                raise fail(f"task {i} ({v.kind}): argument {name}={value} is out of bounds")
+        if v.kind == "sample":
+            a = t.args(i)
+            if a["vocab"] != m["config"]["vocab"] or not inside("act", a["logits"], a["vocab"]):
+                raise fail(f"task {i} (sample): reads {a['vocab']} logits, not config.vocab's")
+    for name, table, cols in (("stream", t.stream, 3), ("prefetch", t.prefetch, 2)):
+        if table.ndim != 2 or table.shape[1] != cols:
+            raise fail(f"{name} has shape {tuple(table.shape)}, expected (n, {cols})")
+        # A stream may run on from one tensor into the next (q, k and v rows): the arena
+        # bounds it.
+        off, n = table[:, 0], table[:, 1]
+        bad = (off < 0) | (n < 0) | (off + n > m["arenas"]["weights"])
+        if bad.any():
+            k = int(bad.argmax())
+            raise fail(
+                f"{name} entry {k} ({int(off[k])}, {int(n[k])} elements) lies outside the "
+                f"weights arena's {m['arenas']['weights']}"
+            )
 
 
 _ELF_MAGIC = b"\x7fELF"
