@@ -174,10 +174,7 @@ def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
         cubin, res, warnings = compile_cubin(source, cfg.target.arch, "", extra=nvcc_flags())
         if warnings:
             raise RuntimeError(f"nvcc warned on the prefill kernels (a compiler bug):\n{warnings}")
-        resources = kernel_resources(res.report)
-        spills = {k: r for k, r in resources.items() if r.get("spill_stores")}
-        if spills:
-            raise CodegenError(f"the prefill kernels spill registers: {spills}")
+        resources = kernel_resources(res.report)  # a spill is a warning (-warn-spills)
         say(f"  {'nvcc':<9} {(time.perf_counter() - t1) * 1e3:8.1f} ms  (prefill)")
     spec = {
         "chunk": program.chunk,
