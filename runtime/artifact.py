@@ -683,10 +683,20 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
                 )
             if not ok:
                 raise fail(f"task {i} ({v.kind}): argument {name}={value} is out of bounds")
+        a = t.args(i)
         if v.kind == "sample":
-            a = t.args(i)
             if a["vocab"] != m["config"]["vocab"] or not inside("act", a["logits"], a["vocab"]):
                 raise fail(f"task {i} (sample): reads {a['vocab']} logits, not config.vocab's")
+            if not inside("act", a["parts"], 2 * a["n_parts"]):
+                raise fail(f"task {i} (sample): its {a['n_parts']} argmax parts run past a tensor")
+        # Whole vectors the code reads or writes from an offset: the input of a GEMV (K),
+        # the embedding's slice of the output row (rows).
+        extents = {"x": dict(v.static).get("K"), "out": a["rows"] if v.kind == "embed" else None}
+        for name, n in extents.items():
+            if n is not None and name in a and not inside("act", a[name], n):
+                raise fail(
+                    f"task {i} ({v.kind}): {name}={a[name]} with {n} elements runs past its tensor"
+                )
     for name, table, cols in (("stream", t.stream, 3), ("prefetch", t.prefetch, 2)):
         if table.ndim != 2 or table.shape[1] != cols:
             raise fail(f"{name} has shape {tuple(table.shape)}, expected (n, {cols})")

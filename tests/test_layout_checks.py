@@ -191,17 +191,19 @@ def _tensor(m: dict, name: str) -> dict:
     return next(t for t in m["tensors"] if t["name"] == name)
 
 
-def _record_arg(kind: str, arg: str, value: int) -> Callable[[Path], None]:
-    """The first `kind` task's argument `arg` set to `value` in tasks.npz."""
+def _record_arg(kind: str, arg: str, value: int | str) -> Callable[[Path], None]:
+    """The first `kind` task's argument `arg` set to `value` in tasks.npz (a tensor's name:
+    its offset)."""
 
     def damage(a: Path) -> None:
         m = json.loads((a / "manifest.json").read_text())
+        at = _tensor(m, value)["offset"] if isinstance(value, str) else value
         kinds = [v["kind"] for v in m["variants"]]
         with np.load(a / "tasks.npz") as z:
             arrays = {k: z[k].copy() for k in z.files}
         rec = arrays["records"]
         i = next(i for i in range(len(rec)) if kinds[rec[i, F_KIND]] == kind)
-        rec[i, F_ARG0 + ARGS[kind].index(arg)] = value
+        rec[i, F_ARG0 + ARGS[kind].index(arg)] = at
         np.savez(a / "tasks.npz", **arrays)
 
     return damage
@@ -298,6 +300,14 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "record_sample_vocab": (
         _record_arg("sample", "vocab", 4096),
         "(sample): reads 4096 logits, not config.vocab's",
+    ),
+    "record_gemv_input_past_its_tensor": (
+        _record_arg("linear_residual", "x", "token"),
+        "(linear_residual): x=10016 with 64 elements runs past its tensor",
+    ),
+    "record_sample_parts": (
+        _record_arg("sample", "n_parts", 4096),
+        "(sample): its 4096 argmax parts run past a tensor",
     ),
     "stream_past_the_weights": (
         _stream_past_the_weights,
