@@ -41,6 +41,7 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
     Variant,
 )
+from tilert_compiler.models.config import ConfigError, load_config
 
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
 # 3: Params.n_rows. (Earlier format-3 artifacts may also hold the persistent prefill
@@ -623,6 +624,10 @@ def _check_manifest(mf: Path, m: dict) -> None:
             if start < end:
                 raise fail(f"tensors {a} and {b} overlap in the {arena} arena")
     cfg = m["config"]
+    try:  # the model itself, as the compiler validated it (weights are bound later)
+        load_config(cfg, overrides={"weights": {"random": 0}})
+    except ConfigError as e:
+        raise ArtifactError(f"{mf}: manifest config is invalid: {e}") from None
     for key in ("max_seq_len", "vocab"):
         if not _is_count(cfg.get(key)) or cfg[key] < 1:
             raise fail(f"'config.{key}' must be a positive integer (got {cfg.get(key)!r:.40})")

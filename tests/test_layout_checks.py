@@ -223,7 +223,7 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "max_seq_len_a_string": (
         _manifest(lambda m: m["config"].update(max_seq_len="64")),
-        "'config.max_seq_len' must be a positive integer (got '64')",
+        "manifest config is invalid: config dict: field 'max_seq_len' must be an integer",
     ),
     "attention_for_another_cache": (
         _manifest(
