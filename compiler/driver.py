@@ -20,8 +20,7 @@ from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ConfigTypeError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.options import Options, from_env
-from tilert_compiler.passes.prefill import plan_prefill, prefill_chunk
-from tilert_compiler.pipeline import STAGES, format_stage, run_pipeline
+from tilert_compiler.pipeline import STAGES, format_stage, prefill_pipeline, run_pipeline
 from tilert_compiler.runtime.artifact import (
     FORMAT_VERSION,
     Artifact,
@@ -159,10 +158,10 @@ class PrefillBuild:
 def build_prefill(cfg, opts, decode: Schedule, say) -> PrefillBuild | None:
     """Plan the prefill program against the decode layout, lower its tile programs, and
     compile them (one nvcc call); None when opts.prefill_chunk is 0."""
-    if opts.prefill_chunk == 0:
-        return None
     t0 = time.perf_counter()
-    program = plan_prefill(cfg, decode, prefill_chunk(cfg.max_seq_len, opts.prefill_chunk))
+    program = prefill_pipeline(cfg, opts, decode)
+    if program is None:
+        return None
     source, kernels, scripts = lower_prefill(program, cfg.target.arch)
     say(
         f"  {'prefill':<9} {(time.perf_counter() - t0) * 1e3:8.1f} ms  "

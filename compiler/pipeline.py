@@ -10,13 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 from tilert_compiler.ir.graph import Graph, format_graph
+from tilert_compiler.ir.prefill import PrefillProgram
 from tilert_compiler.ir.tile import Schedule, TileProgram, format_program, format_schedule
-from tilert_compiler.ir.verify import verify_layout, verify_program, verify_schedule
+from tilert_compiler.ir.verify import (
+    verify_consts,
+    verify_layout,
+    verify_program,
+    verify_schedule,
+)
 from tilert_compiler.models.graph import build_graph
 from tilert_compiler.passes.deps import deps
 from tilert_compiler.passes.fuse import fuse
 from tilert_compiler.passes.layout import layout
 from tilert_compiler.passes.prefetch import prefetch
+from tilert_compiler.passes.prefill import plan_prefill, prefill_chunk
 from tilert_compiler.passes.schedule import schedule
 from tilert_compiler.passes.tile import tile
 
@@ -44,6 +51,16 @@ def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
     verify_layout(ir, cfg.max_seq_len, cfg.vocab)
     on_stage("layout", ir)
     return ir
+
+
+def prefill_pipeline(cfg, opts, decode: Schedule) -> PrefillProgram | None:
+    """The prefill program (None: --prefill-chunk 0): prompt chunks as a fixed list of
+    tile-program launches, bound to the decode program's weights and KV cache, so it
+    must run after `layout`. Codegen lowers its tile programs (codegen/prefill.py)."""
+    if opts.prefill_chunk == 0:
+        return None
+    chunk = prefill_chunk(cfg.max_seq_len, opts.prefill_chunk)  # whole 128-row tiles
+    return plan_prefill(cfg, decode, chunk)  # tiles, bindings; shapes checked
 
 
 def format_stage(ir: Any) -> str:
@@ -86,6 +103,7 @@ def resume_pipeline(after: str, ir: Any, cfg, opts, on_stage: Callable[[str, Any
     if after not in RESUMABLE:
         raise ValueError(f"cannot resume after '{after}'; resumable: {', '.join(RESUMABLE)}")
     program = ir.program if isinstance(ir, Schedule) else ir
+    verify_consts(program, cfg.to_dict())  # codegen reads the config, the tasks the consts
     for t in program.tasks:
         later = [f"t{d}" for d in t.deps if d >= t.id]
         if later:

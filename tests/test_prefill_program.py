@@ -209,9 +209,9 @@ def test_random_shapes_plan_or_refuse_in_one_line_and_plans_lower():
         kv = rng.choice([1, 2, 4])
         desc = {
             "name": "shape", "family": rng.choice(["llama", "qwen3"]),
-            "hidden": 8 * rng.randint(2, 40), "layers": 1, "heads": kv * rng.choice([1, 2, 4]),
+            "hidden": 16 * rng.randint(1, 20), "layers": 1, "heads": kv * rng.choice([1, 2, 4]),
             "kv_heads": kv, "head_dim": rng.choice([8, 16, 24, 32, 64, 128]),
-            "intermediate": 8 * rng.randint(2, 48), "vocab": 64, "tie_embeddings": True,
+            "intermediate": 16 * rng.randint(1, 24), "vocab": 64, "tie_embeddings": True,
             "rope": {"theta": 1e4}, "norm_eps": 1e-6, "max_seq_len": 64,
             "weights": {"random": 0},
         }  # fmt: skip
