@@ -338,3 +338,14 @@ def _verify_region(who: str, r, decls: dict, symbols: dict[str, int]) -> None:
 
 def _names(lo, hi, sym: str) -> bool:
     return any(isinstance(b, tuple) and b[0] == sym for b in (lo, hi))
+
+
+def verify_consts(p: TileProgram, config: dict) -> None:
+    """The program's consts (hidden, heads, max_seq_len, ...) equal the config's fields
+    of the same name: code is generated from the config, the tasks from the consts, so an
+    edited dump must not let them part."""
+    for key, value in p.consts:
+        if key in config and config[key] != value:
+            raise VerifyError(
+                f"const {key} = {value!r}, but the config says {key}: {config[key]!r:.40}"
+            )

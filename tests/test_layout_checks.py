@@ -106,9 +106,21 @@ LAYOUT_EDITS: dict[str, tuple[Callable[[str], str], str]] = {
     # the config's max_seq_len past the cache the dump lays out: pos runs off the end
     "max_seq_len_past_the_cache": (
         _sub(r'"max_seq_len": 64', '"max_seq_len": 1000'),
-        "k_cache.0[0:1, 0:pos, 0:16]: dimension 1 runs to 999 (at pos=999), past k_cache.0's 64",
+        "const max_seq_len = 64, but the config says max_seq_len: 1000",
     ),
 }
+
+LAYOUT_EDITS["config_disagrees_with_the_consts"] = (
+    _sub(r'"hidden": 64,', '"hidden": 128,'),
+    "const hidden = 64, but the config says hidden: 128",
+)
+# the config and the consts agree on a longer cache than the cache tensors hold
+LAYOUT_EDITS["cache_tensors_shorter_than_max_seq_len"] = (
+    lambda text: _sub(r"const max_seq_len = 64", "const max_seq_len = 1000")(
+        LAYOUT_EDITS["max_seq_len_past_the_cache"][0](text)
+    ),
+    "k_cache.0[0:1, 0:pos, 0:16]: dimension 1 runs to 999 (at pos=999), past k_cache.0's 64",
+)
 
 OPTION_EDITS: dict[str, tuple[Callable[[str], str], str]] = {
     "fault_skip_task": (
