@@ -26,9 +26,9 @@ VARIANTS = [  # (pack, block_n, stages)
 
 
 def build(out: Path) -> None:
-    from tilert_compiler.codegen.nvcc import compile_cubin
-    from tilert_compiler.codegen.prefill import lower_prefill, nvcc_flags
-    from tilert_compiler.ir.prefill import Kernel, PrefillProgram
+    from tile_variants import build as build_variants
+
+    from tilert_compiler.ir.prefill import Kernel
 
     kernels = []
     for pack, bn, st in VARIANTS:
@@ -43,28 +43,15 @@ def build(out: Path) -> None:
             ("stages", st),
         )
         kernels.append(Kernel(f"attn_p{pack}_n{bn}_s{st}", "attention", statics, 128 // pack))
-    source, specs, _ = lower_prefill(PrefillProgram(0, (), tuple(kernels), (), ()), "sm_90a", print)
-    cubin, res, warnings = compile_cubin(source, "sm_90a", "", extra=nvcc_flags())
-    if warnings:
-        print(warnings)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attn.cubin").write_bytes(cubin)
-    (out / "attn.json").write_text(json.dumps(specs, indent=1))
-    print(res.report)
+    build_variants(kernels, out, "attn")
 
 
 def run(folder: Path, out: str | None) -> None:
     import torch
-    from cuda.bindings import driver
     from measure import events_median, provenance
+    from tile_variants import launcher, load
 
-    from tilert_compiler.runtime.gpu import _check
-    from tilert_compiler.runtime.prefill import kernel_argv
-
-    torch.empty(1, device="cuda")
-    specs = json.loads((folder / "attn.json").read_text())
-    module = _check(driver.cuModuleLoadData((folder / "attn.cubin").read_bytes()), "load")
-    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    specs, fns = load(folder, "attn")
     q = torch.randn(M, H, HD, device="cuda").to(torch.bfloat16)
     kc = torch.randn(KV, S, HD, device="cuda").bfloat16().float()
     vc = torch.randn(KV, S, HD, device="cuda").bfloat16().float()
@@ -94,8 +81,6 @@ def run(folder: Path, out: str | None) -> None:
         flops = 4 * H * HD * (n * pos + n * (n + 1) / 2)
         for name, k_spec in specs.items():
             o = torch.full((M, H, HD), float("nan"), device="cuda", dtype=torch.bfloat16)
-            fn = _check(driver.cuModuleGetFunction(module, k_spec["symbol"].encode()), "fn")
-            _check(driver.cuFuncSetAttribute(fn, attr, k_spec["smem"]), "smem")
             addrs = {
                 "Q": q.data_ptr(),
                 "Kc": kc.data_ptr(),
@@ -103,17 +88,7 @@ def run(folder: Path, out: str | None) -> None:
                 "Out": o.data_ptr(),
                 "meta": meta.data_ptr(),
             }
-            argv, keep = kernel_argv(k_spec, addrs.__getitem__, name)
-            stream = torch.cuda.current_stream().cuda_stream
-
-            def launch(fn=fn, k_spec=k_spec, argv=argv, stream=stream):
-                _check(
-                    driver.cuLaunchKernel(
-                        fn, *k_spec["grid"], *k_spec["block"], k_spec["smem"], stream, argv, 0
-                    ),
-                    "launch",
-                )
-
+            launch, keep = launcher(fns[name], k_spec, addrs, name)
             launch()
             torch.cuda.synchronize()
             err = float((o.float() - ref).norm() / ref.norm())

@@ -30,9 +30,9 @@ SILU_TILES = [(128, 64, 64, 3, 0), (128, 128, 64, 3, 0), (128, 128, 64, 4, 0), (
 
 
 def build(out: Path) -> None:
-    from tilert_compiler.codegen.nvcc import compile_cubin
-    from tilert_compiler.codegen.prefill import lower_prefill, nvcc_flags
-    from tilert_compiler.ir.prefill import Kernel, PrefillProgram
+    from tile_variants import build as build_variants
+
+    from tilert_compiler.ir.prefill import Kernel
 
     kernels = []
     for (name, n, k), m in itertools.product(SHAPES, ROWS):
@@ -49,32 +49,15 @@ def build(out: Path) -> None:
             )
             kname = f"{name}_m{m}_{bm}x{bn}x{bk}_s{st}_w{sw}"
             kernels.append(Kernel(kname, kind, statics, bm))
-    prog = PrefillProgram(0, (), tuple(kernels), (), ())
-    source, specs, _ = lower_prefill(prog, "sm_90a", print)
-    cubin, res, warnings = compile_cubin(source, "sm_90a", "", extra=nvcc_flags())
-    if warnings:
-        print(warnings)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gemm.cubin").write_bytes(cubin)
-    for k in kernels:
-        specs[k.name]["kind"], specs[k.name]["statics"] = k.kind, dict(k.statics)
-    (out / "gemm.json").write_text(json.dumps(specs, indent=1))
-    print(res.report)
+    build_variants(kernels, out, "gemm")
 
 
 def run(folder: Path, out: str | None) -> None:
     import torch
-    from cuda.bindings import driver
     from measure import events_median, provenance
+    from tile_variants import launcher, load
 
-    from tilert_compiler.runtime.gpu import _check
-    from tilert_compiler.runtime.prefill import kernel_argv
-
-    torch.cuda.init()
-    torch.empty(1, device="cuda")
-    specs = json.loads((folder / "gemm.json").read_text())
-    module = _check(driver.cuModuleLoadData((folder / "gemm.cubin").read_bytes()), "load")
-    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    specs, fns = load(folder, "gemm")
     results = []
     cublas: dict = {}
     for name, k in specs.items():
@@ -86,18 +69,8 @@ def run(folder: Path, out: str | None) -> None:
         c = torch.full(
             (m, n), float("nan"), device="cuda", dtype=torch.bfloat16 if silu else torch.float32
         )
-        fn = _check(driver.cuModuleGetFunction(module, k["symbol"].encode()), "function")
-        _check(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "smem")
         addrs = {"A": a.data_ptr(), "B": b.data_ptr(), "C": c.data_ptr()}
-        argv, keep = kernel_argv(k, addrs.__getitem__, name)
-        stream = torch.cuda.current_stream().cuda_stream
-
-        def launch(fn=fn, k=k, argv=argv, stream=stream):
-            _check(
-                driver.cuLaunchKernel(fn, *k["grid"], *k["block"], k["smem"], stream, argv, 0),
-                "launch",
-            )
-
+        launch, keep = launcher(fns[name], k, addrs, name)
         launch()
         torch.cuda.synchronize()
         ref = a.float() @ b.float().T

@@ -289,10 +289,6 @@ class GpuPrefill:
     def __init__(
         self, manifest: dict, spec: dict, cubin: bytes, w: torch.Tensor, act: torch.Tensor
     ):
-        from cuda.bindings import driver
-
-        from tilert_compiler.runtime.gpu import _check
-
         self.spec, self.chunk = spec, int(spec["chunk"])
         dev = act.device
         self.max_seq_len = int(manifest["config"]["max_seq_len"])
@@ -303,17 +299,7 @@ class GpuPrefill:
         }
         tensors = {t["name"]: t for t in manifest["tensors"]}
         self.places = _Places(spec, tensors, w, act, rt)
-        self.module = _check(driver.cuModuleLoadData(cubin), "loading the prefill cubin")
-        self.fns = {}
-        attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        for name, k in spec["kernels"].items():
-            fn = _check(
-                driver.cuModuleGetFunction(self.module, k["symbol"].encode()),
-                f"finding prefill kernel {k['symbol']}",
-            )
-            if k["smem"] > 48 * 1024:
-                _check(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "raising dynamic smem")
-            self.fns[name] = fn
+        self.module, self.fns = load_kernels(cubin, spec["kernels"])
         self._keep: list = []  # the argument values the argv arrays point at
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # rows / GRAPH_ROWS -> graph
         self.launches = [self._bind(la) for la in spec["launches"]]
@@ -365,20 +351,47 @@ class GpuPrefill:
             graph.replay()
 
     def _launch(self, n: int, only: Sequence[str] | None) -> None:
-        from cuda.bindings import driver
-
-        from tilert_compiler.runtime.gpu import _check
-
         stream = torch.cuda.current_stream(self.places.rt["meta"].device).cuda_stream
         for fn, k, argv in self.launches:
             if only is not None and k["kind"] not in only:
                 continue
             grid = list(k["grid"])
             grid[k["row_axis"]] = -(-n // k["row_tile"]) * k["row_blocks"]
-            _check(
-                driver.cuLaunchKernel(fn, *grid, *k["block"], k["smem"], stream, argv, 0),
-                "launching a prefill kernel",
-            )
+            launch_kernel(fn, k, argv, stream, grid)
+
+
+def load_kernels(cubin: bytes, kernels: dict) -> tuple[object, dict]:
+    """The cubin's module and {name: function} for each kernel spec, dynamic shared
+    memory raised where a spec needs more than the default 48 KiB."""
+    from cuda.bindings import driver
+
+    from tilert_compiler.runtime.gpu import _check
+
+    module = _check(driver.cuModuleLoadData(cubin), "loading the prefill cubin")
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    fns = {}
+    for name, k in kernels.items():
+        fn = _check(
+            driver.cuModuleGetFunction(module, k["symbol"].encode()),
+            f"finding prefill kernel {k['symbol']}",
+        )
+        if k["smem"] > 48 * 1024:
+            _check(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "raising dynamic smem")
+        fns[name] = fn
+    return module, fns
+
+
+def launch_kernel(fn, k: dict, argv: int, stream, grid: Sequence[int] | None = None) -> None:
+    """One launch of a kernel spec's function (grid: the spec's unless given)."""
+    from cuda.bindings import driver
+
+    from tilert_compiler.runtime.gpu import _check
+
+    grid = list(grid or k["grid"])
+    _check(
+        driver.cuLaunchKernel(fn, *grid, *k["block"], k["smem"], stream, argv, 0),
+        "launching a prefill kernel",
+    )
 
 
 def kernel_argv(k: dict, addr_of, what: str) -> tuple[int, list]:
