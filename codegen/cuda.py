@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -46,6 +46,16 @@ STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
 STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
 SAMPLE_BINS = 2048  # radix-select histogram of the sample task (digits of 11, 11, 10 bits)
 
+# The FFMA GEMV holds a lane's part of x in registers (8 floats per 8-column group it
+# takes) when that part is at most this many floats; bigger parts (K = 4096 with one
+# K-slice: 128) are read from shared memory for every row, as before. The compiler lowers
+# the bound, one GEMV shape at a time, while ptxas reports spills (choose_x_regs).
+X_REGS = 64
+# The decode attention's combine loads a thread's partials in one batch when they are at
+# most PART_BATCH_ONE, else PART_BATCH at a time; the compiler lowers the batch (to
+# PART_BATCH_LEAST at most) while ptxas reports spills.
+PART_BATCH_ONE, PART_BATCH, PART_BATCH_LEAST = 24, 16, 8
+
 
 @dataclass(frozen=True)
 class KernelPlan:
@@ -63,6 +73,14 @@ class KernelPlan:
     # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the mma_gemv option; otherwise
     # FFMA, a warp per weight row.
     mma: bool = False
+    # A GEMV lane holds its part of x in registers when it is at most this many floats
+    x_regs: int = X_REGS
+    # The attention combine loads its partials this many per thread at a time (when
+    # they are more than PART_BATCH_ONE)
+    part_batch: int = PART_BATCH
+    # The dispatch loop keeps the SM's task-list bounds in shared memory (a register pair
+    # less for the whole launch)
+    lean_dispatch: bool = False
 
     @property
     def smem_bytes(self) -> int:
@@ -88,10 +106,6 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
     return max(1, stage_bytes // (2 * k))
 
 
-# The FFMA GEMV holds a lane's part of x in registers (8 floats per 8-column group it
-# takes) when that part is at most this many floats; bigger parts (K = 4096 with one
-# K-slice: 128) are read from shared memory for every row, as before.
-X_REGS = 64
 # Decode attention takes a split's cache rows in blocks of at most this many (online
 # softmax across blocks): its shared memory is sized by the block, not by max_seq_len, and
 # what that leaves goes to the weight ring. 48 holds a split's rows up to context ~750 at
@@ -103,6 +117,55 @@ def item_rows(mma: bool) -> int:
     """Weight rows in a warp's item of a GEMV chunk (the template's Chunking::kItemRows):
     with mma, 16 (the tile's m: the weights are A); FFMA, one row."""
     return 16 if mma else 1
+
+
+def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | None:
+    """Floats of x one lane of an FFMA GEMV takes (the template's 8 * kJ in stream_rows),
+    or None for a kind without weight rows."""
+    if "K" not in dict(v.static):
+        return None
+    k = v.get("K")
+    groups = _rows_per_chunk(k, stage_bytes)  # FFMA: an item is one row
+    split = 1 if groups >= consumer_warps else consumer_warps // groups
+    groups_per_lane = -(-(k // 8) // split)  # 8-column groups of one K-slice
+    return 8 * -(-groups_per_lane // 32)
+
+
+def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, str] | None:
+    """The next variant choice after `plan` spilled registers, and what it changes; None
+    when none is left. Cheapest first: the dispatch loop's task-list bounds move to shared
+    memory (a shared load per task); then the attention combine loads fewer partials at a
+    time (4 fewer, down to PART_BATCH_LEAST; a round trip more per layer); then the GEMV
+    whose x part in registers is largest reads x from shared memory instead.
+
+    The spills these relieve are the dispatch loop's long-lived values, evicted where the
+    heaviest task (the attention of a large head group) peaks at the 255-register cap:
+    Llama-3.1-8B and Qwen3-32B's configs (bench/NOTES.md)."""
+    if not plan.lean_dispatch:
+        return replace(plan, lean_dispatch=True), "task-list bounds held in shared memory"
+    consumers = plan.consumers
+    batched = [
+        v
+        for v in table.variants
+        if v.kind == "attention_decode"
+        and -(-v.get("NSPLIT") * v.get("G") * (v.get("HD") + 2) // consumers) > PART_BATCH_ONE
+    ]
+    if batched and plan.part_batch > PART_BATCH_LEAST:
+        batch = max(PART_BATCH_LEAST, plan.part_batch - 4)
+        return replace(plan, part_batch=batch), (
+            f"attention partials loaded {batch} at a time, not {plan.part_batch}"
+        )
+    held = {
+        f
+        for v in table.variants
+        if (f := x_part_floats(v, consumers // 32, plan.stage_bytes)) is not None
+        and f <= plan.x_regs
+    }
+    if held and not plan.mma:
+        return replace(plan, x_regs=max(held) - 1), (
+            f"GEMVs whose lane takes {max(held)} floats of x read it from shared memory"
+        )
+    return None
 
 
 def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, mma: bool) -> int:
@@ -276,7 +339,9 @@ def emit_cuda(
         kernel_name=KERNEL_NAME,
         mma=plan.mma,
         item_rows=item_rows(plan.mma),
-        x_regs=X_REGS,
+        x_regs=plan.x_regs,
+        part_batch=plan.part_batch,
+        lean_dispatch=plan.lean_dispatch,
         attn_block=ATTN_BLOCK_ROWS,
     )
 

@@ -23,9 +23,11 @@ class Resources:
     stack_frame: int
     static_smem: int
     report: str  # ptxas's own lines
+    # Variant choices the compiler made because an earlier choice spilled (resources.txt)
+    choices: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {**self.__dict__, "choices": list(self.choices)}
 
 
 def find_nvcc() -> str | None:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.codegen.cuda import KERNEL_NAME, CodegenError, emit_cuda, plan_kernel
+from tilert_compiler.codegen.cuda import (
+    KERNEL_NAME,
+    CodegenError,
+    emit_cuda,
+    plan_kernel,
+    relieve_registers,
+)
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.prefill import kernel_resources, lower_prefill, nvcc_flags
 from tilert_compiler.codegen.serialize import serialize
@@ -236,24 +242,28 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
         ring_stages=opts.ring_stages,
     )
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
-    source = emit_cuda(
-        sched,
-        table,
-        plan,
-        inv_freq,
-        version=VERSION,
-        arch=cfg.target.arch,
-        profile=opts.profile,
-        fault_skip_task=opts.fault_skip_task,
-    )
+
+    def emit(plan) -> str:
+        return emit_cuda(
+            sched,
+            table,
+            plan,
+            inv_freq,
+            version=VERSION,
+            arch=cfg.target.arch,
+            profile=opts.profile,
+            fault_skip_task=opts.fault_skip_task,
+        )
+
+    source = emit(plan)
     timings["codegen"] = time.perf_counter() - t0
     say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
     cubin, resources, toolkit = None, None, None
     if opts.nvcc and find_nvcc():
         t1 = time.perf_counter()
-        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)
-        if warnings:
-            raise RuntimeError(f"nvcc warned on generated code (a compiler bug):\n{warnings}")
+        cubin, resources, plan, source = _compile_without_spills(
+            cfg, table, plan, source, emit, say
+        )
         toolkit = nvcc_version(find_nvcc() or "nvcc")
         if resources.static_smem + plan.smem_bytes > cfg.target.smem_per_block:
             raise CodegenError(
@@ -264,6 +274,30 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
         timings["nvcc"] = time.perf_counter() - t1
         say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
     return table, plan, inv_freq, source, cubin, resources, toolkit
+
+
+def _compile_without_spills(cfg, table, plan, source, emit, say):
+    """nvcc, and while ptxas spills registers, the next variant choice (relieve_registers:
+    fewer attention partials at a time, then x from shared memory). The choices made are
+    kept in the resources (resources.txt). Any other nvcc warning is a compiler bug."""
+    choices: list[str] = []
+    while True:
+        cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)
+        other = "\n".join(w for w in warnings.splitlines() if "spill" not in w)
+        if other:
+            raise CodegenError(f"nvcc warned on generated code (a compiler bug): {other}")
+        if not (resources.spill_stores or resources.spill_loads):
+            return cubin, replace(resources, choices=tuple(choices)), plan, source
+        relieved = relieve_registers(table, plan)
+        if relieved is None:
+            raise CodegenError(
+                f"the kernel spills {resources.spill_stores} bytes of registers and no "
+                "variant with fewer registers is left (a compiler bug)"
+            )
+        plan, change = relieved
+        choices.append(f"{change} (ptxas spilled {resources.spill_stores} bytes)")
+        say(f"  {'nvcc':<9} {choices[-1]}")
+        source = emit(plan)
 
 
 def _manifest(

@@ -106,7 +106,8 @@ def _write_files(folder: Path, art: Artifact) -> None:
         (folder / CUBIN).write_bytes(art.cubin)
     res = art.manifest.get("resources")
     if res:
-        (folder / RESOURCES).write_text(res.get("report", "") + "\n")
+        choices = "".join(f"variant choice: {c}\n" for c in res.get("choices", []))
+        (folder / RESOURCES).write_text(res.get("report", "") + "\n" + choices)
     if art.tiles is not None:
         spec, tiles_cubin = art.tiles
         (folder / TILES_SPEC).write_text(json.dumps(spec, indent=1))
