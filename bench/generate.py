@@ -27,7 +27,7 @@ import time
 import torch
 from measure import provenance, rel_l2
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
@@ -63,7 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    cfg = load_config(load_artifact(a.artifact).manifest["config"])
     weights = load_weights(cfg)
     g = torch.Generator().manual_seed(a.seed)
     prompt = torch.randint(0, cfg.vocab, (a.prompt,), generator=g).tolist()

@@ -41,7 +41,8 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
     Variant,
 )
-from tilert_compiler.models.config import ConfigError, load_config
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.text import ConfigError
 
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
 # 3: Params.n_rows. (Earlier format-3 artifacts may also hold the persistent prefill

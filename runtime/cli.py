@@ -24,13 +24,9 @@ from pathlib import Path
 
 import torch
 
-from tilert_compiler.models.config import (
-    ConfigError,
-    ModelConfig,
-    load_config,
-    path_kind,
-    show_path,
-)
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.schema import ModelConfig
+from tilert_compiler.models.text import ConfigError, path_kind, show_path
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.gpu import MAX_STOP_IDS, KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError

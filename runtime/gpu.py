@@ -28,6 +28,8 @@ from tilert_compiler.ir.tasktable import (
     RING_WAIT_FREE,
     RING_WAIT_STAGE,
 )
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.interpreter import pack_weights
 from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
@@ -251,10 +253,7 @@ class GpuModel:
         self.device = torch.device("cuda", device)
         check_device(path, m, device)
         if weights is None:
-            from tilert_compiler.models.config import ModelConfig
-            from tilert_compiler.models.weights import load_weights
-
-            weights = load_weights(ModelConfig.from_dict(m["config"]))
+            weights = load_weights(load_config(m["config"]))
         dev = self.device
         self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
         self.act = torch.full((m["arenas"]["act"],), float("nan"), device=dev)

@@ -19,7 +19,7 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
 )
 from tilert_compiler.ir.tile import POLLING_KINDS
-from tilert_compiler.models.config import ConfigError
+from tilert_compiler.models.text import ConfigError
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.sampling import Sampling, sample_token
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 import tilert_compiler as tc
 from tilert_compiler.cli import main as compile_main
-from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
+from tilert_compiler.models.config import ConfigError, load_config
 from tilert_compiler.models.weights import INDEX_FILE, load_weights, random_weights
 from tilert_compiler.runtime.cli import main as run_main
 
@@ -95,7 +95,7 @@ def test_a_yaml_without_weights_has_none_and_the_bundled_ones_are_random(tmp_pat
     cfg = load_config(d)
     assert not cfg.weights.bound and "names no weights" in (cfg.weights.none or "")
     assert load_config("tiny-llama").weights.seed == 0
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg  # round-trips as {none: ...}
+    assert load_config(cfg.to_dict()) == cfg  # round-trips as {none: ...}
 
 
 @pytest.fixture
@@ -127,9 +127,7 @@ def test_tilert_run_with_weights_given(weightless_artifact, tmp_path, capsys):
 
 
 def test_the_python_api_without_weights_names_what_to_pass(weightless_artifact):
-    cfg = ModelConfig.from_dict(
-        json.loads((weightless_artifact / "manifest.json").read_text())["config"]
-    )
+    cfg = load_config(json.loads((weightless_artifact / "manifest.json").read_text())["config"])
     with pytest.raises(ConfigError) as e:
         load_weights(cfg)  # what runtime.load and GpuModel call when given no weights
     msg = str(e.value)
