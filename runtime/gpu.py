@@ -30,8 +30,8 @@ from tilert_compiler.ir.tasktable import (
 )
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights
+from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
-from tilert_compiler.runtime.interpreter import pack_weights
 from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
 
 ERROR_WORDS = 8
@@ -256,7 +256,7 @@ class GpuModel:
             weights = load_weights(load_config(m["config"]))
         dev = self.device
         self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
-        self.act = torch.full((m["arenas"]["act"],), float("nan"), device=dev)
+        self.act = act_arena(self.art, device=dev)
         t = self.art.table
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
         self.profiled = bool(m.get("options", {}).get("profile"))

@@ -19,38 +19,13 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
 )
 from tilert_compiler.ir.tile import POLLING_KINDS
-from tilert_compiler.models.text import ConfigError
+from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.sampling import Sampling, sample_token
 
 
 class InterpreterError(RuntimeError):
     pass
-
-
-def pack_weights(art: Artifact, weights: dict[str, torch.Tensor], dtype, device="cpu"):
-    """The weights arena: every weight tensor flattened at its manifest offset."""
-    arena = torch.zeros(art.manifest["arenas"]["weights"], dtype=dtype, device=device)
-    for t in art.manifest["tensors"]:
-        if t["arena"] != "weights":
-            continue
-        w = weights.get(t["name"])
-        if w is None:
-            raise InterpreterError(f"weights: missing tensor '{t['name']}'")
-        if tuple(w.shape) != tuple(t["shape"]):
-            raise InterpreterError(
-                f"weights: '{t['name']}' has shape {tuple(w.shape)}, the artifact expects "
-                f"{tuple(t['shape'])}"
-            )
-        n = w.numel()
-        seg = arena[t["offset"] : t["offset"] + n]
-        seg.copy_(w.reshape(-1).to(dtype))
-        if not bool(torch.isfinite(seg).all()):  # NaN or Inf handed in, or past bf16's range
-            raise ConfigError(
-                f"weights: tensor '{t['name']}' holds NaN or Inf (as {str(dtype)[6:]}); "
-                "a damaged checkpoint?"
-            )
-    return arena
 
 
 class Interpreter:
@@ -61,7 +36,7 @@ class Interpreter:
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
         self.W = pack_weights(art, weights, torch.float32)
-        self.A = torch.full((m["arenas"]["act"],), float("nan"), dtype=torch.float32)
+        self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
         self.vocab = int(m["config"]["vocab"])

@@ -235,6 +235,20 @@ def test_an_interpreter_or_gpu_model_given_inf_weights_refuses_them():
         Interpreter(cm.artifact, w)
 
 
+def test_an_interpreter_given_a_missing_or_misshapen_weight_names_it():
+    # pack_weights refuses it as a weights problem, as check_weights does for cm.interpret
+    from tilert_compiler.runtime.interpreter import Interpreter
+
+    cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
+    w = random_weights(cm.config, seed=2)
+    del w["model.norm.weight"]
+    with pytest.raises(ConfigError, match="missing tensor 'model.norm.weight'"):
+        Interpreter(cm.artifact, w)
+    w["model.norm.weight"] = torch.ones(65)
+    with pytest.raises(ConfigError, match=r"'model.norm.weight' has shape \(65,\)"):
+        Interpreter(cm.artifact, w)
+
+
 def test_tilert_run_when_the_weights_folder_is_gone(tmp_path, capsys):
     model = _hf_folder(tmp_path / "model")
     save_file(_weights(), str(model / "model.safetensors"))
