@@ -104,10 +104,10 @@ def main() -> None:
     m.prefill(long_prompt[:-1], 0)
     ours_last = m.step(long_prompt[-1], a.prefill - 1).float().cpu()
     print(
-        f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms (chunks of {m.prefill_rows} tokens), "
+        f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms (chunks of {m.prefill_chunk} tokens), "
         f"{steps_prefill_ms:.1f} ms as decode steps"
     )
-    chunk = m.prefill_rows
+    chunk = m.prefill_chunk
     del m
     gc.collect()
     torch.cuda.empty_cache()

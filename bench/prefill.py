@@ -80,7 +80,7 @@ def main() -> None:
     m = GpuModel(a.artifact, weights=weights)
     tiles = m._tiles
     spec = tiles.spec if tiles is not None else None
-    say(f"loaded {cfg.name}; prefill chunk {m.prefill_rows}")
+    say(f"loaded {cfg.name}; prefill chunk {m.prefill_chunk}")
 
     ours = {}
     for L, seq in seqs.items():
@@ -91,7 +91,7 @@ def main() -> None:
         ours[L] = torch.stack([m.step(toks[p], p) for p in range(L - 1, L + a.steps)]).cpu()
         say(f"ours: prompt {L}")
 
-    res: dict = {"model": cfg.name, **provenance(), "chunk": m.prefill_rows, "prefill": {}}
+    res: dict = {"model": cfg.name, **provenance(), "chunk": m.prefill_chunk, "prefill": {}}
     for T in [int(x) for x in a.time.split(",") if x]:
         toks = torch.randint(0, cfg.vocab, (T,), generator=g).tolist()
         m.reset()

@@ -27,7 +27,7 @@ print("multi-step launch ok:", drawn)
 # The prefill program (decode steps without one): two full chunks and a partial one, as far
 # as the cache allows, then a decode step on its cache.
 m.reset()
-chunk = m.prefill_rows
+chunk = m.prefill_chunk
 prompt = [(7 * i + 3) % cfg.vocab for i in range(min(2 * chunk + 3, cfg.max_seq_len - 1))]
 m.prefill(prompt, 0)
 last = m.step(1, len(prompt))

@@ -248,8 +248,8 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
     dt = time.perf_counter() - t0
     steps = len(plan.prompt) + len(generated) - 1
     how = "one launch per token" if plan.per_token else "one launch"
-    if not plan.per_token and model.prefill_rows > 1 and len(plan.prompt) > 1:
-        how = f"prompt in chunks of {model.prefill_rows} tokens, then one launch"
+    if not plan.per_token and model.prefill_chunk > 1 and len(plan.prompt) > 1:
+        how = f"prompt in chunks of {model.prefill_chunk} tokens, then one launch"
     say(f"prompt:    {','.join(map(str, plan.prompt))}")
     say(f"generated: {','.join(map(str, generated))}")
     if plan.codec is not None:

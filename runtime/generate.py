@@ -55,7 +55,7 @@ def generate_on(
         # The prompt takes the same path as in one run (the prefill program's rounding is
         # not a decode step's), so a seed draws the same tokens either way.
         start = 0
-        if len(prompt) > 1 and model.prefill_rows > 1:
+        if len(prompt) > 1 and model.prefill_chunk > 1:
             model.prefill(prompt[:-1], 0)
             start = len(prompt) - 1
         return generate(
@@ -69,7 +69,7 @@ def generate_on(
             stream=stream,
             start=start,
         )
-    if len(prompt) > 1 and model.prefill_rows > 1:
+    if len(prompt) > 1 and model.prefill_chunk > 1:
         model.prefill(prompt[:-1], 0)
         pos = len(prompt) - 1
         return model.run(prompt[-1:], pos, max_new_tokens, rules, stop_ids, stream)

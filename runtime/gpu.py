@@ -299,14 +299,14 @@ class GpuModel:
             self._tiles = GpuPrefill(m, spec, cubin, self.w, self.act)
 
     @property
-    def prefill_rows(self) -> int:
+    def prefill_chunk(self) -> int:
         """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
         steps)."""
         return self._tiles.chunk if self._tiles is not None else 1
 
     def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
-        computed): the prefill program, `prefill_rows` tokens per chunk, or one decode step
+        computed): the prefill program, `prefill_chunk` tokens per chunk, or one decode step
         per token when the artifact has none. Synchronises; raises KernelError on a fault."""
         from tilert_compiler.runtime.prefill import check_prompt
 

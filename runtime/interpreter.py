@@ -122,7 +122,7 @@ class Interpreter:
             self.step(tok, pos + i)
 
     @property
-    def prefill_rows(self) -> int:
+    def prefill_chunk(self) -> int:
         """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
         steps)."""
         return int(self._tiles.spec["chunk"]) if self._tiles is not None else 1
@@ -235,7 +235,7 @@ class Interpreter:
         vals = self._act(vc + lo * HD, (hi - lo) * HD).view(-1, HD)
         if last:
             keys, vals = torch.cat([keys, k_new[None]]), torch.cat([vals, v_new[None]])
-        scores = (q @ keys.T) * HD**-0.5  # [G, rows]
+        scores = (q @ keys.T) * HD**-0.5  # [G, keys]
         part = self._act(a["part"] + (g * NS + sp) * G * (HD + 2), G * (HD + 2)).view(G, HD + 2)
         if len(keys):
             mx = scores.max(dim=-1).values

@@ -3,7 +3,7 @@
 An artifact's `prefill.json` (codegen/prefill.py) lists the program's scratch buffers, its
 kernels with their launch specs, and the launches of one chunk. Both classes here walk
 that list the same way, binding each argument to a place:
-- `buf:<name>`: a scratch buffer (chunk rows; nothing grows with max_seq_len),
+- `buf:<name>`: a scratch buffer (a row per chunk token; nothing grows with max_seq_len),
 - `w:<tensor>`: the weights arena from that tensor's offset (fused matrices span the
   tensors that follow it), `act:<tensor>`: the act arena (the KV cache),
 - `rt:meta` (pos, n, first token, 0 as int32), `rt:tokens`, `rt:inv_freq`, or `none`.
@@ -27,9 +27,9 @@ import torch
 from tilert_compiler.ir.prefill import RUNTIME_BUFFERS
 
 META_WORDS = 4  # pos, n, index of the chunk's first token, unused
-# Chunk rows are launched in multiples of this (every kernel's row tile divides it, and
-# rows past n are left alone by each kernel), so one CUDA graph serves each multiple.
-GRAPH_ROWS = 128
+# Chunks are launched for a multiple of this many tokens (every kernel's row tile divides
+# it, and tokens past n are left alone by each kernel), so one CUDA graph serves each multiple.
+GRAPH_TOKENS = 128
 
 _DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
 
@@ -275,8 +275,8 @@ class PrefillReference:
         v = vc.repeat_interleave(g, dim=0)
         s = torch.einsum("rhd,hjd->hrj", q, k) * HD**-0.5
         keys = torch.arange(pos + n, device=s.device)
-        rows = torch.arange(n, device=s.device) + pos
-        s = s.masked_fill(keys[None, None, :] > rows[None, :, None], float("-inf"))
+        q_pos = torch.arange(n, device=s.device) + pos  # the chunk's tokens' positions
+        s = s.masked_fill(keys[None, None, :] > q_pos[None, :, None], float("-inf"))
         m = s.amax(-1, keepdim=True)
         p = torch.exp(s - m)
         out = torch.einsum("hrj,hjd->rhd", self._r(p), v) / p.sum(-1).transpose(0, 1)[..., None]
@@ -301,7 +301,7 @@ class GpuPrefill:
         self.places = _Places(spec, tensors, w, act, rt)
         self.module, self.fns = load_kernels(cubin, spec["kernels"])
         self._keep: list = []  # the argument values the argv arrays point at
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # rows / GRAPH_ROWS -> graph
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # tokens / GRAPH_TOKENS -> graph
         self.launches = [self._bind(la) for la in spec["launches"]]
 
     def _bind(self, la: dict):
@@ -332,7 +332,7 @@ class GpuPrefill:
     def run(self, tokens: Sequence[int], pos: int, only: Sequence[str] | None = None) -> None:
         """Enqueue the chunks' launches on the current stream; no synchronisation.
         `only`: launch just the kernels of these kinds (to time them apart). A chunk's
-        launches are captured once per grid shape (rows in whole tiles) as a CUDA graph
+        launches are captured once per grid shape (tokens in whole tiles) as a CUDA graph
         and replayed: the kernels read pos and n from `meta`, not from their arguments."""
         check_prompt(len(tokens), pos, self.max_seq_len)
         rt = self.places.rt
@@ -342,12 +342,12 @@ class GpuPrefill:
             if only is not None:
                 self._launch(n, only)
                 continue
-            key = -(-n // GRAPH_ROWS)
+            key = -(-n // GRAPH_TOKENS)
             graph = self._graphs.get(key)
             if graph is None:
                 graph = self._graphs[key] = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self._launch(key * GRAPH_ROWS, None)
+                    self._launch(key * GRAPH_TOKENS, None)
             graph.replay()
 
     def _launch(self, n: int, only: Sequence[str] | None) -> None:

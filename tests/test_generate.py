@@ -157,7 +157,7 @@ def test_without_a_prefill_program_prompts_run_as_decode_steps():
     w = random_weights(cm.config, seed=int(torch.randint(0, 2**31 - 1, ())))
     prompt = torch.randint(0, cm.config.vocab, (9,)).tolist()
     it = Interpreter(cm.artifact, w)
-    assert it.prefill_rows == 1
+    assert it.prefill_chunk == 1
     assert it.generate(prompt, 4) == it.generate(prompt, 4, per_token=True)
 
 
