@@ -28,6 +28,7 @@ from tilert_compiler.models.config import load_config
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.text import ConfigError, path_kind, show_path
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
+from tilert_compiler.runtime.decoder import Decoder
 from tilert_compiler.runtime.gpu import MAX_STOP_IDS, KernelError
 from tilert_compiler.runtime.interpreter import InterpreterError
 from tilert_compiler.runtime.sampling import GenerationError, Sampling
@@ -261,8 +262,8 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
         say(f"decode: {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s")
 
 
-def _model(plan: Plan, weights: dict):
-    """Something with .generate(prompt, n, **sampling), and where it runs."""
+def _model(plan: Plan, weights: dict) -> tuple[Decoder, str]:
+    """The decoder to run the request on, and where it runs."""
     if plan.gpu:
         from tilert_compiler.runtime.gpu import GpuModel
 

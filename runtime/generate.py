@@ -1,4 +1,4 @@
-"""Token generation on top of any stepper (the GPU kernel or the CPU interpreter).
+"""Token generation on top of any Decoder (the GPU kernel or the CPU interpreter).
 
 `generate_on` (what GpuModel.generate and Interpreter.generate call) writes the prompt's
 cache rows with the prefill program, a chunk of tokens at a time, then runs the prompt's last
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tilert_compiler.runtime.decoder import Decoder
 from tilert_compiler.runtime.sampling import (
     GREEDY,
     GenerationError,
@@ -28,7 +29,7 @@ __all__ = ["GenerationError", "check_request", "generate", "generate_on"]
 
 
 def generate_on(
-    model,
+    model: Decoder,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     *,

@@ -235,6 +235,9 @@ class _Program:
 
 
 class GpuModel:
+    """A Decoder (runtime/decoder.py) on the GPU: the artifact's cubin, launched once per
+    step or once per request."""
+
     def __init__(
         self,
         path: str | os.PathLike,

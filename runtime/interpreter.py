@@ -9,6 +9,8 @@ arithmetic is float32. The activation arena starts as NaN, so reading anything n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from tilert_compiler.ir.tasktable import (
@@ -29,6 +31,8 @@ class InterpreterError(RuntimeError):
 
 
 class Interpreter:
+    """A Decoder (runtime/decoder.py) on the CPU: the artifact's task table run in float32."""
+
     def __init__(self, art: Artifact, weights: dict[str, torch.Tensor]):
         self.art = art
         self.table: TaskTable = art.table
@@ -73,12 +77,12 @@ class Interpreter:
 
     def run(
         self,
-        tokens,
+        tokens: Sequence[int],
         pos: int,
         n_steps: int,
         sampling: Sampling,
-        stop_ids=(),
-        on_token=None,
+        stop_ids: Sequence[int] = (),
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
         """What one multi-step launch of the kernel does: step i feeds tokens[i] while the
         given tokens last (the prompt), then the token step i - 1 sampled, at pos + i; the
@@ -105,7 +109,7 @@ class Interpreter:
                     on_token(self._sampled)
         return out
 
-    def prefill(self, tokens, pos: int = 0) -> None:
+    def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
         computed): the prefill program, a chunk at a time, or decode steps when the artifact
         has none."""
