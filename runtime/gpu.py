@@ -32,6 +32,9 @@ from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
+from tilert_compiler.runtime.cuda_driver import checked
+from tilert_compiler.runtime.generate import generate_on
+from tilert_compiler.runtime.prefill import GpuPrefill, check_prompt
 from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
 
 ERROR_WORDS = 8
@@ -129,30 +132,20 @@ def check_device(path, m: dict, device: int = 0) -> None:
         )
 
 
-def _check(result, what: str):
-    from cuda.bindings import driver
-
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(err)
-        raise RuntimeError(f"{what} failed: {name.decode() if name else err}")
-    return rest[0] if len(rest) == 1 else rest
-
-
 def _load_kernel(art: Artifact):
     """(module, function) of the artifact's kernel, its dynamic shared memory raised, after
     checking that one CTA fits an SM."""
     from cuda.bindings import driver
 
     m = art.manifest
-    module = _check(driver.cuModuleLoadData(art.cubin), "loading the cubin")
-    fn = _check(
+    module = checked(driver.cuModuleLoadData(art.cubin), "loading the cubin")
+    fn = checked(
         driver.cuModuleGetFunction(module, m["kernel"].encode()), f"finding kernel {m['kernel']}"
     )
     smem = int(m["smem_bytes"])
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    _check(driver.cuFuncSetAttribute(fn, attr, smem), "raising dynamic smem")
-    per_sm = _check(
+    checked(driver.cuFuncSetAttribute(fn, attr, smem), "raising dynamic smem")
+    per_sm = checked(
         driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, m["threads"], smem),
         "occupancy query",
     )
@@ -228,7 +221,7 @@ class _Program:
         stream = torch.cuda.current_stream(device).cuda_stream
         grid, block = (m["sms"], 1, 1), (m["threads"], 1, 1)
         argv = ctypes.addressof(self.argv)
-        _check(
+        checked(
             driver.cuLaunchCooperativeKernel(self.fn, *grid, *block, self.smem, stream, argv),
             what,
         )
@@ -282,11 +275,11 @@ class GpuModel:
         self._sample_counter = int(t.records[sample_task, F_SIGNAL])
         self._sample_producers = int((t.records[:, F_SIGNAL] == self._sample_counter).sum())
         # Sampled tokens reach the host through mapped pinned memory as they are drawn.
-        self._host_ptr = _check(
+        self._host_ptr = checked(
             driver.cuMemHostAlloc(4 * n, driver.CU_MEMHOSTALLOC_DEVICEMAP), "pinning host memory"
         )
         self._host_dev = int(
-            _check(driver.cuMemHostGetDevicePointer(self._host_ptr, 0), "mapping host memory")
+            checked(driver.cuMemHostGetDevicePointer(self._host_ptr, 0), "mapping host memory")
         )
         self._host_tokens = np.ctypeslib.as_array(
             (ctypes.c_int32 * n).from_address(int(self._host_ptr))
@@ -296,8 +289,6 @@ class GpuModel:
         p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
         self._tiles = None  # the prefill program (runtime/prefill.py), when built
         if self.art.tiles is not None:
-            from tilert_compiler.runtime.prefill import GpuPrefill
-
             spec, cubin = self.art.tiles
             self._tiles = GpuPrefill(m, spec, cubin, self.w, self.act)
 
@@ -311,8 +302,6 @@ class GpuModel:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
         computed): the prefill program, `prefill_chunk` tokens per chunk, or one decode step
         per token when the artifact has none. Synchronises; raises KernelError on a fault."""
-        from tilert_compiler.runtime.prefill import check_prompt
-
         toks = [int(t) for t in tokens]
         check_prompt(len(toks), pos, self.max_seq_len)  # empty, or past the cache: refused
         for i, tok in enumerate(toks):
@@ -450,8 +439,6 @@ class GpuModel:
         """Greedy or sampled generation from a fresh cache (runtime.generate.generate_on's
         keywords): by default prompt and new tokens in one launch, sampled on the GPU;
         per_token=True launches once per token and samples on the host."""
-        from tilert_compiler.runtime.generate import generate_on
-
         stops = kw.get("stop_ids") or ()
         if not kw.get("per_token") and len(stops) > MAX_STOP_IDS:  # before any launch
             raise GenerationError(f"at most {MAX_STOP_IDS} stop ids (got {len(stops)})")

@@ -23,6 +23,8 @@ from tilert_compiler.ir.tasktable import (
 from tilert_compiler.ir.tile import POLLING_KINDS
 from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact
+from tilert_compiler.runtime.generate import generate_on
+from tilert_compiler.runtime.prefill import PrefillReference, check_prompt
 from tilert_compiler.runtime.sampling import Sampling, sample_token
 
 
@@ -60,8 +62,6 @@ class Interpreter:
         # round; tiles_bf16=False keeps it float32 (a check of the program itself).
         self._tiles = None
         if art.tiles is not None:
-            from tilert_compiler.runtime.prefill import PrefillReference
-
             self._tiles = PrefillReference(m, art.tiles[0], self.W, self.A)
         self.trace: list[int] = []  # task ids in execution order, last step
         self._mode: Sampling | None = None  # the sample task's rules (None: logits only)
@@ -113,8 +113,6 @@ class Interpreter:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
         computed): the prefill program, a chunk at a time, or decode steps when the artifact
         has none."""
-        from tilert_compiler.runtime.prefill import check_prompt
-
         toks = [int(t) for t in tokens]
         check_prompt(len(toks), pos, self.max_seq_len)  # empty, or past the cache: refused
         for i, tok in enumerate(toks):
@@ -171,8 +169,6 @@ class Interpreter:
 
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
         """runtime.generate.generate on this interpreter, from a fresh cache."""
-        from tilert_compiler.runtime.generate import generate_on
-
         return generate_on(self, prompt_ids, max_new_tokens, **kw)
 
     def reset(self) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from tilert_compiler.ir.prefill import RUNTIME_BUFFERS
+from tilert_compiler.runtime.cuda_driver import checked
 
 META_WORDS = 4  # pos, n, index of the chunk's first token, unused
 # Chunks are launched for a multiple of this many tokens (every kernel's row tile divides
@@ -365,18 +366,16 @@ def load_kernels(cubin: bytes, kernels: dict) -> tuple[object, dict]:
     memory raised where a spec needs more than the default 48 KiB."""
     from cuda.bindings import driver
 
-    from tilert_compiler.runtime.gpu import _check
-
-    module = _check(driver.cuModuleLoadData(cubin), "loading the prefill cubin")
+    module = checked(driver.cuModuleLoadData(cubin), "loading the prefill cubin")
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     fns = {}
     for name, k in kernels.items():
-        fn = _check(
+        fn = checked(
             driver.cuModuleGetFunction(module, k["symbol"].encode()),
             f"finding prefill kernel {k['symbol']}",
         )
         if k["smem"] > 48 * 1024:
-            _check(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "raising dynamic smem")
+            checked(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "raising dynamic smem")
         fns[name] = fn
     return module, fns
 
@@ -385,10 +384,8 @@ def launch_kernel(fn, k: dict, argv: int, stream, grid: Sequence[int] | None = N
     """One launch of a kernel spec's function (grid: the spec's unless given)."""
     from cuda.bindings import driver
 
-    from tilert_compiler.runtime.gpu import _check
-
     grid = list(grid or k["grid"])
-    _check(
+    checked(
         driver.cuLaunchKernel(fn, *grid, *k["block"], k["smem"], stream, argv, 0),
         "launching a prefill kernel",
     )
@@ -419,11 +416,9 @@ def kernel_argv(k: dict, addr_of, what: str) -> tuple[int, list]:
 def _encode_tmap(t: dict, addr: int, what: str):
     from cuda.bindings import driver
 
-    from tilert_compiler.runtime.gpu import _check
-
     if addr % 16:
         raise PrefillError(f"{what}: TMA needs a 16-byte aligned address")
-    return _check(
+    return checked(
         driver.cuTensorMapEncodeTiled(
             driver.CUtensorMapDataType(t["dtype"]),
             len(t["dims"]),
