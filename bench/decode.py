@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from measure import copy_bandwidth, events_median, provenance, step_ms
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.models.rope import rope_inv_freq
+from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
@@ -155,7 +156,7 @@ def main() -> None:
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--only", choices=["torch", "hf"], help="run just one baseline")
     a = ap.parse_args()
-    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    cfg = load_config(load_artifact(a.artifact).manifest["config"])
     weights = load_weights(cfg)
     weight_bytes = sum(t.numel() for t in weights.values()) * 2
     bw = copy_bandwidth()

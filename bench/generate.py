@@ -27,7 +27,7 @@ import time
 import torch
 from measure import provenance, rel_l2
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
@@ -63,7 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    cfg = load_config(load_artifact(a.artifact).manifest["config"])
     weights = load_weights(cfg)
     g = torch.Generator().manual_seed(a.seed)
     prompt = torch.randint(0, cfg.vocab, (a.prompt,), generator=g).tolist()
@@ -104,10 +104,10 @@ def main() -> None:
     m.prefill(long_prompt[:-1], 0)
     ours_last = m.step(long_prompt[-1], a.prefill - 1).float().cpu()
     print(
-        f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms (chunks of {m.prefill_rows} tokens), "
+        f"prefill {a.prefill}: {ours_prefill_ms:.1f} ms (chunks of {m.prefill_chunk} tokens), "
         f"{steps_prefill_ms:.1f} ms as decode steps"
     )
-    chunk = m.prefill_rows
+    chunk = m.prefill_chunk
     del m
     gc.collect()
     torch.cuda.empty_cache()

@@ -20,7 +20,7 @@ import time
 import torch
 from measure import copy_bandwidth, provenance, rel_l2, step_ms
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model, reference_logits
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
@@ -42,7 +42,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
     t0 = time.time()
-    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    cfg = load_config(load_artifact(a.artifact).manifest["config"])
     weights = load_weights(cfg)
     print(f"[{time.time() - t0:6.1f}s] weights ready ({cfg.name})", flush=True)
     g = torch.Generator().manual_seed(a.seed)

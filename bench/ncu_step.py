@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
 
-    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    cfg = load_config(load_artifact(a.artifact).manifest["config"])
     m = GpuModel(a.artifact, weights=load_weights(cfg))
     g = torch.Generator().manual_seed(a.seed)
     tokens = torch.randint(0, cfg.vocab, (a.pos + 1,), generator=g).tolist()

@@ -26,7 +26,7 @@ import time
 import torch
 from measure import events_median, provenance, rel_l2
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
@@ -72,7 +72,7 @@ def main() -> None:
     def say(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
-    cfg = ModelConfig.from_dict(load_artifact(a.artifact).manifest["config"])
+    cfg = load_config(load_artifact(a.artifact).manifest["config"])
     weights = load_weights(cfg)
     g = torch.Generator().manual_seed(a.seed)
     prompts = [int(x) for x in a.prompts.split(",") if x]
@@ -80,7 +80,7 @@ def main() -> None:
     m = GpuModel(a.artifact, weights=weights)
     tiles = m._tiles
     spec = tiles.spec if tiles is not None else None
-    say(f"loaded {cfg.name}; prefill chunk {m.prefill_rows}")
+    say(f"loaded {cfg.name}; prefill chunk {m.prefill_chunk}")
 
     ours = {}
     for L, seq in seqs.items():
@@ -91,7 +91,7 @@ def main() -> None:
         ours[L] = torch.stack([m.step(toks[p], p) for p in range(L - 1, L + a.steps)]).cpu()
         say(f"ours: prompt {L}")
 
-    res: dict = {"model": cfg.name, **provenance(), "chunk": m.prefill_rows, "prefill": {}}
+    res: dict = {"model": cfg.name, **provenance(), "chunk": m.prefill_chunk, "prefill": {}}
     for T in [int(x) for x in a.time.split(",") if x]:
         toks = torch.randint(0, cfg.vocab, (T,), generator=g).tolist()
         m.reset()

@@ -9,14 +9,14 @@ import sys
 
 import torch
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
 from tilert_compiler.runtime.sampling import Sampling
 
 art = sys.argv[1]
-cfg = ModelConfig.from_dict(load_artifact(art).manifest["config"])
+cfg = load_config(load_artifact(art).manifest["config"])
 m = GpuModel(art, weights=load_weights(cfg))
 logits = [m.step(t, p) for p, t in enumerate([3, 1, 4, 1, 5])]
 print("steps ok, finite:", bool(torch.isfinite(torch.stack(logits)).all()))
@@ -27,7 +27,7 @@ print("multi-step launch ok:", drawn)
 # The prefill program (decode steps without one): two full chunks and a partial one, as far
 # as the cache allows, then a decode step on its cache.
 m.reset()
-chunk = m.prefill_rows
+chunk = m.prefill_chunk
 prompt = [(7 * i + 3) % cfg.vocab for i in range(min(2 * chunk + 3, cfg.max_seq_len - 1))]
 m.prefill(prompt, 0)
 last = m.step(1, len(prompt))

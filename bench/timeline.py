@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from measure import step_ms
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--stamps", help="no run: the stamps.npy and sm_of.npy saved in this folder")
     a = ap.parse_args()
     art = load_artifact(a.artifact)
-    cfg = ModelConfig.from_dict(art.manifest["config"])
+    cfg = load_config(art.manifest["config"])
     layer = cfg.layers // 2 if a.layer is None else a.layer
     if a.stamps:
         stamps = np.load(os.path.join(a.stamps, "stamps.npy"))

@@ -21,7 +21,7 @@ import time
 import torch
 from measure import events_median, provenance
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
@@ -48,7 +48,7 @@ def main() -> None:
 
     if any(model(c) != model(configs[0]) for c in configs):
         raise SystemExit("the artifacts are builds of different models (their configs differ)")
-    cfg = ModelConfig.from_dict(configs[0])
+    cfg = load_config(configs[0])
     weights = load_weights(cfg)
     tokens = torch.randint(
         0, cfg.vocab, (a.pos + 1,), generator=torch.Generator().manual_seed(a.seed)

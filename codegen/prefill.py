@@ -5,7 +5,7 @@ lowered for the target without a GPU; the row-wise kernels are the templates of
 templates/prefill_ops.cuh. All of them go into one `prefill.cu`, compiled by one nvcc
 call. Each kernel's spec says how to launch it: its parameters in order (a pointer, a
 TMA descriptor, whose fields TileLang's host code would have encoded, or an int), block,
-grid (the row axis scaled by the chunk's rows at launch) and dynamic shared memory. The
+grid (the row axis scaled by the chunk's tokens at launch) and dynamic shared memory. The
 runtime encodes the descriptors once per bound tensor (runtime/prefill.py).
 """
 
@@ -105,7 +105,7 @@ def _tile_kernel(k: Kernel, arch: str) -> tuple[str, list[str], dict, str]:
     from tilert_compiler.codegen.tile_programs import PROGRAMS
 
     st = {a: v for a, v in k.statics}
-    st["block_m"] = k.row_tile  # rows a block takes: the launch's row tile
+    st["block_m"] = k.row_tile  # tokens a block takes: the launch's row tile
     func = PROGRAMS[k.kind](**st).with_attr("global_symbol", k.name)
     tgt = tvm_target.Target({"kind": "cuda", "arch": arch})
     with tgt:

@@ -6,7 +6,7 @@ the CUDA source with the rest of the prefill kernels. TileLang turns the GEMMs i
 warp-specialised TMA + wgmma pipelines. tilelang is imported only here, and only when a
 prefill program is compiled: the runtime never needs it.
 
-Shapes in comments: M = the chunk's rows (static; a launch runs ceil(n / block_m) row
+Shapes in comments: M = the chunk's tokens (static; a launch runs ceil(n / block_m) row
 blocks), N = output columns, K = the reduction.
 """
 
@@ -118,9 +118,9 @@ def attention(
     group = H // KV
     # softmax in base 2; a float32 value, so the literal in the source is exact
     scale = struct.unpack("f", struct.pack("f", HD**-0.5 * 1.4426950408889634))[0]
-    bm, bn, rows = block_m, block_n, block_m * pack
+    bm, bn, q_rows = block_m, block_n, block_m * pack
     neg_inf = -T.infinity("float32")
-    threads = 256 if rows >= 128 else 128
+    threads = 256 if q_rows >= 128 else 128
 
     @T.prim_func
     def main(
@@ -131,23 +131,23 @@ def attention(
         meta: T.Tensor((2,), "int32"),
     ):
         with T.Kernel(T.ceildiv(M, bm), H // pack, threads=threads) as (bx, by):
-            q_s = T.alloc_shared((rows, HD), "bfloat16")
+            q_s = T.alloc_shared((q_rows, HD), "bfloat16")
             k_s = T.alloc_shared((bn, HD), "bfloat16")
             v_s = T.alloc_shared((bn, HD), "bfloat16")
-            o_s = T.alloc_shared((rows, HD), "bfloat16")
-            s = T.alloc_fragment((rows, bn), "float32")
-            p = T.alloc_fragment((rows, bn), "bfloat16")
-            acc = T.alloc_fragment((rows, HD), "float32")
-            m = T.alloc_fragment((rows,), "float32")
-            m_prev = T.alloc_fragment((rows,), "float32")
-            rescale = T.alloc_fragment((rows,), "float32")
-            row_sum = T.alloc_fragment((rows,), "float32")
-            denom = T.alloc_fragment((rows,), "float32")
+            o_s = T.alloc_shared((q_rows, HD), "bfloat16")
+            s = T.alloc_fragment((q_rows, bn), "float32")
+            p = T.alloc_fragment((q_rows, bn), "bfloat16")
+            acc = T.alloc_fragment((q_rows, HD), "float32")
+            m = T.alloc_fragment((q_rows,), "float32")
+            m_prev = T.alloc_fragment((q_rows,), "float32")
+            rescale = T.alloc_fragment((q_rows,), "float32")
+            row_sum = T.alloc_fragment((q_rows,), "float32")
+            denom = T.alloc_fragment((q_rows,), "float32")
             kvh = by * pack // group
             pos = meta[0]
             # keys 0 .. pos + r for query row r, and never past the chunk's last row
             kv_len = T.min(pos + (bx + 1) * bm, pos + meta[1])
-            for i, d in T.Parallel(rows, HD):  # row i: token i // pack, head i % pack
+            for i, d in T.Parallel(q_rows, HD):  # row i: token i // pack, head i % pack
                 q_s[i, d] = Q[bx * bm + i // pack, by * pack + i % pack, d]
             T.fill(acc, 0)
             T.fill(denom, 0)
@@ -159,27 +159,27 @@ def attention(
                     v_s[i, j] = T.if_then_else(kb * bn + i < kv_len, Vc[kvh, kb * bn + i, j], 0)
                 T.clear(s)
                 T.gemm(q_s, k_s, s, transpose_B=True, policy=T.GemmWarpPolicy.FullRow)
-                for i, j in T.Parallel(rows, bn):
+                for i, j in T.Parallel(q_rows, bn):
                     s[i, j] = T.if_then_else(
                         kb * bn + j <= pos + bx * bm + i // pack, s[i, j], neg_inf
                     )
                 T.copy(m, m_prev)
                 T.reduce_max(s, m, dim=1, clear=False)
-                for i in T.Parallel(rows):
+                for i in T.Parallel(q_rows):
                     rescale[i] = T.exp2(m_prev[i] * scale - m[i] * scale)
-                for i, j in T.Parallel(rows, HD):
+                for i, j in T.Parallel(q_rows, HD):
                     acc[i, j] *= rescale[i]
-                for i, j in T.Parallel(rows, bn):
+                for i, j in T.Parallel(q_rows, bn):
                     s[i, j] = T.exp2(s[i, j] * scale - m[i] * scale)
                 T.copy(s, p)
                 T.gemm(p, v_s, acc, policy=T.GemmWarpPolicy.FullRow)
                 T.reduce_sum(s, row_sum, dim=1)
-                for i in T.Parallel(rows):
+                for i in T.Parallel(q_rows):
                     denom[i] = denom[i] * rescale[i] + row_sum[i]
-            for i, j in T.Parallel(rows, HD):
+            for i, j in T.Parallel(q_rows, HD):
                 acc[i, j] /= denom[i]
             T.copy(acc, o_s)
-            for i, d in T.Parallel(rows, HD):
+            for i, d in T.Parallel(q_rows, HD):
                 Out[bx * bm + i // pack, by * pack + i % pack, d] = o_s[i, d]
 
     return main

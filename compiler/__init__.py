@@ -22,7 +22,7 @@ _LAZY = {
     "CompiledModel": ("tilert_compiler.driver", "CompiledModel"),
     "Options": ("tilert_compiler.options", "Options"),
     "load_config": ("tilert_compiler.models.config", "load_config"),
-    "ConfigError": ("tilert_compiler.models.config", "ConfigError"),
+    "ConfigError": ("tilert_compiler.models.text", "ConfigError"),
 }
 _SUBPACKAGES = ("runtime", "models", "ir", "passes", "codegen")
 

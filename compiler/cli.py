@@ -245,7 +245,7 @@ def _option_flags(args, only_set: bool = False) -> dict:
             flags[name] = getattr(args, name)
     if args.l2_window is not None:
         if args.l2_window < 0:
-            from tilert_compiler.models.config import ConfigError
+            from tilert_compiler.models.text import ConfigError
 
             raise ConfigError(f"--l2-window must be 0 or more KiB (got {args.l2_window})")
         flags["l2_window_kb"] = args.l2_window
@@ -331,7 +331,7 @@ def _check_weights_to_run(cfg, args) -> None:
     """A model with no weights bound compiles, but the run after compiling needs some."""
     if cfg.weights.bound or args.no_run or args.explain or args.tokens <= 0:
         return
-    from tilert_compiler.models.config import ConfigError
+    from tilert_compiler.models.text import ConfigError
 
     raise ConfigError(
         f"{cfg.weights.none}: nothing to run the model with; pass --random-weights to run "

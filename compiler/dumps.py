@@ -18,14 +18,9 @@ from typing import Any
 from tilert_compiler.ir.parse import ParseError, parse_dump
 from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import Schedule, TileProgram
-from tilert_compiler.models.config import (
-    ConfigTypeError,
-    ModelConfig,
-    load_config,
-    parse_json,
-    read_text,
-    show_path,
-)
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.schema import ModelConfig
+from tilert_compiler.models.text import ConfigTypeError, parse_json, read_text, show_path
 from tilert_compiler.options import Options
 from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
 

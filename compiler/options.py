@@ -8,7 +8,7 @@ import os
 import typing
 from dataclasses import dataclass, fields, replace
 
-from tilert_compiler.models.config import ConfigError, ConfigTypeError
+from tilert_compiler.models.text import ConfigError, ConfigTypeError
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ a small device buffer, `meta`), so the runtime can replay it as it is:
 A `Kernel` is a tile program specialised on static shapes; a `Launch` binds its tensor
 arguments to places: a scratch buffer of the program, a weight or cache tensor of the
 decode layout, or the runtime's `meta`, `tokens` and `inv_freq` buffers. Scratch
-buffers hold `chunk` rows; nothing grows with max_seq_len.
+buffers hold a row per token of the chunk; nothing grows with max_seq_len.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# What each kernel kind computes, rows r < n of the chunk (the reference in
+# What each kernel kind computes for token r < n of the chunk (the reference in
 # runtime/prefill.py is the executable definition):
 KINDS = {
     "embed": "x[r] = float(embed[tokens[r]])",
@@ -37,7 +37,7 @@ RUNTIME_BUFFERS = ("meta", "tokens", "inv_freq")
 
 @dataclass(frozen=True)
 class Buffer:
-    """A scratch tensor of the program: `chunk` rows, row-major."""
+    """A scratch tensor of the program: a row per token of the chunk, row-major."""
 
     name: str
     dtype: str  # "bf16" | "f32"
@@ -58,8 +58,8 @@ class Kernel:
     name: str
     kind: str
     statics: tuple[tuple[str, int | float], ...]
-    # The tile (rows of the chunk a block takes) along the grid's row axis: a launch runs
-    # ceil(n / row_tile) blocks on that axis, so a short chunk costs its own rows only.
+    # The tile (tokens of the chunk a block takes) along the grid's row axis: a launch runs
+    # ceil(n / row_tile) blocks on that axis, so a short chunk costs its own tokens only.
     row_tile: int
 
     def get(self, key: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import transformers
 
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.schema import ModelConfig
 
 
 def hf_config(cfg: ModelConfig) -> transformers.PreTrainedConfig:

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from tilert_compiler.models.config import (
+from tilert_compiler.models.schema import ModelConfig
+from tilert_compiler.models.text import (
     ConfigError,
     ConfigTypeError,
-    ModelConfig,
     parse_json,
     path_kind,
     read_text,

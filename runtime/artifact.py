@@ -41,7 +41,9 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
     Variant,
 )
-from tilert_compiler.models.config import ConfigError, load_config
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.text import ConfigError
+from tilert_compiler.runtime.prefill import PrefillError, read_spec
 
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
 # 3: Params.n_rows. (Earlier format-3 artifacts may also hold the persistent prefill
@@ -460,8 +462,6 @@ def load_artifact(path: str | os.PathLike, *, need_cubin: bool = False) -> Artif
         raise ArtifactError(f"{path}: no {CUBIN}; compile on a machine with nvcc")
     tiles, tiles_source = None, None
     if (path / TILES_SPEC).is_file():
-        from tilert_compiler.runtime.prefill import PrefillError, read_spec
-
         try:
             spec = read_spec((path / TILES_SPEC).read_text(), manifest)
         except (PrefillError, KeyError, TypeError, AttributeError) as e:

@@ -24,16 +24,14 @@ from pathlib import Path
 
 import torch
 
-from tilert_compiler.models.config import (
-    ConfigError,
-    ModelConfig,
-    load_config,
-    path_kind,
-    show_path,
-)
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.schema import ModelConfig
+from tilert_compiler.models.text import ConfigError, path_kind, show_path
+from tilert_compiler.models.weights import load_weights
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
-from tilert_compiler.runtime.gpu import MAX_STOP_IDS, KernelError
-from tilert_compiler.runtime.interpreter import InterpreterError
+from tilert_compiler.runtime.decoder import Decoder
+from tilert_compiler.runtime.gpu import MAX_STOP_IDS, GpuModel, KernelError, check_device
+from tilert_compiler.runtime.interpreter import Interpreter, InterpreterError
 from tilert_compiler.runtime.sampling import GenerationError, Sampling
 from tilert_compiler.runtime.tokenizer import (
     TOKENIZER_FILE,
@@ -134,8 +132,8 @@ def _plan(args: argparse.Namespace) -> Plan:
     art = load_artifact(args.artifact, need_cubin=gpu)
     path = Path(args.artifact)
     m = art.manifest  # load_artifact checked format, arch, table and cubin
-    if gpu:
-        _check_gpu(path, m)
+    if gpu:  # the checks GpuModel makes, made before weights are packed (minutes at 8B)
+        check_device(path, m)
     cfg = _config(path, m, args.weights)
     codec = _codec(args, cfg, path) if args.prompt is not None else None
     prompt = codec.encode(args.prompt) if codec else _prompt(args.prompt_ids, cfg.vocab)
@@ -181,13 +179,6 @@ def _codec(args: argparse.Namespace, cfg: ModelConfig, path: Path) -> TextCodec:
         return TextCodec(found, cfg.vocab)
     except TokenizerError as e:
         raise UsageError(str(e)) from None
-
-
-def _check_gpu(path: Path, m: dict) -> None:
-    # The same checks GpuModel makes, made before weights are packed (minutes at 8B).
-    from tilert_compiler.runtime.gpu import check_device
-
-    check_device(path, m)
 
 
 def _config(path: Path, m: dict, weights_dir: str | None) -> ModelConfig:
@@ -237,8 +228,6 @@ def _prompt(text: str, vocab: int) -> list[int]:
 
 
 def _decode(plan: Plan, say: Callable[[str], None]) -> None:
-    from tilert_compiler.models.weights import load_weights
-
     model, where = _model(plan, load_weights(plan.config))
     stamps: list[float] = []
     t0 = time.perf_counter()
@@ -252,8 +241,8 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
     dt = time.perf_counter() - t0
     steps = len(plan.prompt) + len(generated) - 1
     how = "one launch per token" if plan.per_token else "one launch"
-    if not plan.per_token and model.prefill_rows > 1 and len(plan.prompt) > 1:
-        how = f"prompt in chunks of {model.prefill_rows} tokens, then one launch"
+    if not plan.per_token and model.prefill_chunk > 1 and len(plan.prompt) > 1:
+        how = f"prompt in chunks of {model.prefill_chunk} tokens, then one launch"
     say(f"prompt:    {','.join(map(str, plan.prompt))}")
     say(f"generated: {','.join(map(str, generated))}")
     if plan.codec is not None:
@@ -265,14 +254,10 @@ def _decode(plan: Plan, say: Callable[[str], None]) -> None:
         say(f"decode: {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s")
 
 
-def _model(plan: Plan, weights: dict):
-    """Something with .generate(prompt, n, **sampling), and where it runs."""
+def _model(plan: Plan, weights: dict) -> tuple[Decoder, str]:
+    """The decoder to run the request on, and where it runs."""
     if plan.gpu:
-        from tilert_compiler.runtime.gpu import GpuModel
-
         return GpuModel(plan.path, weights=weights), f"GPU ({torch.cuda.get_device_name()})"
-    from tilert_compiler.runtime.interpreter import Interpreter
-
     return Interpreter(plan.artifact, weights), "CPU interpreter (no GPU)"
 
 

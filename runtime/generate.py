@@ -1,4 +1,4 @@
-"""Token generation on top of any stepper (the GPU kernel or the CPU interpreter).
+"""Token generation on top of any Decoder (the GPU kernel or the CPU interpreter).
 
 `generate_on` (what GpuModel.generate and Interpreter.generate call) writes the prompt's
 cache rows with the prefill program, a chunk of tokens at a time, then runs the prompt's last
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tilert_compiler.runtime.decoder import Decoder
 from tilert_compiler.runtime.sampling import (
     GREEDY,
     GenerationError,
@@ -28,7 +29,7 @@ __all__ = ["GenerationError", "check_request", "generate", "generate_on"]
 
 
 def generate_on(
-    model,
+    model: Decoder,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     *,
@@ -55,7 +56,7 @@ def generate_on(
         # The prompt takes the same path as in one run (the prefill program's rounding is
         # not a decode step's), so a seed draws the same tokens either way.
         start = 0
-        if len(prompt) > 1 and model.prefill_rows > 1:
+        if len(prompt) > 1 and model.prefill_chunk > 1:
             model.prefill(prompt[:-1], 0)
             start = len(prompt) - 1
         return generate(
@@ -69,7 +70,7 @@ def generate_on(
             stream=stream,
             start=start,
         )
-    if len(prompt) > 1 and model.prefill_rows > 1:
+    if len(prompt) > 1 and model.prefill_chunk > 1:
         model.prefill(prompt[:-1], 0)
         pos = len(prompt) - 1
         return model.run(prompt[-1:], pos, max_new_tokens, rules, stop_ids, stream)

@@ -28,8 +28,13 @@ from tilert_compiler.ir.tasktable import (
     RING_WAIT_FREE,
     RING_WAIT_STAGE,
 )
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.weights import load_weights
+from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
-from tilert_compiler.runtime.interpreter import pack_weights
+from tilert_compiler.runtime.cuda_driver import checked
+from tilert_compiler.runtime.generate import generate_on
+from tilert_compiler.runtime.prefill import GpuPrefill, check_prompt
 from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
 
 ERROR_WORDS = 8
@@ -127,30 +132,20 @@ def check_device(path, m: dict, device: int = 0) -> None:
         )
 
 
-def _check(result, what: str):
-    from cuda.bindings import driver
-
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(err)
-        raise RuntimeError(f"{what} failed: {name.decode() if name else err}")
-    return rest[0] if len(rest) == 1 else rest
-
-
 def _load_kernel(art: Artifact):
     """(module, function) of the artifact's kernel, its dynamic shared memory raised, after
     checking that one CTA fits an SM."""
     from cuda.bindings import driver
 
     m = art.manifest
-    module = _check(driver.cuModuleLoadData(art.cubin), "loading the cubin")
-    fn = _check(
+    module = checked(driver.cuModuleLoadData(art.cubin), "loading the cubin")
+    fn = checked(
         driver.cuModuleGetFunction(module, m["kernel"].encode()), f"finding kernel {m['kernel']}"
     )
     smem = int(m["smem_bytes"])
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    _check(driver.cuFuncSetAttribute(fn, attr, smem), "raising dynamic smem")
-    per_sm = _check(
+    checked(driver.cuFuncSetAttribute(fn, attr, smem), "raising dynamic smem")
+    per_sm = checked(
         driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, m["threads"], smem),
         "occupancy query",
     )
@@ -226,13 +221,16 @@ class _Program:
         stream = torch.cuda.current_stream(device).cuda_stream
         grid, block = (m["sms"], 1, 1), (m["threads"], 1, 1)
         argv = ctypes.addressof(self.argv)
-        _check(
+        checked(
             driver.cuLaunchCooperativeKernel(self.fn, *grid, *block, self.smem, stream, argv),
             what,
         )
 
 
 class GpuModel:
+    """A Decoder (runtime/decoder.py) on the GPU: the artifact's cubin, launched once per
+    step or once per request."""
+
     def __init__(
         self,
         path: str | os.PathLike,
@@ -251,13 +249,10 @@ class GpuModel:
         self.device = torch.device("cuda", device)
         check_device(path, m, device)
         if weights is None:
-            from tilert_compiler.models.config import ModelConfig
-            from tilert_compiler.models.weights import load_weights
-
-            weights = load_weights(ModelConfig.from_dict(m["config"]))
+            weights = load_weights(load_config(m["config"]))
         dev = self.device
         self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
-        self.act = torch.full((m["arenas"]["act"],), float("nan"), device=dev)
+        self.act = act_arena(self.art, device=dev)
         t = self.art.table
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
         self.profiled = bool(m.get("options", {}).get("profile"))
@@ -280,11 +275,11 @@ class GpuModel:
         self._sample_counter = int(t.records[sample_task, F_SIGNAL])
         self._sample_producers = int((t.records[:, F_SIGNAL] == self._sample_counter).sum())
         # Sampled tokens reach the host through mapped pinned memory as they are drawn.
-        self._host_ptr = _check(
+        self._host_ptr = checked(
             driver.cuMemHostAlloc(4 * n, driver.CU_MEMHOSTALLOC_DEVICEMAP), "pinning host memory"
         )
         self._host_dev = int(
-            _check(driver.cuMemHostGetDevicePointer(self._host_ptr, 0), "mapping host memory")
+            checked(driver.cuMemHostGetDevicePointer(self._host_ptr, 0), "mapping host memory")
         )
         self._host_tokens = np.ctypeslib.as_array(
             (ctypes.c_int32 * n).from_address(int(self._host_ptr))
@@ -294,23 +289,19 @@ class GpuModel:
         p.sample_counter, p.sample_producers = self._sample_counter, self._sample_producers
         self._tiles = None  # the prefill program (runtime/prefill.py), when built
         if self.art.tiles is not None:
-            from tilert_compiler.runtime.prefill import GpuPrefill
-
             spec, cubin = self.art.tiles
             self._tiles = GpuPrefill(m, spec, cubin, self.w, self.act)
 
     @property
-    def prefill_rows(self) -> int:
+    def prefill_chunk(self) -> int:
         """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
         steps)."""
         return self._tiles.chunk if self._tiles is not None else 1
 
     def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
-        computed): the prefill program, `prefill_rows` tokens per chunk, or one decode step
+        computed): the prefill program, `prefill_chunk` tokens per chunk, or one decode step
         per token when the artifact has none. Synchronises; raises KernelError on a fault."""
-        from tilert_compiler.runtime.prefill import check_prompt
-
         toks = [int(t) for t in tokens]
         check_prompt(len(toks), pos, self.max_seq_len)  # empty, or past the cache: refused
         for i, tok in enumerate(toks):
@@ -448,8 +439,6 @@ class GpuModel:
         """Greedy or sampled generation from a fresh cache (runtime.generate.generate_on's
         keywords): by default prompt and new tokens in one launch, sampled on the GPU;
         per_token=True launches once per token and samples on the host."""
-        from tilert_compiler.runtime.generate import generate_on
-
         stops = kw.get("stop_ids") or ()
         if not kw.get("per_token") and len(stops) > MAX_STOP_IDS:  # before any launch
             raise GenerationError(f"at most {MAX_STOP_IDS} stop ids (got {len(stops)})")

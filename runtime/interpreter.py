@@ -9,6 +9,8 @@ arithmetic is float32. The activation arena starts as NaN, so reading anything n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from tilert_compiler.ir.tasktable import (
@@ -19,8 +21,10 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
 )
 from tilert_compiler.ir.tile import POLLING_KINDS
-from tilert_compiler.models.config import ConfigError
+from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact
+from tilert_compiler.runtime.generate import generate_on
+from tilert_compiler.runtime.prefill import PrefillReference, check_prompt
 from tilert_compiler.runtime.sampling import Sampling, sample_token
 
 
@@ -28,32 +32,9 @@ class InterpreterError(RuntimeError):
     pass
 
 
-def pack_weights(art: Artifact, weights: dict[str, torch.Tensor], dtype, device="cpu"):
-    """The weights arena: every weight tensor flattened at its manifest offset."""
-    arena = torch.zeros(art.manifest["arenas"]["weights"], dtype=dtype, device=device)
-    for t in art.manifest["tensors"]:
-        if t["arena"] != "weights":
-            continue
-        w = weights.get(t["name"])
-        if w is None:
-            raise InterpreterError(f"weights: missing tensor '{t['name']}'")
-        if tuple(w.shape) != tuple(t["shape"]):
-            raise InterpreterError(
-                f"weights: '{t['name']}' has shape {tuple(w.shape)}, the artifact expects "
-                f"{tuple(t['shape'])}"
-            )
-        n = w.numel()
-        seg = arena[t["offset"] : t["offset"] + n]
-        seg.copy_(w.reshape(-1).to(dtype))
-        if not bool(torch.isfinite(seg).all()):  # NaN or Inf handed in, or past bf16's range
-            raise ConfigError(
-                f"weights: tensor '{t['name']}' holds NaN or Inf (as {str(dtype)[6:]}); "
-                "a damaged checkpoint?"
-            )
-    return arena
-
-
 class Interpreter:
+    """A Decoder (runtime/decoder.py) on the CPU: the artifact's task table run in float32."""
+
     def __init__(self, art: Artifact, weights: dict[str, torch.Tensor]):
         self.art = art
         self.table: TaskTable = art.table
@@ -61,7 +42,7 @@ class Interpreter:
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
         self.W = pack_weights(art, weights, torch.float32)
-        self.A = torch.full((m["arenas"]["act"],), float("nan"), dtype=torch.float32)
+        self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
         self.vocab = int(m["config"]["vocab"])
@@ -81,8 +62,6 @@ class Interpreter:
         # round; tiles_bf16=False keeps it float32 (a check of the program itself).
         self._tiles = None
         if art.tiles is not None:
-            from tilert_compiler.runtime.prefill import PrefillReference
-
             self._tiles = PrefillReference(m, art.tiles[0], self.W, self.A)
         self.trace: list[int] = []  # task ids in execution order, last step
         self._mode: Sampling | None = None  # the sample task's rules (None: logits only)
@@ -98,12 +77,12 @@ class Interpreter:
 
     def run(
         self,
-        tokens,
+        tokens: Sequence[int],
         pos: int,
         n_steps: int,
         sampling: Sampling,
-        stop_ids=(),
-        on_token=None,
+        stop_ids: Sequence[int] = (),
+        on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
         """What one multi-step launch of the kernel does: step i feeds tokens[i] while the
         given tokens last (the prompt), then the token step i - 1 sampled, at pos + i; the
@@ -130,12 +109,10 @@ class Interpreter:
                     on_token(self._sampled)
         return out
 
-    def prefill(self, tokens, pos: int = 0) -> None:
+    def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
         """Write the KV cache rows of `tokens` at pos, pos + 1, ... (their logits are not
         computed): the prefill program, a chunk at a time, or decode steps when the artifact
         has none."""
-        from tilert_compiler.runtime.prefill import check_prompt
-
         toks = [int(t) for t in tokens]
         check_prompt(len(toks), pos, self.max_seq_len)  # empty, or past the cache: refused
         for i, tok in enumerate(toks):
@@ -147,7 +124,7 @@ class Interpreter:
             self.step(tok, pos + i)
 
     @property
-    def prefill_rows(self) -> int:
+    def prefill_chunk(self) -> int:
         """Prompt tokens per prefill chunk (1: no prefill program, prompts run as decode
         steps)."""
         return int(self._tiles.spec["chunk"]) if self._tiles is not None else 1
@@ -192,8 +169,6 @@ class Interpreter:
 
     def generate(self, prompt_ids, max_new_tokens: int, **kw) -> list[int]:
         """runtime.generate.generate on this interpreter, from a fresh cache."""
-        from tilert_compiler.runtime.generate import generate_on
-
         return generate_on(self, prompt_ids, max_new_tokens, **kw)
 
     def reset(self) -> None:
@@ -260,7 +235,7 @@ class Interpreter:
         vals = self._act(vc + lo * HD, (hi - lo) * HD).view(-1, HD)
         if last:
             keys, vals = torch.cat([keys, k_new[None]]), torch.cat([vals, v_new[None]])
-        scores = (q @ keys.T) * HD**-0.5  # [G, rows]
+        scores = (q @ keys.T) * HD**-0.5  # [G, keys]
         part = self._act(a["part"] + (g * NS + sp) * G * (HD + 2), G * (HD + 2)).view(G, HD + 2)
         if len(keys):
             mx = scores.max(dim=-1).values

@@ -3,7 +3,7 @@
 An artifact's `prefill.json` (codegen/prefill.py) lists the program's scratch buffers, its
 kernels with their launch specs, and the launches of one chunk. Both classes here walk
 that list the same way, binding each argument to a place:
-- `buf:<name>`: a scratch buffer (chunk rows; nothing grows with max_seq_len),
+- `buf:<name>`: a scratch buffer (a row per chunk token; nothing grows with max_seq_len),
 - `w:<tensor>`: the weights arena from that tensor's offset (fused matrices span the
   tensors that follow it), `act:<tensor>`: the act arena (the KV cache),
 - `rt:meta` (pos, n, first token, 0 as int32), `rt:tokens`, `rt:inv_freq`, or `none`.
@@ -25,11 +25,12 @@ from collections.abc import Sequence
 import torch
 
 from tilert_compiler.ir.prefill import RUNTIME_BUFFERS
+from tilert_compiler.runtime.cuda_driver import checked
 
 META_WORDS = 4  # pos, n, index of the chunk's first token, unused
-# Chunk rows are launched in multiples of this (every kernel's row tile divides it, and
-# rows past n are left alone by each kernel), so one CUDA graph serves each multiple.
-GRAPH_ROWS = 128
+# Chunks are launched for a multiple of this many tokens (every kernel's row tile divides
+# it, and tokens past n are left alone by each kernel), so one CUDA graph serves each multiple.
+GRAPH_TOKENS = 128
 
 _DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
 
@@ -275,8 +276,8 @@ class PrefillReference:
         v = vc.repeat_interleave(g, dim=0)
         s = torch.einsum("rhd,hjd->hrj", q, k) * HD**-0.5
         keys = torch.arange(pos + n, device=s.device)
-        rows = torch.arange(n, device=s.device) + pos
-        s = s.masked_fill(keys[None, None, :] > rows[None, :, None], float("-inf"))
+        q_pos = torch.arange(n, device=s.device) + pos  # the chunk's tokens' positions
+        s = s.masked_fill(keys[None, None, :] > q_pos[None, :, None], float("-inf"))
         m = s.amax(-1, keepdim=True)
         p = torch.exp(s - m)
         out = torch.einsum("hrj,hjd->rhd", self._r(p), v) / p.sum(-1).transpose(0, 1)[..., None]
@@ -301,7 +302,7 @@ class GpuPrefill:
         self.places = _Places(spec, tensors, w, act, rt)
         self.module, self.fns = load_kernels(cubin, spec["kernels"])
         self._keep: list = []  # the argument values the argv arrays point at
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # rows / GRAPH_ROWS -> graph
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # tokens / GRAPH_TOKENS -> graph
         self.launches = [self._bind(la) for la in spec["launches"]]
 
     def _bind(self, la: dict):
@@ -332,7 +333,7 @@ class GpuPrefill:
     def run(self, tokens: Sequence[int], pos: int, only: Sequence[str] | None = None) -> None:
         """Enqueue the chunks' launches on the current stream; no synchronisation.
         `only`: launch just the kernels of these kinds (to time them apart). A chunk's
-        launches are captured once per grid shape (rows in whole tiles) as a CUDA graph
+        launches are captured once per grid shape (tokens in whole tiles) as a CUDA graph
         and replayed: the kernels read pos and n from `meta`, not from their arguments."""
         check_prompt(len(tokens), pos, self.max_seq_len)
         rt = self.places.rt
@@ -342,12 +343,12 @@ class GpuPrefill:
             if only is not None:
                 self._launch(n, only)
                 continue
-            key = -(-n // GRAPH_ROWS)
+            key = -(-n // GRAPH_TOKENS)
             graph = self._graphs.get(key)
             if graph is None:
                 graph = self._graphs[key] = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self._launch(key * GRAPH_ROWS, None)
+                    self._launch(key * GRAPH_TOKENS, None)
             graph.replay()
 
     def _launch(self, n: int, only: Sequence[str] | None) -> None:
@@ -365,18 +366,16 @@ def load_kernels(cubin: bytes, kernels: dict) -> tuple[object, dict]:
     memory raised where a spec needs more than the default 48 KiB."""
     from cuda.bindings import driver
 
-    from tilert_compiler.runtime.gpu import _check
-
-    module = _check(driver.cuModuleLoadData(cubin), "loading the prefill cubin")
+    module = checked(driver.cuModuleLoadData(cubin), "loading the prefill cubin")
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     fns = {}
     for name, k in kernels.items():
-        fn = _check(
+        fn = checked(
             driver.cuModuleGetFunction(module, k["symbol"].encode()),
             f"finding prefill kernel {k['symbol']}",
         )
         if k["smem"] > 48 * 1024:
-            _check(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "raising dynamic smem")
+            checked(driver.cuFuncSetAttribute(fn, attr, k["smem"]), "raising dynamic smem")
         fns[name] = fn
     return module, fns
 
@@ -385,10 +384,8 @@ def launch_kernel(fn, k: dict, argv: int, stream, grid: Sequence[int] | None = N
     """One launch of a kernel spec's function (grid: the spec's unless given)."""
     from cuda.bindings import driver
 
-    from tilert_compiler.runtime.gpu import _check
-
     grid = list(grid or k["grid"])
-    _check(
+    checked(
         driver.cuLaunchKernel(fn, *grid, *k["block"], k["smem"], stream, argv, 0),
         "launching a prefill kernel",
     )
@@ -419,11 +416,9 @@ def kernel_argv(k: dict, addr_of, what: str) -> tuple[int, list]:
 def _encode_tmap(t: dict, addr: int, what: str):
     from cuda.bindings import driver
 
-    from tilert_compiler.runtime.gpu import _check
-
     if addr % 16:
         raise PrefillError(f"{what}: TMA needs a 16-byte aligned address")
-    return _check(
+    return checked(
         driver.cuTensorMapEncodeTiled(
             driver.CUtensorMapDataType(t["dtype"]),
             len(t["dims"]),

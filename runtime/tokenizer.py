@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tilert_compiler.models.config import path_kind, read_text, show_path
+from tilert_compiler.models.text import path_kind, read_text, show_path
 
 TOKENIZER_FILE = "tokenizer.json"
 # Real tokenizer.json files run to ~35 MB (Gemma's); this refuses a wrong file, not them.

@@ -157,7 +157,7 @@ def test_without_a_prefill_program_prompts_run_as_decode_steps():
     w = random_weights(cm.config, seed=int(torch.randint(0, 2**31 - 1, ())))
     prompt = torch.randint(0, cm.config.vocab, (9,)).tolist()
     it = Interpreter(cm.artifact, w)
-    assert it.prefill_rows == 1
+    assert it.prefill_chunk == 1
     assert it.generate(prompt, 4) == it.generate(prompt, 4, per_token=True)
 
 
@@ -175,3 +175,22 @@ def test_bad_prompts_and_parameters_are_refused():
         generate(lambda t, p: torch.zeros(4), [9], 2, max_seq_len=8, vocab=4)
     with pytest.raises(GenerationError, match="top_p"):
         Sampling(1.0, 0, 1.5)
+
+
+def test_the_gpu_model_and_the_interpreter_offer_the_decoder_surface():
+    # generate_on and tilert-run are typed against Decoder; both runtimes must keep its
+    # methods with the same parameters (the GPU model is checked without a GPU)
+    import inspect
+
+    from tilert_compiler.runtime.decoder import Decoder
+    from tilert_compiler.runtime.gpu import GpuModel
+
+    methods = ("reset", "step", "prefill", "run", "generate")
+    for cls in (GpuModel, Interpreter):
+        for name in methods:
+            want = list(inspect.signature(getattr(Decoder, name)).parameters)
+            assert list(inspect.signature(getattr(cls, name)).parameters) == want, (cls, name)
+        assert isinstance(inspect.getattr_static(cls, "prefill_chunk"), property)
+    cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
+    it = Interpreter(cm.artifact, random_weights(cm.config, seed=0))
+    assert (it.vocab, it.max_seq_len) == (cm.config.vocab, cm.config.max_seq_len)

@@ -186,7 +186,7 @@ def test_one_launch_generates_what_one_launch_per_token_does(loaded):
     seen: list[int] = []
     one = m.generate(prompt, 20, stream=seen.append)
     # every step ran, in one launch (the prompt but its last token: the prefill program)
-    assert m.epoch == (20 if m.prefill_rows > 1 else len(prompt) + 20 - 1)
+    assert m.epoch == (20 if m.prefill_chunk > 1 else len(prompt) + 20 - 1)
     assert seen == one
     assert m.generate(prompt, 20, per_token=True) == one
 

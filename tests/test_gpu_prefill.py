@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tilert_compiler.models import load_weights
-from tilert_compiler.models.config import ModelConfig
+from tilert_compiler.models.config import load_config
 
 pytestmark = pytest.mark.gpu
 
@@ -23,7 +23,7 @@ def loaded(request):
     from tilert_compiler.runtime.gpu import GpuModel
 
     path = gpu_artifacts.artifact(request.param)
-    cfg = ModelConfig.from_dict(load_artifact(path).manifest["config"])
+    cfg = load_config(load_artifact(path).manifest["config"])
     w = load_weights(cfg)
     return cfg, GpuModel(path, weights=w), w
 
@@ -121,7 +121,7 @@ def test_a_prompt_as_long_as_the_cache_goes_through():
     from tilert_compiler.runtime.gpu import GpuModel
 
     path = gpu_artifacts.artifact("tiny-llama-32k")
-    cfg = ModelConfig.from_dict(load_artifact(path).manifest["config"])
+    cfg = load_config(load_artifact(path).manifest["config"])
     assert cfg.max_seq_len == 32768
     w = load_weights(cfg)
     m = GpuModel(path, weights=w)

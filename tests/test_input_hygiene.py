@@ -20,13 +20,8 @@ import torch
 
 import tilert_compiler as tc
 from tilert_compiler.cli import main as compile_main
-from tilert_compiler.models.config import (
-    MAX_DESCRIPTION_BYTES,
-    ConfigError,
-    ConfigTypeError,
-    load_config,
-    read_text,
-)
+from tilert_compiler.models.config import ConfigError, ConfigTypeError, load_config
+from tilert_compiler.models.text import MAX_DESCRIPTION_BYTES, read_text
 from tilert_compiler.options import Options, from_env
 from tilert_compiler.runtime.generate import generate
 from tilert_compiler.runtime.sampling import (

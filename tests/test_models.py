@@ -14,7 +14,6 @@ import yaml
 
 from tilert_compiler.models import (
     ConfigError,
-    ModelConfig,
     WeightsSpec,
     bundled_names,
     describe,
@@ -114,7 +113,7 @@ def _deep_update(data: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]
 def test_bundled_config_loads_and_round_trips(name: str) -> None:
     cfg = load_config(name)
     assert cfg.name == name
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert load_config(cfg.to_dict()) == cfg
     assert yaml.safe_load(yaml.safe_dump(cfg.to_dict())) == cfg.to_dict()  # plain types only
     assert "\n" not in describe(cfg)
 

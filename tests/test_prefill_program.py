@@ -75,7 +75,7 @@ def test_generate_takes_the_prompt_through_the_prefill_program():
     w = random_weights(cm.config, seed=int(torch.randint(0, 2**31 - 1, ())))
     prompt = torch.randint(0, cm.config.vocab, (140,)).tolist()
     it = Interpreter(cm.artifact, w)
-    assert it.prefill_rows == 128
+    assert it.prefill_chunk == 128
     calls = []
     real = it._tiles.run
     it._tiles.run = lambda toks, pos: (calls.append((len(toks), pos)), real(toks, pos))

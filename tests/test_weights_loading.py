@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 import tilert_compiler as tc
 from tilert_compiler.cli import main as compile_main
-from tilert_compiler.models.config import ConfigError, ModelConfig, load_config
+from tilert_compiler.models.config import ConfigError, load_config
 from tilert_compiler.models.weights import INDEX_FILE, load_weights, random_weights
 from tilert_compiler.runtime.cli import main as run_main
 
@@ -95,7 +95,7 @@ def test_a_yaml_without_weights_has_none_and_the_bundled_ones_are_random(tmp_pat
     cfg = load_config(d)
     assert not cfg.weights.bound and "names no weights" in (cfg.weights.none or "")
     assert load_config("tiny-llama").weights.seed == 0
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg  # round-trips as {none: ...}
+    assert load_config(cfg.to_dict()) == cfg  # round-trips as {none: ...}
 
 
 @pytest.fixture
@@ -127,9 +127,7 @@ def test_tilert_run_with_weights_given(weightless_artifact, tmp_path, capsys):
 
 
 def test_the_python_api_without_weights_names_what_to_pass(weightless_artifact):
-    cfg = ModelConfig.from_dict(
-        json.loads((weightless_artifact / "manifest.json").read_text())["config"]
-    )
+    cfg = load_config(json.loads((weightless_artifact / "manifest.json").read_text())["config"])
     with pytest.raises(ConfigError) as e:
         load_weights(cfg)  # what runtime.load and GpuModel call when given no weights
     msg = str(e.value)
@@ -234,6 +232,20 @@ def test_an_interpreter_or_gpu_model_given_inf_weights_refuses_them():
     w = random_weights(cm.config, seed=2)
     w["model.layers.1.mlp.up_proj.weight"][0, 0] = float("inf")
     with pytest.raises(ConfigError, match="'model.layers.1.mlp.up_proj.weight' holds NaN or Inf"):
+        Interpreter(cm.artifact, w)
+
+
+def test_an_interpreter_given_a_missing_or_misshapen_weight_names_it():
+    # pack_weights refuses it as a weights problem, as check_weights does for cm.interpret
+    from tilert_compiler.runtime.interpreter import Interpreter
+
+    cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
+    w = random_weights(cm.config, seed=2)
+    del w["model.norm.weight"]
+    with pytest.raises(ConfigError, match="missing tensor 'model.norm.weight'"):
+        Interpreter(cm.artifact, w)
+    w["model.norm.weight"] = torch.ones(65)
+    with pytest.raises(ConfigError, match=r"'model.norm.weight' has shape \(65,\)"):
         Interpreter(cm.artifact, w)
 
 
