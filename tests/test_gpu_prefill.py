@@ -84,20 +84,29 @@ def test_the_cache_it_writes_is_its_references(loaded):
 
 
 def test_generate_matches_transformers_greedy(loaded):
+    """Greedy tokens after a prefilled prompt equal float32 transformers' up to its first
+    near tie (top two logits within 0.01 * max(1, |top1|), gpu_check's rule): there either
+    token is right and the sequences may part. A random tiny model has such ties now and
+    then (a fixed "first 4 tokens agree" failed on one fresh prompt in run S11-1)."""
     from tilert_compiler.models.reference import hf_model
 
     cfg, m, w = loaded
     prompt = torch.randint(0, cfg.vocab, (150,)).tolist()
     out = m.generate(prompt, 12)
-    ref = (
-        hf_model(cfg, w)
-        .generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0)[
-            0, len(prompt) :
-        ]
-        .tolist()
+    ref = hf_model(cfg, w).generate(
+        torch.tensor([prompt]),
+        max_new_tokens=12,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
-    first_diff = next((i for i, (a, b) in enumerate(zip(out, ref, strict=True)) if a != b), 12)
-    assert first_diff >= 4, (out, ref)  # random tiny models have near ties further out
+    want = ref.sequences[0, len(prompt) :].tolist()
+    for i, scores in enumerate(ref.scores):
+        top = scores[0].double().topk(2).values
+        if top[0] - top[1] <= 0.01 * max(1.0, abs(float(top[0]))):
+            break
+        assert out[i] == want[i], (i, out, want)
 
 
 def test_a_prompt_past_the_cache_is_refused_before_any_launch(loaded):
