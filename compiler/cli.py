@@ -300,7 +300,7 @@ def _run(args, say) -> int:
         cm = tc.compile(cfg, progress=say, **flags)
     run = not (args.no_run or args.explain or args.tokens <= 0)
     # Weights are read (and checked: NaN, Inf) before anything is written.
-    weights = _load_weights(cm.config, say) if run else None
+    weights = _load_weights(cm, say) if run else None
     _write(cm, cfg, out, args, say)
     r = cm.resources
     res = (
@@ -386,15 +386,23 @@ def _write(cm, cfg, out: Path, args, say) -> None:
                 print(explain_prefill(cm.tiles.program, cfg.target), end="")
 
 
-def _load_weights(cfg, say) -> dict:
-    from tilert_compiler.models.weights import load_weights
+def _load_weights(cm, say):
+    """The weights the run after compiling needs, read and checked (NaN, Inf) before
+    anything is written: on a GPU, streamed a tensor at a time into the kernel's bf16
+    arena there; for the CPU interpreter, float32 tensors."""
+    import torch
 
-    ws = cfg.weights
+    from tilert_compiler.models.weights import load_weights, stream_weights
+    from tilert_compiler.runtime.arena import pack_weights
+
+    ws = cm.config.weights
     say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
-    return load_weights(cfg)
+    if torch.cuda.is_available() and cm.cubin is not None:
+        return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16, "cuda")
+    return load_weights(cm.config)
 
 
-def _run_tokens(cm, out: Path, n: int, say, weights: dict) -> int:
+def _run_tokens(cm, out: Path, n: int, say, weights) -> int:
     import torch
 
     gen = torch.Generator().manual_seed(0)

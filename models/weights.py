@@ -7,7 +7,7 @@ when they are loaded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tilert_compiler.models.text import (
 )
 
 WeightList = list[tuple[str, tuple[int, ...]]]
+Weight = tuple[str, torch.Tensor]  # a weight's Hugging Face name and its tensor
 
 # Saved by some older checkpoints; a recomputed buffer, not a weight.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -73,11 +74,15 @@ def random_weights(cfg: ModelConfig, seed: int | None = None) -> dict[str, torch
     embedding N(0, 1), norm weights 1 + 0.1 N(0, 1) (not all ones, so a kernel that skips a
     norm's weight is caught). Same config and seed, same tensors, on any machine.
     """
+    return dict(_random_stream(cfg, seed))
+
+
+def _random_stream(cfg: ModelConfig, seed: int | None = None) -> Iterator[Weight]:
+    """random_weights one tensor at a time (the same values)."""
     seed = cfg.weights.seed if seed is None else seed
     if seed is None:
         raise ConfigError(f"{cfg.name}: random_weights needs a seed (the config names none)")
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
     for name, shape in hf_weight_names(cfg):
         # randn then scale in place: one buffer per tensor, which matters at 8B x float32
         t = torch.randn(shape, generator=gen, dtype=torch.float32)
@@ -85,8 +90,7 @@ def random_weights(cfg: ModelConfig, seed: int | None = None) -> dict[str, torch
             t.mul_(0.1).add_(1.0)
         elif name != "model.embed_tokens.weight":
             t.mul_(shape[1] ** -0.5)
-        out[name] = t
-    return out
+        yield name, t
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -199,28 +203,47 @@ def load_weights(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """All weights named by `hf_weight_names`, float32 on the CPU: the seeded generator, or
     the *.safetensors files of `cfg.weights.path` (checked by `weight_map`, then every value
     for NaN and Inf). A config with no weights bound is one ConfigError saying what was
-    found and what to pass."""
+    found and what to pass. Four bytes a parameter, all at once: what a float32 reference
+    needs; the runtimes pack `stream_weights` instead."""
+    out = {name: _finite(name, t, where).to(torch.float32) for name, t, where in _stream(cfg)}
+    # hf_weight_names order, so iteration order never depends on shard layout
+    return {name: out[name] for name, _ in hf_weight_names(cfg)}
+
+
+def stream_weights(cfg: ModelConfig) -> Iterator[Weight]:
+    """Every weight of `cfg` once, one tensor at a time and in the dtype stored (a bf16
+    checkpoint's tensors stay bf16; random ones are float32), shard by shard: the host
+    holds at most the shard being read (mapped) and one tensor. Names and shapes are
+    checked first (`weight_map`); values are not: the consumer checks them where they land
+    (`runtime.arena.pack_weights`)."""
+    for name, t, _ in _stream(cfg):
+        yield name, t
+
+
+def _stream(cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """(name, tensor, where it came from) for stream_weights and load_weights."""
     if cfg.weights.seed is not None:
-        return random_weights(cfg)
+        for name, t in _random_stream(cfg):
+            yield name, t, "random weights"
+        return
     if cfg.weights.path is None:
         raise ConfigError(no_weights(cfg))
     from safetensors import safe_open
 
     where = weight_map(cfg)
-    out: dict[str, torch.Tensor] = {}
     for file in dict.fromkeys(where.values()):
+        names = [n for n, w in where.items() if w == file]
         try:
             with safe_open(str(file), framework="pt") as f:
-                for name in (n for n, w in where.items() if w == file):
-                    out[name] = _finite(name, f.get_tensor(name), file.name).to(torch.float32)
+                tensors = ((name, f.get_tensor(name)) for name in names)
+                for name, t in tensors:
+                    yield name, t, file.name
         except ConfigError:
             raise
         except Exception as e:  # truncated data, an offset past the end
             raise ConfigError(
                 f"{file.name}: not a readable safetensors file ({shorten(str(e))})"
             ) from None
-    # hf_weight_names order, so iteration order never depends on shard layout
-    return {name: out[name] for name in where}
 
 
 def check_weights(cfg: ModelConfig, weights: Any) -> None:

@@ -5,6 +5,8 @@ poisons the logits instead of passing silently."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import torch
 
 from tilert_compiler.models.text import ConfigError
@@ -13,34 +15,66 @@ from tilert_compiler.runtime.artifact import Artifact
 
 def pack_weights(
     art: Artifact,
-    weights: dict[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """The weights arena [manifest arenas.weights] in `dtype`: each weight of the manifest
-    at its offset. A tensor missing, of another shape, or not finite once in `dtype` (NaN
-    or Inf handed in, or past bf16's range) is one ConfigError naming it."""
+    """The weights arena [manifest arenas.weights] in `dtype` on `device`: each weight of
+    the manifest at its offset. `weights`: a dict, or (name, tensor) pairs as
+    `models.weights.stream_weights` yields them, each copied into place as it comes (so
+    the host never holds more than one). A tensor missing, of another shape, or not finite
+    once in `dtype` (NaN or Inf handed in, or past bf16's range) is one ConfigError naming
+    it; a name the manifest does not have is ignored, as a dict's extra keys are."""
+    places = {t["name"]: t for t in art.manifest["tensors"] if t["arena"] == "weights"}
     arena = torch.zeros(art.manifest["arenas"]["weights"], dtype=dtype, device=device)
-    for t in art.manifest["tensors"]:
-        if t["arena"] != "weights":
+    pairs = weights.items() if isinstance(weights, Mapping) else weights
+    placed: set[str] = set()
+    bar = _progress(sum(_numel(t["shape"]) for t in places.values()), device)
+    for name, w in pairs:
+        t = places.get(name)
+        if t is None:
             continue
-        w = weights.get(t["name"])
-        if w is None:
-            raise ConfigError(f"weights: missing tensor '{t['name']}'")
         if tuple(w.shape) != tuple(t["shape"]):
             raise ConfigError(
-                f"weights: '{t['name']}' has shape {tuple(w.shape)}, the artifact expects "
+                f"weights: '{name}' has shape {tuple(w.shape)}, the artifact expects "
                 f"{tuple(t['shape'])}"
             )
-        n = w.numel()
-        seg = arena[t["offset"] : t["offset"] + n]
-        seg.copy_(w.reshape(-1).to(dtype))
+        seg = arena[t["offset"] : t["offset"] + w.numel()]
+        seg.copy_(w.reshape(-1))  # converts to the arena's dtype (on the device, for bf16)
         if not bool(torch.isfinite(seg).all()):
             raise ConfigError(
-                f"weights: tensor '{t['name']}' holds NaN or Inf (as {str(dtype)[6:]}); "
+                f"weights: tensor '{name}' holds NaN or Inf (as {str(dtype)[6:]}); "
                 "a damaged checkpoint?"
             )
+        placed.add(name)
+        bar.update(w.numel())
+    bar.close()
+    missing = [n for n in places if n not in placed]
+    if missing:
+        raise ConfigError(f"weights: missing tensor '{missing[0]}'")
     return arena
+
+
+def _progress(total: int, device: torch.device | str):
+    """A tqdm bar over weight elements, on stderr when it is a terminal and the weights are
+    big enough to take seconds (over 100 M parameters)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="param",
+        unit_scale=True,
+        desc=f"weights to {device}",
+        disable=None if total > 100_000_000 else True,
+        leave=False,
+    )
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def act_arena(art: Artifact, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -29,7 +29,7 @@ from tilert_compiler.ir.tasktable import (
     RING_WAIT_STAGE,
 )
 from tilert_compiler.models.config import load_config
-from tilert_compiler.models.weights import load_weights
+from tilert_compiler.models.weights import stream_weights
 from tilert_compiler.runtime.arena import act_arena, pack_weights
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.cuda_driver import checked
@@ -234,7 +234,7 @@ class GpuModel:
     def __init__(
         self,
         path: str | os.PathLike,
-        weights: dict | None = None,
+        weights: dict | torch.Tensor | None = None,
         *,
         device: int = 0,
         timeout_ms: int | None = None,
@@ -248,10 +248,19 @@ class GpuModel:
         torch.cuda.set_device(device)
         self.device = torch.device("cuda", device)
         check_device(path, m, device)
-        if weights is None:
-            weights = load_weights(load_config(m["config"]))
         dev = self.device
-        self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
+        if isinstance(weights, torch.Tensor):  # an arena packed already (pack_weights)
+            n = m["arenas"]["weights"]
+            if weights.dtype != torch.bfloat16 or weights.device != dev or weights.shape != (n,):
+                raise ValueError(
+                    f"a packed weights arena must be {n} bf16 values on {dev} (got "
+                    f"{tuple(weights.shape)} {weights.dtype} on {weights.device})"
+                )
+            self.w = weights
+        else:
+            if weights is None:
+                weights = stream_weights(load_config(m["config"]))  # a tensor at a time
+            self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
         self.act = act_arena(self.art, device=dev)
         t = self.art.table
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)

@@ -1,0 +1,136 @@
+"""Issue 20: weights go into the kernel's arena a tensor at a time, in the dtype stored.
+
+`stream_weights` yields a bf16 checkpoint's tensors as bf16, shard by shard, and
+`pack_weights` copies each into place as it comes, so the host holds one shard (mapped)
+and one tensor, not the float32 copy of every weight that `load_weights` builds for a
+reference. The peak is measured in a child process (ru_maxrss) on a checkpoint built
+here, against the same child's `load_weights` path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tilert_compiler as tc
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.weights import hf_weight_names, load_weights, stream_weights
+from tilert_compiler.runtime.arena import pack_weights
+
+
+def _checkpoint(folder: Path, cfg: dict, shards: int) -> Path:
+    """`cfg`'s weights, random, bf16, split into `shards` files with an index."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    mc = load_config(folder)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    names = hf_weight_names(mc)
+    index = {}
+    for k in range(shards):
+        part = {
+            n: (torch.randn(shape, generator=g) * 0.05).to(torch.bfloat16)
+            for n, shape in names[k::shards]
+        }
+        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(part, str(folder / file))
+        index.update(dict.fromkeys(part, file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    return folder
+
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+
+def test_streamed_weights_are_stored_dtype_and_pack_like_the_dict(tmp_path):
+    folder = _checkpoint(tmp_path / "m", TINY, shards=3)
+    cfg = load_config(folder)
+    streamed = list(stream_weights(cfg))
+    assert {n for n, _ in streamed} == {n for n, _ in hf_weight_names(cfg)}
+    assert all(t.dtype == torch.bfloat16 for _, t in streamed)  # as stored, not float32
+    art = tc.compile(folder, nvcc=False, prefill_chunk=0).artifact
+    from_stream = pack_weights(art, stream_weights(cfg), torch.bfloat16)
+    from_dict = pack_weights(art, load_weights(cfg), torch.bfloat16)
+    assert torch.equal(from_stream, from_dict)
+    # and the interpreter's float32 arena holds the same values
+    f32 = pack_weights(art, stream_weights(cfg), torch.float32)
+    assert torch.equal(f32.to(torch.bfloat16), from_stream)
+
+
+def test_a_nan_in_a_streamed_tensor_is_named(tmp_path):
+    folder = _checkpoint(tmp_path / "m", TINY, shards=2)
+    cfg = load_config(folder)
+    art = tc.compile(folder, nvcc=False, prefill_chunk=0).artifact
+    bad = "model.layers.1.mlp.down_proj.weight"
+
+    def poisoned():
+        for name, t in stream_weights(cfg):
+            if name == bad:
+                t = t.clone()
+                t[3, 5] = float("nan")
+            yield name, t
+
+    with pytest.raises(tc.ConfigError, match=f"'{bad}' holds NaN"):
+        pack_weights(art, poisoned(), torch.bfloat16)
+
+
+def test_a_tensor_the_stream_lacks_is_named(tmp_path):
+    folder = _checkpoint(tmp_path / "m", TINY, shards=1)
+    cfg = load_config(folder)
+    art = tc.compile(folder, nvcc=False, prefill_chunk=0).artifact
+    pairs = [(n, t) for n, t in stream_weights(cfg) if n != "model.norm.weight"]
+    with pytest.raises(tc.ConfigError, match="missing tensor 'model.norm.weight'"):
+        pack_weights(art, iter(pairs), torch.bfloat16)
+
+
+_PEAK = """
+import resource, sys, torch
+import tilert_compiler as tc
+from tilert_compiler.models.config import load_config
+from tilert_compiler.models.weights import load_weights, stream_weights
+from tilert_compiler.runtime.arena import pack_weights
+art = tc.compile(sys.argv[1], nvcc=False, prefill_chunk=0).artifact
+cfg = load_config(sys.argv[1])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+src = stream_weights(cfg) if sys.argv[2] == "stream" else load_weights(cfg)
+arena = pack_weights(art, src, torch.bfloat16)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def _peak(folder: Path, how: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(folder), how], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.split()[-1])
+
+
+def test_streaming_holds_a_shard_not_a_float32_copy(tmp_path):
+    """~100 M parameters (200 MB bf16) in 4 shards: packing from the stream grows the
+    peak by about the arena (200 MB) and a shard (50 MB); the float32 dict path by the
+    arena and 400 MB of float32 copies."""
+    cfg = {**TINY, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 6}
+    cfg |= {"num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8192}
+    folder = _checkpoint(tmp_path / "m", cfg, shards=4)
+    mc = load_config(folder)
+    params = sum(torch.Size(s).numel() for _, s in hf_weight_names(mc))
+    arena, shard = 2 * params, 2 * params // 4
+    streamed, whole = _peak(folder, "stream"), _peak(folder, "dict")
+    assert streamed < arena + shard + 64 * 2**20, (streamed, arena, shard)
+    assert whole > arena + 3 * params  # the reference path: the float32 copies
