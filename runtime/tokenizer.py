@@ -4,6 +4,7 @@ detokenization for streaming. transformers is imported only when text is used.""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,18 @@ class TextCodec:
                 f"{show_path(path)}: not a usable tokenizer ({shorten(str(e), 120)})"
             ) from None
         self.path, self.vocab = p, vocab
+        # One call at a time: a fast tokenizer used from two threads at once (the server's
+        # event loop encoding a request while its worker decodes) can fail "Already
+        # borrowed" in the Rust binding.
+        self._lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
         """The ids of a prompt, with the special tokens the tokenizer adds (a BOS)."""
         if not isinstance(text, str):
             raise TokenizerError(f"a prompt is text (got {type(text).__name__})")
-        return self._checked(self.tok.encode(text), text)
+        with self._lock:
+            ids = self.tok.encode(text)
+        return self._checked(ids, text)
 
     def chat(self, messages: Iterable[Mapping[str, Any]]) -> list[int]:
         """The ids of a conversation through the tokenizer's chat template, ending where the
@@ -88,19 +95,23 @@ class TextCodec:
                 f"in {TOKENIZER_CONFIG}, or chat_template.jinja)"
             )
         try:
-            text = self.tok.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-            )
+            with self._lock:
+                text = self.tok.apply_chat_template(
+                    [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+                )
         except Exception as e:  # the template's raise_exception, a missing field
             raise TokenizerError(
                 f"the chat template refused the messages ({shorten(str(e), 120)})"
             ) from None
         # The template writes the special tokens (a BOS) itself.
-        return self._checked(self.tok.encode(text, add_special_tokens=False), text)
+        with self._lock:
+            ids = self.tok.encode(text, add_special_tokens=False)
+        return self._checked(ids, text)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`, special tokens (EOS, chat markers) left out."""
-        return self.tok.decode(list(ids), skip_special_tokens=True)
+        with self._lock:
+            return self.tok.decode(list(ids), skip_special_tokens=True)
 
     @property
     def eos_ids(self) -> list[int]:
