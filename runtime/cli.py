@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             _chat(model, plan, sys.stdin, sys.stdout)
         else:
             _decode(model, where, plan, sys.stdout)
-    except (ArtifactError, ConfigError, UsageError, TokenizerError) as e:
+    except (ArtifactError, ConfigError, UsageError, TokenizerError, GenerationError) as e:
         return fail(e, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         sys.stdout.write("\n")
@@ -425,7 +425,12 @@ def _chat(model: Model, plan: Plan, inp: TextIO, out: TextIO) -> None:
             log.info("a new conversation")
             continue
         messages.append({"role": "user", "content": line})
-        prompt = model.chat_ids(messages)
+        try:
+            prompt = model.chat_ids(messages)
+        except TokenizerError as e:  # the template refused the turn: say so, drop it
+            log.error(" ".join(str(e).split()))
+            messages.pop()
+            continue
         if len(prompt) >= model.max_seq_len:  # no room for a reply: keep this turn alone
             log.warning(
                 f"the conversation ({len(prompt)} tokens) fills the KV cache "
