@@ -3,8 +3,8 @@
     import tilert_compiler as tc
     cm = tc.compile("llama-3.2-1b")       # model.yaml path, dict, HF folder, or bundled name
     cm.ir("tile"); cm.source; cm.save("out/"); cm.interpret([1, 2, 3])
-    m = tc.runtime.load("out/")           # on a GPU machine
-    logits = m.step(token, pos)
+    m = tc.runtime.load("out/")           # the kernel on a GPU, else device="cpu": interpreter
+    m.generate("Once upon a time", 32)    # text or ids; m.chat([{"role": "user", ...}])
 
 Imports are lazy: `tilert_compiler.runtime` loads on a serving box without pulling in the
 compiler (passes, codegen, jinja2).
@@ -37,3 +37,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["__version__", *_LAZY, *_SUBPACKAGES]
+
+
+def __dir__() -> list[str]:
+    """The public API (the lazy names too) and the module's dunders, for dir() and
+    completion; not the helpers this file imports."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "ModelConfig",
     "bundled_names",
     "describe",
+    "hub_folder",
     "load_config",
 ]
 
@@ -133,6 +135,8 @@ def _read_source(
     if kind is None and isinstance(source, str) and os.sep not in source:
         path = _bundled_path(source)
         kind = "file"
+    elif kind is None and isinstance(source, str) and is_hub_id(source):
+        path, kind = hub_folder(source), "dir"
     if kind == "dir":
         folder = path
         path = next(
@@ -151,6 +155,44 @@ def _read_source(
         data = _mapping(parse_json(text, origin), origin)
         return from_hf(data, origin, path.parent), origin, path.parent, HF_NAMES
     return _mapping(parse_yaml(text, origin), origin), origin, path.parent, {}
+
+
+# "owner/name" as the Hub spells a repository (a local path to nothing also looks like
+# this; it is tried as a hub id only once the OS has found no such file).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+# What a model needs from its hub repository: configs, tokenizer, weights.
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
+
+
+def is_hub_id(text: str) -> bool:
+    return _HUB_ID.fullmatch(text) is not None and ".." not in text
+
+
+def hub_folder(repo_id: str, error: type[Exception] = ConfigError) -> Path:
+    """The local snapshot folder of a Hugging Face Hub model ("meta-llama/Llama-3.2-1B"),
+    from huggingface_hub's cache (HF_HUB_CACHE) without asking the Hub. A model not cached
+    yet is downloaded (configs, tokenizer, *.safetensors) unless HF_HUB_OFFLINE is set;
+    either way a model that cannot be had is one `error` line naming the id."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    except Exception as e:  # an id the Hub's own checks refuse
+        raise error(f"{repo_id}: not a Hugging Face model id ({shorten(str(e))})") from None
+    where = f"no such file, nor a model in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.HF_HUB_OFFLINE:
+        raise error(
+            f"{repo_id}: {where}; HF_HUB_OFFLINE is set, so it is not downloaded "
+            f"(`hf download {repo_id}` where the Hub is reachable, or pass a local folder)"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as e:  # no network, gated, no such repository
+        why = shorten((str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise error(f"{repo_id}: {where}, and downloading it failed ({why})") from None
 
 
 def _value_suffix(value: Any) -> str:

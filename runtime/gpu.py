@@ -38,6 +38,7 @@ from tilert_compiler.runtime.prefill import GpuPrefill, check_prompt
 from tilert_compiler.runtime.sampling import GREEDY, GenerationError, Sampling
 
 ERROR_WORDS = 8
+HOST_HALT = -1  # the error code the host writes to stop a launch (GpuModel._halt)
 _ERR_NAMES = {
     ERR_TIMEOUT: "dependency wait timed out",
     ERR_BAD_KIND: "unknown task kind in the task table",
@@ -264,6 +265,7 @@ class GpuModel:
         self.act = act_arena(self.art, device=dev)
         t = self.art.table
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)
+        self._halt_word = torch.tensor([HOST_HALT], dtype=torch.int32).pin_memory()
         self.profiled = bool(m.get("options", {}).get("profile"))
         lg = self.art.tensor("logits")
         self.logits = self.act[lg["offset"] : lg["offset"] + lg["shape"][0]]
@@ -392,7 +394,11 @@ class GpuModel:
             if tok >= 0:
                 out.append(tok)
                 if on_token is not None:
-                    on_token(tok)
+                    try:
+                        on_token(tok)
+                    except BaseException:  # the caller gave up (a client left, a stop string)
+                        self._halt()
+                        raise
                 if tok in stops:
                     break
             elif done.query():
@@ -405,6 +411,15 @@ class GpuModel:
         if len(out) < n_out and not (out and out[-1] in stops):
             raise KernelError(f"the kernel stopped after {len(out)} of {n_out} tokens")
         return out
+
+    def _halt(self) -> None:
+        """Stop the launch in flight and forget the sequence: the host sets the error word, as
+        a CTA that gave up would (a copy on a side stream, beside the kernel's), so every CTA
+        stops at its next look at it, within a step; then reset() waits for the kernel."""
+        side = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(side):
+            self.error[:1].copy_(self._halt_word, non_blocking=True)
+        self.reset()
 
     def check(self, where: str = "") -> None:
         """Synchronise and raise KernelError if the kernel reported one (`where`: which

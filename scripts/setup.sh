@@ -11,4 +11,4 @@ pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "WARNING: Location" >&2); }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install -q torch==2.13.0
 fi
-pip install -q -e '.[gpu,dev]'
+pip install -q -e '.[gpu,serve,dev]'

@@ -1,0 +1,54 @@
+"""Messages of the runtime's commands (tilert-run, tilert-serve): `logging` under the
+"tilert_compiler" logger, written to stderr as "prog: message" ("prog: error: message" for
+warnings and errors). -q keeps warnings and errors, -v adds debug messages (and the
+server's access log)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+LOGGER = "tilert_compiler"
+log = logging.getLogger(LOGGER)
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    from tilert_compiler import __version__
+
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+class _Format(logging.Formatter):
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{self.prog}: {record.levelname.lower()}: {msg}"
+        return f"{self.prog}: {msg}"
+
+
+def setup(prog: str, args: argparse.Namespace, *, loggers: tuple[str, ...] = ()) -> int:
+    """Send the package's messages (and `loggers`') to stderr at the level -v/-q ask for;
+    returns that level. Called again (a second main() in one process), it replaces its
+    handler."""
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format(prog))
+    handler._tilert = True  # type: ignore[attr-defined]
+    for name in (LOGGER, *loggers):
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if getattr(h, "_tilert", False)]:
+            lg.removeHandler(h)
+        lg.addHandler(handler)
+        lg.setLevel(level)
+        lg.propagate = False
+    if not args.verbose:  # transformers' advice about tokenizers, read when it is imported
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return level
