@@ -32,7 +32,7 @@ import torch
 from tilert_compiler.models.config import hub_folder, is_hub_id, load_config
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.text import ConfigError, path_kind, show_path
-from tilert_compiler.models.weights import load_weights
+from tilert_compiler.models.weights import load_weights, stream_weights
 from tilert_compiler.runtime import log as logs
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.decoder import Decoder
@@ -339,12 +339,12 @@ def _ids(text: str, vocab: int, flag: str, *, empty: bool = False) -> list[int]:
 
 def load_model(o: Opened) -> tuple[Model, str]:
     """The weights loaded and packed: the Model, and where it runs (in words)."""
-    weights = load_weights(o.config)
     decoder: Decoder
-    if o.gpu:
+    if o.gpu:  # streamed into the bf16 arena a tensor at a time
+        weights = stream_weights(o.config)
         decoder, where = GpuModel(o.path, weights=weights), f"GPU ({torch.cuda.get_device_name()})"
     else:
-        decoder, where = Interpreter(o.artifact, weights), "CPU interpreter"
+        decoder, where = Interpreter(o.artifact, load_weights(o.config)), "CPU interpreter"
     device = "cuda" if o.gpu else "cpu"
     return Model(decoder, codec=o.codec, defaults=o.defaults, device=device), where
 

@@ -361,7 +361,7 @@ def load(
     import torch
 
     from tilert_compiler.models.config import hub_folder, is_hub_id, load_config
-    from tilert_compiler.models.weights import load_weights
+    from tilert_compiler.models.weights import load_weights, stream_weights
     from tilert_compiler.runtime.artifact import load_artifact
 
     where = _device(device, torch.cuda.is_available())
@@ -378,7 +378,9 @@ def load(
             cfg = load_config(raw, overrides={"weights": {"path": str(folder)}})
         else:
             cfg = load_config(raw)
-        w, folder = load_weights(cfg), cfg.weights.path
+        # the GPU packs a tensor at a time; the interpreter keeps float32 copies
+        w = load_weights(cfg) if where == "cpu" else stream_weights(cfg)
+        folder = cfg.weights.path
     if where == "cpu":
         from tilert_compiler.runtime.interpreter import Interpreter
 
