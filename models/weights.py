@@ -7,6 +7,7 @@ when they are loaded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -228,22 +229,47 @@ def _stream(cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor, str]]:
         return
     if cfg.weights.path is None:
         raise ConfigError(no_weights(cfg))
-    from safetensors import safe_open
-
     where = weight_map(cfg)
     for file in dict.fromkeys(where.values()):
         names = [n for n, w in where.items() if w == file]
         try:
-            with safe_open(str(file), framework="pt") as f:
-                tensors = ((name, f.get_tensor(name)) for name in names)
-                for name, t in tensors:
-                    yield name, t, file.name
+            for name, t in _read_tensors(file, names):
+                yield name, t, file.name
         except ConfigError:
             raise
         except Exception as e:  # truncated data, an offset past the end
             raise ConfigError(
                 f"{file.name}: not a readable safetensors file ({shorten(str(e))})"
             ) from None
+
+
+# safetensors dtypes we read (weight_map refuses the others) and their torch dtypes
+_TORCH_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
+
+def _read_tensors(file: Path, names: list[str]) -> Iterator[Weight]:
+    """`names` from one safetensors file, each read with one positioned read into a tensor
+    of its own (the format: an 8-byte little-endian header length, a JSON header of dtype,
+    shape and data offsets, then the data). Not through a memory map: the mapped pages of
+    a shard count as the process's memory until it is closed, a read's pages do not."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        start = 8 + n
+        for name in names:
+            h = header[name]
+            lo, hi = h["data_offsets"]
+            dtype = _TORCH_DTYPES[h["dtype"]]
+            t = torch.empty(hi - lo, dtype=torch.uint8)
+            f.seek(start + lo)
+            if f.readinto(t.numpy()) != hi - lo:
+                raise ConfigError(f"{file.name}: tensor '{shorten(name)}' is cut short")
+            yield name, t.view(dtype).reshape(h["shape"])
 
 
 def check_weights(cfg: ModelConfig, weights: Any) -> None:

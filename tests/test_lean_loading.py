@@ -73,6 +73,30 @@ def test_streamed_weights_are_stored_dtype_and_pack_like_the_dict(tmp_path):
     assert torch.equal(f32.to(torch.bfloat16), from_stream)
 
 
+def test_streamed_tensors_are_what_safetensors_reads(tmp_path):
+    """The positioned reads give safetensors' own tensors, bit for bit, in every dtype."""
+    from safetensors import safe_open
+
+    folder = _checkpoint(tmp_path / "m", TINY, shards=2)
+    cfg = load_config(folder)
+    # one shard rewritten with float16 and float32 tensors beside the bf16 ones
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    with safe_open(str(shard), framework="pt") as f:
+        part = {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118
+    for k, n in enumerate(sorted(part)):
+        part[n] = part[n].to((torch.bfloat16, torch.float16, torch.float32)[k % 3])
+    save_file(part, str(shard))
+    seen = 0
+    for name, t in stream_weights(cfg):
+        for file in folder.glob("*.safetensors"):
+            with safe_open(str(file), framework="pt") as f:
+                if name in f.keys():  # noqa: SIM118
+                    want = f.get_tensor(name)
+                    assert t.dtype == want.dtype and torch.equal(t, want), name
+                    seen += 1
+    assert seen == len(hf_weight_names(cfg))
+
+
 def test_a_nan_in_a_streamed_tensor_is_named(tmp_path):
     folder = _checkpoint(tmp_path / "m", TINY, shards=2)
     cfg = load_config(folder)
