@@ -70,9 +70,6 @@ class KernelPlan:
     # Bulk copies the producer keeps in flight (its copy of chunk c waits until chunk
     # c - in_flight landed); the ring's depth when not capped.
     in_flight: int = 0
-    # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the mma_gemv option; otherwise
-    # FFMA, a warp per weight row.
-    mma: bool = False
     # A GEMV lane holds its part of x in registers when it is at most this many floats
     x_regs: int = X_REGS
     # The attention combine loads its partials this many per thread at a time (when
@@ -111,12 +108,6 @@ def _rows_per_chunk(k: int, stage_bytes: int) -> int:
 # what that leaves goes to the weight ring. 48 holds a split's rows up to context ~750 at
 # 16 splits in one block (bench/NOTES.md item 90).
 ATTN_BLOCK_ROWS = 48
-
-
-def item_rows(mma: bool) -> int:
-    """Weight rows in a warp's item of a GEMV chunk (the template's Chunking::kItemRows):
-    with mma, 16 (the tile's m: the weights are A); FFMA, one row."""
-    return 16 if mma else 1
 
 
 def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | None:
@@ -161,16 +152,15 @@ def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, s
         if (f := x_part_floats(v, consumers // 32, plan.stage_bytes)) is not None
         and f <= plan.x_regs
     }
-    if held and not plan.mma:
+    if held:
         return replace(plan, x_regs=max(held) - 1), (
             f"GEMVs whose lane takes {max(held)} floats of x read it from shared memory"
         )
     return None
 
 
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, mma: bool) -> int:
-    """Dynamic shared memory (in floats) a task kind needs besides the ring; `mma`: GEMVs
-    on tensor cores (KernelPlan.mma)."""
+def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
+    """Dynamic shared memory (in floats) a task kind needs besides the ring."""
     if v.kind == "embed":
         return 0
     if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
@@ -183,7 +173,7 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, mma: bool)
         scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
         return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
     k = v.get("K")
-    groups = -(-_rows_per_chunk(k, stage_bytes) // item_rows(mma))
+    groups = _rows_per_chunk(k, stage_bytes)  # an item of a warp is one row
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     return k + split * v.get("R")  # the input row + per-K-slice row results
 
@@ -209,7 +199,6 @@ def plan_kernel(
     table: TaskTable,
     target: Target,
     ring: bool,
-    mma_gemv: bool = False,
     stage_kb: int | None = None,
     in_flight_kb: int | None = None,
     ring_stages: int | None = None,
@@ -228,14 +217,7 @@ def plan_kernel(
     llama-3.2-1b (0.9 MB) even at 5 and 6 (bench/NOTES.md runs S9-5, S9-6)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
-    mma = mma_gemv
     ks = [v.get("K") for v in table.variants if "K" in dict(v.static)]
-    odd = sorted(k for k in ks if k % 32)
-    if mma_gemv and odd:
-        raise CodegenError(
-            f"mma_gemv takes K in blocks of 32, this model has GEMVs with K = {odd[0]}; "
-            "compile without mma_gemv"
-        )
     kmax = max(ks, default=8)
     row_bytes = -(-2 * kmax // 1024) * 1024
     if stage_kb is not None and stage_kb * 1024 < row_bytes:
@@ -246,7 +228,7 @@ def plan_kernel(
     stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
 
     def need(v: Variant) -> int:
-        return scratch_floats(v, consumers // 32, stage, mma)
+        return scratch_floats(v, consumers // 32, stage)
 
     scratch = max(need(v) for v in table.variants)
     room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
@@ -277,9 +259,7 @@ def plan_kernel(
     else:
         flight = in_flight_kb * 1024 if in_flight_kb > 0 else stages * stage
     in_flight = min(stages, max(1, flight // stage)) if ring else 0  # at most `flight` bytes
-    return KernelPlan(
-        threads, consumers, ring, stage, stages, scratch, mma=mma, in_flight=in_flight
-    )
+    return KernelPlan(threads, consumers, ring, stage, stages, scratch, in_flight=in_flight)
 
 
 def emit_cuda(
@@ -337,8 +317,8 @@ def emit_cuda(
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,
-        mma=plan.mma,
-        item_rows=item_rows(plan.mma),
+        mma=False,
+        item_rows=1,
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,

@@ -209,8 +209,6 @@ def _progress(progress: Any) -> Callable[[str], None]:
 
 def _check_options(opts: Options) -> None:
     """Option values the passes cannot honour, said before any work."""
-    if opts.l2_window_kb is not None and opts.l2_window_kb < 0:
-        raise ConfigError(f"option l2_window_kb must be 0 or more (got {opts.l2_window_kb})")
     if opts.stage_kb is not None and not 1 <= opts.stage_kb <= 128:
         raise ConfigError(f"option stage_kb must be 1..128 KiB (got {opts.stage_kb})")
     if opts.attn_splits is not None and not 1 <= opts.attn_splits <= 256:
@@ -236,7 +234,6 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
         table,
         cfg.target,
         ring=ring,
-        mma_gemv=opts.mma_gemv,
         stage_kb=opts.stage_kb,
         in_flight_kb=opts.in_flight_kb,
         ring_stages=opts.ring_stages,

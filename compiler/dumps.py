@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from tilert_compiler.ir.tile import Schedule, TileProgram
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.text import ConfigTypeError, parse_json, read_text, show_path
-from tilert_compiler.options import Options
+from tilert_compiler.options import RETIRED, Options, retired_error
 from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
 
 # Options that change what the stages produce or what codegen emits; the rest (where to
@@ -119,6 +119,8 @@ def read_dump(
             f"{path}: no '# config:' line; name the model too: "
             f"tilert-compile MODEL --from-ir {path}"
         )
+    if isinstance(ir, Schedule):
+        ir = _without_retired_options(ir, path)
     if isinstance(ir, Schedule) and len(ir.sm_lists) != cfg.target.sms:
         raise ParseError(
             f"{path}: schedules {len(ir.sm_lists)} SMs but the target has {cfg.target.sms}; "
@@ -128,6 +130,9 @@ def read_dump(
     options = parse_json(meta["options"], where, error=ParseError) if "options" in meta else {}
     if not isinstance(options, dict):
         raise ParseError(f"{where} must be a JSON object (got {type(options).__name__})")
+    for name in sorted(set(options) & set(RETIRED)):
+        if why := retired_error(name, options[name]):
+            raise ParseError(f"{where} {why}; remove it from the line")
     options = {k: v for k, v in options.items() if k in _DUMPED_OPTIONS}
     try:
         Options(**options)
@@ -142,6 +147,23 @@ def read_dump(
     return Dump(stage, ir, cfg, options)
 
 
+# Schedule options the prefetch pass recorded for option l2_prefetch, with the values they
+# had without it: a dump taken before it went carries them.
+_RETIRED_SCHEDULE_OPTIONS = {"l2_prefetch": False, "l2_window": 0}
+
+
+def _without_retired_options(ir: Schedule, path: Path) -> Schedule:
+    for name, value in ir.options:
+        kept = _RETIRED_SCHEDULE_OPTIONS.get(name)
+        if kept is not None and value != kept:
+            raise ParseError(
+                f"{path}: 'option {name} = {value!r}': {retired_error('l2_prefetch', True)}; "
+                f"set it to {kept!r} or remove the line"
+            )
+    options = tuple((k, v) for k, v in ir.options if k not in _RETIRED_SCHEDULE_OPTIONS)
+    return replace(ir, options=options)
+
+
 def _stage_from_name(path: Path) -> str | None:
     m = re.fullmatch(r"\d+-(\w+)\.tir", path.name)
     return m.group(1) if m and m.group(1) in RESUMABLE else None
@@ -151,4 +173,4 @@ def _stage_from_content(ir: TileProgram | Schedule) -> str:
     """A file without a header: the latest stage whose output it could be."""
     if isinstance(ir, TileProgram):
         return "deps" if any(t.signal >= 0 for t in ir.tasks) else "tile"
-    return "layout" if ir.layout else "prefetch" if ir.prefetch else "schedule"
+    return "layout" if ir.layout else "prefetch" if dict(ir.options) else "schedule"

@@ -38,12 +38,12 @@ def run_pipeline(cfg, opts, on_stage: Callable[[str, Any], None]) -> Schedule:
     # needs fused kinds: one task kind per op kind
     ir = tile(ir, t, context=opts.context, splits=opts.attn_splits)
     on_stage("tile", ir)
-    ir = deps(ir, fine=opts.fine_deps, flags=opts.flags)  # producers, reduction, counters
+    ir = deps(ir, flags=opts.flags)  # producers, reduction, counters
     verify_program(ir)  # coverage: each output element written by exactly one task
     on_stage("deps", ir)
     ir = schedule(ir, t)  # per-SM lists in one global topological order
     on_stage("schedule", ir)
-    ir = prefetch(ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb, opts.cache_prefetch)
+    ir = prefetch(ir, ring=opts.weight_ring, cache=opts.cache_prefetch)
     on_stage("prefetch", ir)
     ir = layout(ir)  # arena offsets for every tensor
     verify_schedule(ir)  # deadlock freedom, ordering of every read after its write
@@ -82,13 +82,11 @@ STAGES = ("graph", "fuse", "tile", "deps", "schedule", "prefetch", "layout")
 # that resuming from every stage gives what run_pipeline gives, so the two stay in step.
 RESUMABLE = ("tile", "deps", "schedule", "prefetch", "layout")
 _STEPS_AFTER: dict[str, tuple[str, Callable[[Any, Any, Any], Any]]] = {
-    "tile": ("deps", lambda ir, t, opts: deps(ir, fine=opts.fine_deps, flags=opts.flags)),
+    "tile": ("deps", lambda ir, t, opts: deps(ir, flags=opts.flags)),
     "deps": ("schedule", lambda ir, t, opts: schedule(ir, t)),
     "schedule": (
         "prefetch",
-        lambda ir, t, opts: prefetch(
-            ir, t, opts.l2_prefetch, opts.weight_ring, opts.l2_window_kb, opts.cache_prefetch
-        ),
+        lambda ir, t, opts: prefetch(ir, ring=opts.weight_ring, cache=opts.cache_prefetch),
     ),
     "prefetch": ("layout", lambda ir, t, opts: layout(ir)),
 }

@@ -19,7 +19,7 @@ Grammar, one statement per line (blank lines and `#` comments are skipped):
       sm I: tA tB ...                       schedule: SM I's task list, in run order
       tI = KIND OP layer=L reads=(R, ..) weights=(R, ..) writes=(R, ..) args=(k=v, ..)
            cost=BYTES deps=(tA, tB..tC, ..) waits=(cI>=N, ..) signal=cI NAME=LITERAL ..
-           sm=I at=STARTus..ENDus prefetch=(R, ..)          (all on one line)
+           sm=I at=STARTus..ENDus                           (all on one line)
     R = TENSOR[lo:hi, ..]; a bound is an int, or pos/tok plus an int offset (pos+1).
 
 A task's `key=value` tokens may come in any order; all but `layer` may be left out
@@ -182,7 +182,7 @@ class _Parser:
         self.arenas: list[tuple[str, int]] = []
         self.layout: list[tuple[str, str, int]] = []
         self.sm_lines: dict[int, tuple[int, ...]] = {}
-        self.task_notes: list[tuple[int, dict[str, object]]] = []  # (line, sm/at/prefetch)
+        self.task_notes: list[tuple[int, dict[str, object]]] = []  # (line, sm/at)
         for self.no, s in stmts[1:]:
             self.statement(s, is_schedule)
         program = TileProgram(
@@ -332,13 +332,14 @@ class _Parser:
                 notes[key] = (parse_us(am.group(1)), parse_us(am.group(2)))
             except InvalidOperation:
                 raise ValueError(f"expected numbers in '{value}'") from None
-        elif sched and key == "prefetch":
-            notes[key] = tuple(parse_region(r) for r in _split_top(_inner(value), ","))
+        elif sched and key == "prefetch":  # in dumps before option l2_prefetch went
+            if _inner(value).strip():
+                raise ValueError("the per-task L2 prefetch plan went with option l2_prefetch")
         elif key in _TASK_FIELDS and key not in ("id", "kind", "op"):
             kw[key] = self.literal(value)
         else:
             known = "layer reads weights writes args cost deps waits signal"
-            known += " sm at prefetch" if sched else ""
+            known += " sm at" if sched else ""
             raise ValueError(f"unknown key (known: {known})")
 
     # ------------------------------------------------------------ schedule level
@@ -366,15 +367,13 @@ class _Parser:
                 per_sm[sm].append(tid)
             lists = [tuple(ts) for ts in per_sm]
         predicted = self.all_or_none("at", n)
-        prefetch = self.all_or_none("prefetch", n)
         return Schedule(
             program,
             tuple(tuple(ts) for ts in lists),
             predicted,  # type: ignore[arg-type]
-            prefetch,  # type: ignore[arg-type]
-            tuple(self.layout),
-            tuple(self.arenas),
-            tuple(self.options),
+            layout=tuple(self.layout),
+            arena_sizes=tuple(self.arenas),
+            options=tuple(self.options),
             **self.schedule_fields,  # type: ignore[arg-type]
         )
 

@@ -139,12 +139,14 @@ class TileProgram:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Schedule level: which SM runs which tasks, in what order, and what it prefetches."""
+    """Schedule level: which SM runs which tasks, in what order, where each tensor lives."""
 
     program: TileProgram
     sm_lists: tuple[tuple[int, ...], ...]  # per SM: task ids in global order
     predicted: tuple[tuple[float, float], ...]  # per task: (start, end) seconds, cost model
-    prefetch: tuple[tuple[Region, ...], ...] = ()  # per task: weights to pull into L2 first
+    # Always empty: the per-task L2 prefetch plan went with option l2_prefetch. Kept until
+    # the task table's prefetch column goes (codegen/serialize.py still reads it).
+    prefetch: tuple[tuple[Region, ...], ...] = ()
     layout: tuple[tuple[str, str, int], ...] = ()  # (tensor, arena, element offset)
     arena_sizes: tuple[tuple[str, int], ...] = ()  # (arena, elements)
     options: tuple[tuple[str, object], ...] = field(default=())
@@ -194,7 +196,6 @@ def format_task(
     t: Task,
     sm: int | None = None,
     span: tuple[float, float] | None = None,
-    prefetch: tuple[Region, ...] | None = None,
 ) -> str:
     parts = [
         f"t{t.id} = {t.kind.value} {t.op} layer={t.layer}",
@@ -215,8 +216,6 @@ def format_task(
         parts.append(f"sm={sm}")
     if span is not None:
         parts.append(f"at={format_us(span[0])}us..{format_us(span[1])}us")
-    if prefetch is not None:
-        parts.append(f"prefetch={format_regions(prefetch)}")
     return " ".join(parts)
 
 
@@ -272,6 +271,5 @@ def format_schedule(s: Schedule) -> str:
     sm_of = s.sm_of()
     for t in p.tasks:
         span = s.predicted[t.id] if s.predicted else None
-        pf = s.prefetch[t.id] if s.prefetch else None
-        lines.append("  " + format_task(t, sm_of.get(t.id), span, pf))
+        lines.append("  " + format_task(t, sm_of.get(t.id), span))
     return "\n".join(lines) + "\n"

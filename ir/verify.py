@@ -229,7 +229,7 @@ _ALIGN_BYTES = 16
 def verify_layout(s: Schedule, max_seq_len: int | None = None, vocab: int | None = None) -> None:
     """The memory a step touches: every tensor a task names is declared, placed once in
     the arena of its storage, aligned, inside the arena's size and overlapping no other
-    tensor there; every task region (and prefetch region) lies inside its tensor's shape
+    tensor there; every task region lies inside its tensor's shape
     at every step, `pos` running to max_seq_len - 1 and `tok` to vocab - 1 (default: the
     program's consts of those names)."""
     p = s.program
@@ -246,9 +246,11 @@ def verify_layout(s: Schedule, max_seq_len: int | None = None, vocab: int | None
         for field_name in ("reads", "weights", "writes"):
             for r in getattr(t, field_name):
                 _verify_region(f"t{t.id} {field_name}", r, decls, symbols)
-    for i, rs in enumerate(s.prefetch):
-        for r in rs:
-            _verify_region(f"t{i} prefetch", r, decls, symbols)
+    if any(s.prefetch):
+        raise VerifyError(
+            "the schedule has a per-task L2 prefetch plan, which was removed with option "
+            "l2_prefetch; leave Schedule.prefetch empty"
+        )
 
 
 def _verify_placement(s: Schedule, decls: dict) -> None:

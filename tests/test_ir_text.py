@@ -49,12 +49,12 @@ def _run_steps(ir, run: str, origin: str):
         name, *kv = step.split()
         kw = dict(x.split("=") for x in kv)
         if name == "deps":
-            ir = deps(ir)
+            ir = deps(ir, flags=False)
         elif name == "schedule":
             target = Target(sms=int(kw["sms"]))
             ir = schedule(ir, target)
         elif name == "prefetch":
-            ir = prefetch(ir, target or Target(sms=len(ir.sm_lists)))
+            ir = prefetch(ir, ring=True, cache=True)
         elif name == "layout":
             ir = layout(ir)
         elif name == "verify":
@@ -279,3 +279,53 @@ def test_pictures_draw_the_schedule_and_a_layer_graph(tiny, tmp_path):
     dot = files["deps-layer0.dot"].read_text()
     layer0 = [t for t in cm.schedule.program.tasks if t.layer == 0]
     assert dot.startswith("digraph") and all(f"  t{t.id} [" in dot for t in layer0)
+
+
+# ---------------------------------------------------------------- dumps of older compilers
+
+
+def _as_before_the_retirement(text: str) -> str:
+    """A dump as commit 41e7d7c wrote it: the retired options at their defaults in the
+    header and (after prefetch) the schedule, and an empty prefetch plan on every task."""
+    text = text.replace("# options: {", '# options: {"l2_prefetch": false, "l2_window_kb": null, ')
+    text = text.replace(', "flags":', ', "fine_deps": true, "mma_gemv": false, "flags":')
+    text = text.replace(
+        "  option weight_ring = True\n",
+        "  option l2_prefetch = False\n  option weight_ring = True\n  option l2_window = 0\n",
+    )
+    return re.sub(r"^(  t\d+ = .*)$", r"\1 prefetch=()", text, flags=re.M)
+
+
+def test_a_dump_from_before_the_retired_options_compiles_the_same(tiny, tmp_path):
+    cm, folder = tiny
+    old = tmp_path / "05-prefetch.tir"
+    old.write_text(_as_before_the_retirement((folder / "05-prefetch.tir").read_text()))
+    assert '"mma_gemv": false' in old.read_text() and "option l2_window = 0" in old.read_text()
+    again = compile_from_ir(old, nvcc=False)
+    assert again.source == cm.source and again.schedule == cm.schedule
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ('"mma_gemv": false', '"mma_gemv": true', "option mma_gemv was removed"),
+        ('"fine_deps": true', '"fine_deps": false', "option fine_deps was removed"),
+        ('"l2_prefetch": false', '"l2_prefetch": true', "option l2_prefetch was removed"),
+        ("option l2_window = 0", "option l2_window = 98304", "'option l2_window = 98304'"),
+        (" prefetch=()", " prefetch=(w[0:8])", "L2 prefetch plan went with option l2_prefetch"),
+    ],
+)
+def test_a_dump_that_sets_a_retired_option_is_one_line_exit_2(
+    tiny, tmp_path, capsys, old, new, error
+):
+    _, folder = tiny
+    text = _as_before_the_retirement((folder / "05-prefetch.tir").read_text())
+    assert old in text
+    edited = tmp_path / "05-prefetch.tir"
+    edited.write_text(text.replace(old, new, 1))
+    with pytest.raises(ParseError, match=re.escape(error)):
+        compile_from_ir(edited, nvcc=False)
+    rc = main(["--from-ir", str(edited), "-o", str(tmp_path / "out"), "--no-nvcc", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and error in err
+    assert not (tmp_path / "out").exists()

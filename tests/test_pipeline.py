@@ -109,13 +109,6 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection(flags):
 # Each switch, and what must show in the generated source when it is set.
 OPTION_EFFECTS = [
     ({"weight_ring": False}, lambda src: "produce(p, ring" not in src),
-    ({"l2_prefetch": True}, lambda src: "kL2Window = 0;" not in src and "prefetch_l2(s2" in src),
-    ({"l2_prefetch": True, "l2_window_kb": 96}, lambda src: f"kL2Window = {96 * 1024};" in src),
-    (
-        {"l2_prefetch": True, "weight_ring": False},
-        lambda src: "produce(p, ring" not in src and "prefetch_l2_range(p.w" in src,
-    ),
-    ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = s_weight_wait_ns" in src),
     ({"profile": True}, lambda src: "prof[6] = s_chunk_ns" in src),
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
@@ -146,17 +139,33 @@ def test_every_option_compiles_clean_and_shows_in_the_kernel(options, effect):
     cm = tc.compile("tiny-qwen3", **options)  # nvcc refuses to finish on any warning
     assert cm.resources.spill_stores == 0 and cm.resources.spill_loads == 0
     assert effect(cm.source)
-    if options != {"fine_deps": False, "flags": False}:  # the task table differs, not the code
-        assert cm.source != default
+    assert cm.source != default
 
 
-def test_coarse_deps_use_one_counter_per_op():
-    fine = tc.compile("tiny-qwen3", nvcc=False, flags=False)
-    coarse = tc.compile("tiny-qwen3", nvcc=False, fine_deps=False, flags=False)
-    ops = {t.op for t in coarse.schedule.program.tasks}
-    arrivals = sum(1 for c in coarse.schedule.program.counters if c.name.startswith("arrive:"))
-    assert len(coarse.schedule.program.counters) == len(ops) + arrivals
-    assert len(fine.schedule.program.counters) > len(coarse.schedule.program.counters)
+@pytest.mark.parametrize(
+    "option, value",
+    [("l2_prefetch", True), ("l2_window_kb", 96), ("mma_gemv", True), ("fine_deps", False)],
+)
+def test_a_retired_option_is_one_line_naming_it(option, value, monkeypatch):
+    """The options measured as losers are gone: setting one is a ConfigError naming it and
+    the last commit that had it; at the behaviour kept (what old dumps record) it is
+    accepted and changes nothing."""
+    from tilert_compiler.models.config import ConfigError
+    from tilert_compiler.options import LAST_COMMIT_WITH_RETIRED, RETIRED, from_env
+
+    with pytest.raises(ConfigError, match=f"option {option} was removed") as e:
+        tc.compile("tiny-llama", nvcc=False, **{option: value})
+    assert LAST_COMMIT_WITH_RETIRED in str(e.value) and "\n" not in str(e.value)
+    kept = tc.compile("tiny-llama", nvcc=False, **{option: RETIRED[option][0]})
+    assert kept.source == tc.compile("tiny-llama", nvcc=False).source
+    assert option not in kept.manifest["options"]
+    var = {"l2_prefetch": "TILERT_L2_PREFETCH", "mma_gemv": "TILERT_MMA_GEMV"}.get(option)
+    if var:
+        monkeypatch.setenv(var, "1")
+        with pytest.raises(ConfigError, match=f"{var}: option {option} was removed"):
+            from_env()
+        monkeypatch.setenv(var, "0")
+        assert from_env() == tc.Options()
 
 
 def test_profile_buffer_stride_matches_the_runtime():
@@ -178,28 +187,6 @@ def test_the_handoff_term_moves_predictions_not_placement(name):
     assert without.sm_lists == cm.schedule.sm_lists
     step = max(e for _, e in cm.schedule.predicted)
     assert step > max(e for _, e in without.predicted) + target.handoff_s  # a chain of hops
-
-
-def test_the_l2_window_is_sized_from_the_target_and_only_with_the_ring():
-    from dataclasses import replace
-
-    from tilert_compiler.ir.target import DEFAULT_TARGET
-    from tilert_compiler.passes.prefetch import L2_WINDOW_SHARE, window_bytes
-
-    per_sm = DEFAULT_TARGET.l2_bytes * L2_WINDOW_SHARE / DEFAULT_TARGET.sms
-    assert per_sm - 1024 < window_bytes(DEFAULT_TARGET) <= per_sm
-    bigger = replace(DEFAULT_TARGET, l2_bytes=2 * DEFAULT_TARGET.l2_bytes)
-    assert window_bytes(bigger) > window_bytes(DEFAULT_TARGET)
-    assert window_bytes(DEFAULT_TARGET, kb=96) == 96 * 1024
-
-    cm = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True)
-    opts = dict(cm.schedule.options)
-    assert opts["l2_window"] == window_bytes(cm.config.target) > 0
-    assert not any(cm.schedule.prefetch)  # the producer streams; no per-task plan
-    off = dict(tc.compile("tiny-llama", nvcc=False).schedule.options)
-    assert off["l2_window"] == 0
-    no_ring = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True, weight_ring=False)
-    assert dict(no_ring.schedule.options)["l2_window"] == 0 and any(no_ring.schedule.prefetch)
 
 
 def test_the_cache_prefetch_is_on_by_default_and_only_with_the_ring():
@@ -300,21 +287,6 @@ def test_ring_consumers_rely_on_each_stream_entry_holding_the_tasks_rows():
         )
 
 
-def test_mma_gemv_refuses_a_k_that_is_not_a_multiple_of_32():
-    """The tensor-core GEMV takes K in blocks of 32: a clear CodegenError, not nvcc's
-    static_assert (or a wrong kernel)."""
-    from types import SimpleNamespace
-
-    from tilert_compiler.codegen.cuda import CodegenError, plan_kernel
-    from tilert_compiler.ir.tasktable import Variant
-
-    cm = tc.compile("tiny-llama", nvcc=False)
-    kinds = SimpleNamespace(variants=[Variant("norm_linear", (("K", 48), ("R", 8)))])
-    plan_kernel(kinds, cm.config.target, ring=True)  # FFMA takes any K
-    with pytest.raises(CodegenError, match="K = 48"):
-        plan_kernel(kinds, cm.config.target, ring=True, mma_gemv=True)
-
-
 def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_cap():
     """Decode attention holds a block of a split's cache rows, not all of them: its shared
     memory, and so the room for the weight ring, is the same at any max_seq_len.
@@ -328,8 +300,8 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
             (("HD", 128), ("G", 2), ("H", 16), ("KV", 8), ("S", cap), ("NSPLIT", 16), ("QKN", 1)),
         )
 
-    small, big = (scratch_floats(attention(c), 7, 32768, False) for c in (64, 1024))
-    assert small < big == scratch_floats(attention(65536), 7, 32768, False)
+    small, big = (scratch_floats(attention(c), 7, 32768) for c in (64, 1024))
+    assert small < big == scratch_floats(attention(65536), 7, 32768)
     cm = tc.compile("tiny-llama", nvcc=False)
     assert plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=3).stages == 3
     with pytest.raises(CodegenError, match="stages of 32768 bytes fit"):
