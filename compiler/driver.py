@@ -26,7 +26,14 @@ from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ConfigTypeError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.options import Options, from_env
-from tilert_compiler.pipeline import STAGES, format_stage, prefill_pipeline, run_pipeline
+from tilert_compiler.pipeline import (
+    STAGES,
+    Context,
+    format_stage,
+    prefill_pipeline,
+    resume_pipeline,
+    run_pipeline,
+)
 from tilert_compiler.runtime.artifact import (
     FORMAT_VERSION,
     Artifact,
@@ -134,7 +141,7 @@ def compile(  # noqa: A001 - the verb users expect
         t0 = now
         say(f"  {name:<9} {timings[name] * 1e3:8.1f} ms")
 
-    sched = run_pipeline(cfg, opts, on_stage)
+    sched = run_pipeline(Context.of(cfg, opts), on_stage)
     table, plan, inv_freq, source_text, cubin, resources, toolkit = _codegen(
         cfg, opts, sched, timings, say
     )
@@ -358,7 +365,6 @@ def compile_from_ir(
     after the one it was taken at, verify, generate code. The config is the dump's
     `# config:` line unless `source` names a model (compiler/dumps.py)."""
     from tilert_compiler.dumps import read_dump
-    from tilert_compiler.pipeline import resume_pipeline
 
     say = _progress(progress)
     if not isinstance(path, (str, os.PathLike)):
@@ -369,7 +375,7 @@ def compile_from_ir(
     stages: dict[str, Any] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sched = resume_pipeline(d.stage, d.ir, cfg, opts, stages.__setitem__)
+    sched = resume_pipeline(d.stage, d.ir, Context.of(cfg, opts), stages.__setitem__)
     timings["passes"] = time.perf_counter() - t0
     say(f"  resumed after '{d.stage}': {', '.join(stages)} in {timings['passes'] * 1e3:.1f} ms")
     # From here on, the same as compile() (codegen, nvcc, manifest).

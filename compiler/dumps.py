@@ -22,7 +22,7 @@ from tilert_compiler.models.config import load_config
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.text import ConfigTypeError, parse_json, read_text, show_path
 from tilert_compiler.options import RETIRED, Options, retired_error
-from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
+from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage, latest_stage, stage
 
 # Options that change what the stages produce or what codegen emits; the rest (where to
 # dump, the cache folder, whether nvcc runs) are about the run that made the dump only.
@@ -63,9 +63,9 @@ def write_dumps(cm: Any, folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for stage, ir in cm.stages.items():
-        p = folder / dump_name(stage)
-        p.write_text(format_dump(stage, ir, cm.config, cm.options))
+    for name, ir in cm.stages.items():
+        p = folder / dump_name(name)
+        p.write_text(format_dump(name, ir, cm.config, cm.options))
         out.append(p)
     tiles = getattr(cm, "tiles", None)
     if tiles is not None:
@@ -100,12 +100,13 @@ def read_dump(
     path = Path(path)
     text = read_text(path, "tilert IR dump", limit=MAX_DUMP_BYTES, error=ParseError)
     meta, ir = parse_dump(text, str(path))
-    stage = meta.get("stage") or _stage_from_name(path) or _stage_from_content(ir)
-    level = "tile" if isinstance(ir, TileProgram) else "schedule"
-    if stage not in RESUMABLE or (level == "tile") != (stage in ("tile", "deps")):
+    after = meta.get("stage") or _stage_from_name(path) or latest_stage(ir)
+    if after not in RESUMABLE or not isinstance(ir, stage(after).level.type):
+        level = "tile" if isinstance(ir, TileProgram) else "schedule"
+        which = ", ".join(f"{n} ({stage(n).level.type.__name__})" for n in RESUMABLE)
         raise ParseError(
-            f"{path}: '# stage: {stage}' does not match its '{level}' IR; stages that can "
-            f"be resumed: tile, deps (tile IR), schedule, prefetch, layout (schedule IR)"
+            f"{path}: '# stage: {after}' does not match its '{level}' IR; stages that can "
+            f"be resumed: {which}"
         )
     if isinstance(source, ModelConfig):
         cfg = load_config(source.to_dict(), overrides=overrides)
@@ -144,7 +145,7 @@ def read_dump(
                 f"{where} sets the debug option {name}={options[name]!r}, which a dump does "
                 f"not switch on by itself; pass {how} to build it, or remove it from the line"
             )
-    return Dump(stage, ir, cfg, options)
+    return Dump(after, ir, cfg, options)
 
 
 # Schedule options the prefetch pass recorded for option l2_prefetch, with the values they
@@ -167,10 +168,3 @@ def _without_retired_options(ir: Schedule, path: Path) -> Schedule:
 def _stage_from_name(path: Path) -> str | None:
     m = re.fullmatch(r"\d+-(\w+)\.tir", path.name)
     return m.group(1) if m and m.group(1) in RESUMABLE else None
-
-
-def _stage_from_content(ir: TileProgram | Schedule) -> str:
-    """A file without a header: the latest stage whose output it could be."""
-    if isinstance(ir, TileProgram):
-        return "deps" if any(t.signal >= 0 for t in ir.tasks) else "tile"
-    return "layout" if ir.layout else "prefetch" if dict(ir.options) else "schedule"

@@ -62,6 +62,24 @@ def parse(text: str, origin: str = "<text>") -> TileProgram | Schedule:
     return _Parser(origin).parse(text)
 
 
+def parse_program(text: str, origin: str = "<text>") -> TileProgram:
+    """A `tile ...` text; a schedule is one ParseError line."""
+    ir = parse(text, origin)
+    if not isinstance(ir, TileProgram):
+        raise ParseError(f"{origin}: a schedule, where a tile program ('tile MODEL') is expected")
+    return ir
+
+
+def parse_schedule(text: str, origin: str = "<text>") -> Schedule:
+    """A `schedule ...` text; a tile program is one ParseError line."""
+    ir = parse(text, origin)
+    if not isinstance(ir, Schedule):
+        raise ParseError(
+            f"{origin}: a tile program, where a schedule ('schedule MODEL sms=N') is expected"
+        )
+    return ir
+
+
 def parse_dump(text: str, origin: str = "<text>") -> tuple[dict[str, str], TileProgram | Schedule]:
     """A dump file: its leading `# key: value` metadata and its IR."""
     meta: dict[str, str] = {}

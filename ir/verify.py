@@ -342,6 +342,15 @@ def _names(lo, hi, sym: str) -> bool:
     return any(isinstance(b, tuple) and b[0] == sym for b in (lo, hi))
 
 
+def verify_deps_order(p: TileProgram) -> None:
+    """Every task depends only on earlier tasks: the task ids are one topological order,
+    which the scheduler and the verifiers above assume."""
+    for t in p.tasks:
+        later = [f"t{d}" for d in t.deps if d >= t.id]
+        if later:
+            raise VerifyError(f"t{t.id} depends on {', '.join(later)}, not earlier tasks")
+
+
 def verify_consts(p: TileProgram, config: dict) -> None:
     """The program's consts (hidden, heads, max_seq_len, ...) equal the config's fields
     of the same name: code is generated from the config, the tasks from the consts, so an

@@ -2,15 +2,21 @@
 exact print/parse round trips on every bundled model, and compiling from an edited dump.
 
 A file in tests/ir/ is IR text with directives in `#` comments:
-    # RUN: deps | schedule sms=2 | prefetch | layout | verify     (steps, in order)
+    # RUN: deps flags=False | schedule sms=2 | prefetch | layout | verify    (in order)
     # CHECK: text ... more text    (an output line holding the pieces in order; CHECKs in order)
     # ERROR: text                  (the run fails with a ParseError/VerifyError holding it)
+A RUN step is a stage of compiler/pipeline.py's STAGE_TABLE, run as the pipeline runs it
+(its pass, then its checks), with `key=value` setting an option (`sms` the target's SMs)
+for it and the steps after; `verify` runs the checks of every stage up to the one the IR
+is at; `parse` only parses.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,13 +31,19 @@ from tilert_compiler.dumps import read_dump, write_dumps
 from tilert_compiler.ir.parse import ParseError, parse, parse_dump, parse_us
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Schedule, TileProgram, format_us
-from tilert_compiler.ir.verify import VerifyError, verify_program, verify_schedule
+from tilert_compiler.ir.verify import VerifyError
 from tilert_compiler.models import bundled_names
-from tilert_compiler.passes.deps import deps
-from tilert_compiler.passes.layout import layout
-from tilert_compiler.passes.prefetch import prefetch
-from tilert_compiler.passes.schedule import schedule
-from tilert_compiler.pipeline import RESUMABLE, format_stage, resume_pipeline
+from tilert_compiler.options import Options
+from tilert_compiler.pipeline import (
+    RESUMABLE,
+    Context,
+    check_through,
+    format_stage,
+    latest_stage,
+    resume_pipeline,
+    run_stages,
+    stage,
+)
 
 IR_FILES = sorted((Path(__file__).parent / "ir").glob("*.tir"))
 
@@ -44,23 +56,20 @@ def _directives(text: str, key: str) -> list[str]:
 
 
 def _run_steps(ir, run: str, origin: str):
-    target = None
+    ctx = Context(Target(sms=len(ir.sm_lists)) if isinstance(ir, Schedule) else Target(), Options())
+    at = latest_stage(ir)
     for step in (s.strip() for s in run.split("|")):
         name, *kv = step.split()
-        kw = dict(x.split("=") for x in kv)
-        if name == "deps":
-            ir = deps(ir, flags=False)
-        elif name == "schedule":
-            target = Target(sms=int(kw["sms"]))
-            ir = schedule(ir, target)
-        elif name == "prefetch":
-            ir = prefetch(ir, ring=True, cache=True)
-        elif name == "layout":
-            ir = layout(ir)
-        elif name == "verify":
-            verify_program(ir) if isinstance(ir, TileProgram) else verify_schedule(ir)
+        for key, value in (x.split("=") for x in kv):
+            if key == "sms":
+                ctx = replace(ctx, target=replace(ctx.target, sms=int(value)))
+            else:
+                ctx = replace(ctx, options=ctx.options.with_(**{key: ast.literal_eval(value)}))
+        if name == "verify":
+            check_through(at, ir, ctx)
         elif name != "parse":
-            raise AssertionError(f"{origin}: unknown RUN step '{name}'")
+            ir = run_stages((stage(name),), ir, ctx, lambda *_: None)
+            at = name
     return ir
 
 
@@ -110,11 +119,11 @@ def test_ir_file(path: Path):
 def test_every_stage_of_every_bundled_model_parses_back_exactly(name: str):
     # Two layers keep the big models fast; the structure (every task kind) is the same.
     cm = tc.compile(name, overrides={"layers": 2}, nvcc=False)
-    for stage in RESUMABLE:
-        ir = cm.stages[stage]
+    for after in RESUMABLE:
+        ir = cm.stages[after]
         text = format_stage(ir)
         back = parse(text)
-        assert back == ir, f"{name} {stage}: parse(print(ir)) != ir"
+        assert back == ir, f"{name} {after}: parse(print(ir)) != ir"
         assert format_stage(back) == text
 
 
@@ -168,10 +177,11 @@ def tiny(tmp_path_factory):
 
 def test_resuming_after_any_stage_gives_what_the_pipeline_gives(tiny):
     cm, _ = tiny
-    for stage in RESUMABLE:
+    for after in RESUMABLE:
         got: dict = {}
-        resume_pipeline(stage, cm.stages[stage], cm.config, cm.options, got.__setitem__)
-        assert all(got[s] == cm.stages[s] for s in got), stage
+        ctx = Context.of(cm.config, cm.options)
+        resume_pipeline(after, cm.stages[after], ctx, got.__setitem__)
+        assert all(got[s] == cm.stages[s] for s in got), after
 
 
 def test_dumps_carry_their_stage_config_and_options(tiny):
