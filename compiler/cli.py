@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from-ir",
         metavar="FILE",
-        help="compile from a dumped (maybe edited) tile/deps/schedule/prefetch/layout IR file:"
-        " re-run the stages after it, verify, generate code (default -o: build/<model>-from-ir/)",
+        help="compile from a dumped (maybe edited) tile/deps/schedule/prefetch/layout/plan IR"
+        " file: verify it, re-run the stages after it, generate code (default -o:"
+        " build/<model>-from-ir/)",
     )
     p.add_argument(
         "--explain",

@@ -17,15 +17,15 @@ class Options:
     # passes.prefetch (with the ring): the producer asks L2 for each decode attention
     # split's KV cache rows of earlier steps when it passes the task.
     cache_prefetch: bool = True
-    # codegen's kernel plan, with the ring: the stage size in KiB (None: the plan's rule)
-    # and the weight bytes (KiB) each SM's producer keeps in flight, at most, in whole
-    # stages and at least one (None: the target's `copies_in_flight_bytes`; 0: no cap, as
-    # many copies as the ring has stages).
+    # passes.plan (the kernel plan), with the ring: the stage size in KiB (None: the plan's
+    # rule) and the weight bytes (KiB) each SM's producer keeps in flight, at most, in
+    # whole stages and at least one (None: the target's `copies_in_flight_bytes`; 0: no
+    # cap, as many copies as the ring has stages).
     stage_kb: int | None = None
     in_flight_kb: int | None = None
-    # codegen's kernel plan, with the ring: the decode program's ring stages (None: as many
-    # as fit beside the largest task scratch, at most half a decoder layer's weights per
-    # SM rounded up to a stage; more than fit is refused)
+    # passes.plan, with the ring: the decode program's ring stages (None: as many as fit
+    # beside the largest task scratch, at most half a decoder layer's weights per SM
+    # rounded up to a stage; more than fit is refused)
     ring_stages: int | None = None
     # passes.deps: activations carry their step's parity in the lowest mantissa bit and
     # consumers poll the data itself, not a counter (one round trip per hand-off). On by

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tilert_compiler.codegen.serialize import serialize
 from tilert_compiler.ir.graph import Graph, format_graph
 from tilert_compiler.ir.parse import parse_program, parse_schedule
 from tilert_compiler.ir.prefill import PrefillProgram
@@ -23,6 +24,7 @@ from tilert_compiler.ir.verify import (
     verify_consts,
     verify_deps_order,
     verify_layout,
+    verify_plan,
     verify_program,
     verify_schedule,
 )
@@ -32,6 +34,7 @@ from tilert_compiler.options import Options
 from tilert_compiler.passes.deps import deps
 from tilert_compiler.passes.fuse import fuse
 from tilert_compiler.passes.layout import layout
+from tilert_compiler.passes.plan import plan
 from tilert_compiler.passes.prefetch import prefetch
 from tilert_compiler.passes.prefill import plan_prefill, prefill_chunk
 from tilert_compiler.passes.schedule import schedule
@@ -115,6 +118,20 @@ def _layout(s: Schedule, _: Context) -> Schedule:
     return layout(s)
 
 
+def _plan(s: Schedule, c: Context) -> Schedule:
+    # The plan is sized from the task table (its variants and weight stream): serialize
+    # is pure, so the stage builds the table codegen will build from the same schedule.
+    o = c.options
+    return plan(
+        s,
+        serialize(s),
+        c.target,
+        stage_kb=o.stage_kb,
+        in_flight_kb=o.in_flight_kb,
+        ring_stages=o.ring_stages,
+    )
+
+
 # ---------------------------------------------------------------- the checks
 
 
@@ -145,6 +162,10 @@ def _layout_in_bounds(s: Schedule, c: Context) -> None:
     verify_layout(s, *((c.cfg.max_seq_len, c.cfg.vocab) if c.cfg is not None else ()))
 
 
+def _plan_fits(s: Schedule, c: Context) -> None:
+    verify_plan(s, serialize(s).variants, c.target)
+
+
 # ---------------------------------------------------------------- the stages
 
 STAGE_TABLE: tuple[Stage, ...] = (
@@ -166,6 +187,10 @@ STAGE_TABLE: tuple[Stage, ...] = (
     # arena offsets for every tensor. Checks: each placed once, aligned, inside its arena,
     # overlapping none; every region inside its tensor's shape at every step
     Stage("layout", _layout, SCHEDULE, (_layout_in_bounds,)),
+    # the kernel's thread roles and shared memory: ring stages, copies in flight, task
+    # scratch. Check: the roles are the kernel's, every task kind's scratch fits, and the
+    # whole fits the target's shared memory
+    Stage("plan", _plan, SCHEDULE, (_plan_fits,)),
 )
 STAGES = tuple(s.name for s in STAGE_TABLE)
 RESUMABLE = tuple(s.name for s in STAGE_TABLE if s.level.parse is not None)
@@ -223,6 +248,8 @@ def latest_stage(ir: TileProgram | Schedule) -> str:
     """For IR without a `# stage:` line: the latest stage whose output it could be."""
     if isinstance(ir, TileProgram):
         return "deps" if any(t.signal >= 0 for t in ir.tasks) else "tile"
+    if ir.plan is not None:
+        return "plan"
     return "layout" if ir.layout else "prefetch" if ir.options else "schedule"
 
 

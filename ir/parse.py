@@ -9,6 +9,7 @@ Grammar, one statement per line (blank lines and `#` comments are skipped):
 
     tile MODEL                              or    schedule MODEL sms=N
       option NAME = LITERAL                 schedule: a pass option (a Python literal)
+      plan NAME = LITERAL                   schedule: a field of the kernel plan (ir/plan.py)
       schedule-field NAME = LITERAL         schedule: a field without its own syntax
       const NAME = LITERAL                  model scalars
       tensor NAME [D0xD1..] STORAGE layer=L
@@ -35,12 +36,13 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import TypeVar
 
 from tilert_compiler.ir.graph import OpKind, Storage, TensorDecl
+from tilert_compiler.ir.plan import KernelPlan
 from tilert_compiler.ir.tile import SYMBOLS, Bound, Counter, Region, Schedule, Task, TileProgram
 
 E = TypeVar("E", bound=Enum)
@@ -53,6 +55,7 @@ class ParseError(ValueError):
 _TASK_FIELDS = {f.name for f in fields(Task)}
 _PROGRAM_FIELDS = {f.name for f in fields(TileProgram)}
 _SCHEDULE_FIELDS = {f.name for f in fields(Schedule)}
+_PLAN_FIELDS = {f.name: f for f in fields(KernelPlan)}
 _BOUND = re.compile(rf"({'|'.join(SYMBOLS)})([+-]\d+)?|-?\d+")
 _META = re.compile(r"#\s*([A-Za-z_][\w-]*):\s*(.*)")
 
@@ -197,6 +200,8 @@ class _Parser:
         self.program_fields: dict[str, object] = {}
         self.options: list[tuple[str, object]] = []
         self.schedule_fields: dict[str, object] = {}
+        self.plan: dict[str, object] = {}
+        self.plan_line = 0
         self.arenas: list[tuple[str, int]] = []
         self.layout: list[tuple[str, str, int]] = []
         self.sm_lines: dict[int, tuple[int, ...]] = {}
@@ -220,7 +225,7 @@ class _Parser:
         word = s.split(None, 1)[0]
         if re.fullmatch(r"t\d+", word):
             return self.task(s, is_schedule)
-        if word in ("const", "option", "field", "schedule-field"):
+        if word in ("const", "option", "field", "schedule-field", "plan"):
             m = re.fullmatch(r"\S+ (\S+) = (.+)", s)
             if not m:
                 raise self.fail(f"expected '{word} NAME = VALUE', got '{s[:60]}'")
@@ -233,6 +238,8 @@ class _Parser:
                 self.program_fields[name] = value
             elif word == "schedule-field" and is_schedule and name in _SCHEDULE_FIELDS:
                 self.schedule_fields[name] = value
+            elif word == "plan" and is_schedule:
+                self.plan_field(name, value)
             else:
                 raise self.fail(f"'{word} {name}' is not a field of this level")
             return None
@@ -278,6 +285,32 @@ class _Parser:
             self.sm_lines[sm] = tuple(self.task_ref(x) for x in m.group(2).split())
             return None
         raise self.fail(f"unknown statement '{word}'")
+
+    def plan_field(self, name: str, value: object) -> None:
+        f = _PLAN_FIELDS.get(name)
+        if f is None:
+            raise self.fail(
+                f"'plan {name}' is not a field of the kernel plan: {', '.join(_PLAN_FIELDS)}"
+            )
+        if name in self.plan:
+            raise self.fail(f"'plan {name}' given twice")
+        kind = bool if f.type in ("bool", bool) else int
+        if type(value) is not kind:
+            want = "True or False" if kind is bool else "an int"
+            raise self.fail(f"plan {name} must be {want} (got {value!r:.40})")
+        self.plan[name] = value
+        self.plan_line = self.plan_line or self.no
+
+    def kernel_plan(self) -> KernelPlan | None:
+        if not self.plan:
+            return None
+        missing = [
+            n for n, f in _PLAN_FIELDS.items() if n not in self.plan and f.default is MISSING
+        ]
+        if missing:
+            self.no = self.plan_line
+            raise self.fail(f"the kernel plan has no {', '.join(missing)}: give every 'plan' line")
+        return KernelPlan(**self.plan)  # type: ignore[arg-type]
 
     def task(self, s: str, is_schedule: bool) -> None:
         m = re.fullmatch(r"t(\d+) = (\S+) (\S+)(.*)", s)
@@ -392,6 +425,7 @@ class _Parser:
             layout=tuple(self.layout),
             arena_sizes=tuple(self.arenas),
             options=tuple(self.options),
+            plan=self.kernel_plan(),
             **self.schedule_fields,  # type: ignore[arg-type]
         )
 

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
 
 from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.plan import KernelPlan, format_plan
 
 # A bound is an int, or (symbol, offset) for `symbol + offset`.
 Bound = int | tuple[str, int]
@@ -139,7 +140,8 @@ class TileProgram:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Schedule level: which SM runs which tasks, in what order, where each tensor lives."""
+    """Schedule level: which SM runs which tasks, in what order, where each tensor lives,
+    and (after the `plan` stage) the kernel plan that runs them."""
 
     program: TileProgram
     sm_lists: tuple[tuple[int, ...], ...]  # per SM: task ids in global order
@@ -150,6 +152,7 @@ class Schedule:
     layout: tuple[tuple[str, str, int], ...] = ()  # (tensor, arena, element offset)
     arena_sizes: tuple[tuple[str, int], ...] = ()  # (arena, elements)
     options: tuple[tuple[str, object], ...] = field(default=())
+    plan: KernelPlan | None = None  # the kernel's roles and shared memory (stage `plan`)
 
     def sm_of(self) -> dict[int, int]:
         return {t: sm for sm, ts in enumerate(self.sm_lists) for t in ts}
@@ -224,7 +227,9 @@ def format_task(
 PRINTED_FIELDS = {
     "Task": frozenset("id kind op layer reads weights writes args cost deps waits signal".split()),
     "TileProgram": frozenset("model tasks counters consts tensors".split()),
-    "Schedule": frozenset("program sm_lists predicted prefetch layout arena_sizes options".split()),
+    "Schedule": frozenset(
+        "program sm_lists predicted prefetch layout arena_sizes options plan".split()
+    ),
 }
 
 
@@ -262,6 +267,7 @@ def format_schedule(s: Schedule) -> str:
     p = s.program
     lines = [f"schedule {p.model} sms={len(s.sm_lists)}"]
     lines += [f"  option {k} = {v!r}" for k, v in s.options]
+    lines += format_plan(s.plan) if s.plan is not None else []
     lines += [f"  schedule-field {k} = {v!r}" for k, v in extra_fields(s)]
     lines += _program_lines(p)
     lines += [f"  arena {a} elements={n}" for a, n in s.arena_sizes]

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import tilert_compiler as tc
 from tilert_compiler.cli import main
+from tilert_compiler.codegen.nvcc import find_nvcc
 from tilert_compiler.driver import compile_from_ir
 from tilert_compiler.dumps import read_dump, write_dumps
 from tilert_compiler.ir.parse import ParseError, parse, parse_dump, parse_us
@@ -246,6 +247,102 @@ def test_an_edit_that_drops_a_wait_fails_verification_with_one_line_exit_2(tiny,
     assert rc == 2
     assert err.count("\n") == 0 and "VerifyError" in err
     assert f"t{victim.id} reads" in err and "without waiting" in err
+
+
+# ---------------------------------------------------------------- the kernel plan
+
+
+def test_the_plan_stage_is_dumped_with_one_line_per_field(tiny):
+    cm, folder = tiny
+    text = (folder / "07-plan.tir").read_text()
+    plan = cm.stages["plan"].plan
+    assert read_dump(folder / "07-plan.tir").ir == cm.stages["plan"]
+    assert f"  plan stages = {plan.stages}\n" in text
+    assert f"  plan scratch_floats = {plan.scratch_floats}\n" in text
+    assert f"= {plan.smem_bytes} bytes of shared memory" in text
+    assert "plan " not in (folder / "06-layout.tir").read_text()
+
+
+def _edit_plan(folder, tmp_path, old: str, new: str):
+    text = (folder / "07-plan.tir").read_text()
+    assert f"  plan {old}\n" in text
+    edited = tmp_path / "07-plan.tir"
+    edited.write_text(text.replace(f"  plan {old}\n", f"  plan {new}\n"))
+    return edited
+
+
+def test_an_edited_plan_is_the_plan_compiled(tiny, tmp_path):
+    """tiny-llama's ring is 2 stages deep; a dump edited to 3 builds a kernel with 3, and
+    the manifest says so; the tasks and their logits are the same."""
+    cm, folder = tiny
+    assert cm.schedule.plan.stages == 2 and "kStages = 2;" in cm.source
+    edited = _edit_plan(folder, tmp_path, "stages = 2", "stages = 3")
+    cm3 = compile_from_ir(edited, nvcc=False)
+    assert tuple(cm3.stages) == ("plan",) and cm3.schedule.plan.stages == 3
+    assert "kStages = 3;" in cm3.source and cm3.manifest["weight_ring"]["stages"] == 3
+    assert cm3.manifest["smem_bytes"] == cm.manifest["smem_bytes"] + cm3.schedule.plan.stage_bytes
+    assert replace(cm3.schedule, plan=None) == replace(cm.schedule, plan=None)
+    tokens = [3, 1, 4]
+    torch.testing.assert_close(cm3.interpret(tokens), cm.interpret(tokens), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ("stages = 2", "stages = 100", "bytes of shared memory, the target allows"),
+        ("stages = 2", "stages = 1", "a ring has 2 stages or more"),
+        ("in_flight = 1", "in_flight = 3", "1 to stages copies in flight"),
+        ("scratch_floats = 4544", "scratch_floats = 100", "task kind sample_V256 needs 4544"),
+        ("consumers = 224", "consumers = 256", "one warp feeds the ring"),
+        ("threads = 256", "threads = 512", "the target's blocks have 256"),
+        ("stage_bytes = 32768", "stage_bytes = 100", "must be whole KiB"),
+        ("ring = True", "ring = False", "option weight_ring = True: edit both"),
+        ("stages = 2", "stages = 'two'", "plan stages must be an int"),
+        ("stages = 2", "depth = 2", "'plan depth' is not a field of the kernel plan"),
+    ],
+)
+def test_a_plan_that_cannot_work_is_one_line_exit_2(tiny, tmp_path, capsys, old, new, error):
+    _, folder = tiny
+    edited = _edit_plan(folder, tmp_path, old, new)
+    rc = main(["--from-ir", str(edited), "-o", str(tmp_path / "out"), "--no-nvcc", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and error in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_missing_a_field_names_it(tiny, tmp_path):
+    _, folder = tiny
+    text = (folder / "07-plan.tir").read_text()
+    edited = tmp_path / "07-plan.tir"
+    edited.write_text(re.sub(r"^  plan stages = .*\n", "", text, flags=re.M))
+    with pytest.raises(ParseError, match="the kernel plan has no stages"):
+        read_dump(edited)
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
+def test_register_relief_starts_from_the_plan_of_the_dump(tiny, tmp_path, monkeypatch):
+    """Where ptxas spills, the compiler takes the next variant of the plan it was given:
+    a dump whose plan already holds the task-list bounds in shared memory goes on to the
+    next choice. The plan stage's output stays as it was; the kernel's is the relieved."""
+    from tilert_compiler import driver
+    from tilert_compiler.codegen.nvcc import Resources
+
+    _, folder = tiny
+    edited = _edit_plan(folder, tmp_path, "lean_dispatch = False", "lean_dispatch = True")
+    builds = []
+
+    def spills_once(source, arch, kernel, **kw):
+        builds.append(source)
+        spill = 8 if len(builds) == 1 else 0
+        return b"\x7fELF", Resources(200, spill, spill, 0, 0, "ptxas"), ""
+
+    monkeypatch.setattr(driver, "compile_cubin", spills_once)
+    cm = compile_from_ir(edited, prefill_chunk=0)
+    assert len(builds) == 2
+    (choice,) = cm.resources.choices
+    assert "floats of x read it from shared memory" in choice
+    assert cm.stages["plan"].plan.x_regs == 64 and cm.schedule.plan.x_regs < 64
+    assert cm.schedule.plan.lean_dispatch
 
 
 def test_a_dump_without_a_header_needs_the_model_named(tiny, tmp_path):

@@ -206,8 +206,8 @@ def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():
     """The producer's cap on copies in flight is the target's bytes over the stage size
     (at least one copy, at most the ring's depth); a stage smaller than a weight row, or
     an option out of range, is refused with one line naming it."""
-    from tilert_compiler.codegen.cuda import CodegenError
     from tilert_compiler.models.config import ConfigError
+    from tilert_compiler.passes.plan import PlanError
 
     def ring(**kw):
         return tc.compile("tiny-llama", nvcc=False, **kw).manifest["weight_ring"]
@@ -222,7 +222,7 @@ def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():
     assert ring()["in_flight"] == max(1, target.copies_in_flight_bytes // ring()["stage_bytes"])
     whole = ring(in_flight_kb=0, ring_stages=4)
     assert whole["in_flight"] == whole["stages"] > 2
-    with pytest.raises(CodegenError, match="cannot hold a weight row of K = 8192"):
+    with pytest.raises(PlanError, match="cannot hold a weight row of K = 8192"):
         tc.compile("llama-3.2-1b", nvcc=False, stage_kb=8)
     with pytest.raises(ConfigError, match="stage_kb must be 1..128"):
         tc.compile("tiny-llama", nvcc=False, stage_kb=0)
@@ -271,12 +271,11 @@ def test_ring_consumers_rely_on_each_stream_entry_holding_the_tasks_rows():
     table: a table where an entry holds other rows must be refused, not miscompiled."""
     from dataclasses import replace
 
-    from tilert_compiler.codegen.cuda import CodegenError, emit_cuda, plan_kernel
+    from tilert_compiler.codegen.cuda import CodegenError, emit_cuda
     from tilert_compiler.ir.tasktable import F_NSTREAM, F_STREAM
 
     cm = tc.compile("tiny-llama", nvcc=False)
-    table = cm.table
-    plan = plan_kernel(table, cm.config.target, ring=True)
+    table, plan = cm.table, cm.schedule.plan
     emit_cuda(cm.schedule, table, plan, [1.0] * 8, version="t", arch="sm_90a")  # as built
     t = int(np.flatnonzero(table.records[:, F_NSTREAM] > 0)[0])
     stream = table.stream.copy()
@@ -291,8 +290,9 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
     """Decode attention holds a block of a split's cache rows, not all of them: its shared
     memory, and so the room for the weight ring, is the same at any max_seq_len.
     ring_stages sets the depth and refuses more stages than fit."""
-    from tilert_compiler.codegen.cuda import CodegenError, plan_kernel, scratch_floats
+    from tilert_compiler.ir.plan import scratch_floats
     from tilert_compiler.ir.tasktable import Variant
+    from tilert_compiler.passes.plan import PlanError
 
     def attention(cap):
         return Variant(
@@ -302,10 +302,9 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
 
     small, big = (scratch_floats(attention(c), 7, 32768) for c in (64, 1024))
     assert small < big == scratch_floats(attention(65536), 7, 32768)
-    cm = tc.compile("tiny-llama", nvcc=False)
-    assert plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=3).stages == 3
-    with pytest.raises(CodegenError, match="stages of 32768 bytes fit"):
-        plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=1000)
+    assert tc.compile("tiny-llama", nvcc=False, ring_stages=3).schedule.plan.stages == 3
+    with pytest.raises(PlanError, match="stages of 32768 bytes fit"):
+        tc.compile("tiny-llama", nvcc=False, ring_stages=1000)
 
 
 def test_the_ring_holds_half_a_layer_per_sm_or_all_that_fits():
@@ -313,12 +312,13 @@ def test_the_ring_holds_half_a_layer_per_sm_or_all_that_fits():
     than half a decoder layer's weights per SM, rounded up to a stage (at least 2). With 4
     KiB stages, tiny-llama on 132 SMs streams a few hundred bytes a layer per SM: 2 stages;
     on 2 SMs, 36 KiB: 5 stages (18 KiB)."""
-    from tilert_compiler.codegen.cuda import layer_bytes_per_sm, plan_kernel
+    from tilert_compiler.passes.plan import layer_bytes_per_sm
 
     depth = {}
     for sms in (132, 2):
-        cm = tc.compile("tiny-llama", nvcc=False, overrides={"target": {"sms": sms}})
-        plan = plan_kernel(cm.table, cm.config.target, ring=True, stage_kb=4)
+        over = {"target": {"sms": sms}}
+        cm = tc.compile("tiny-llama", nvcc=False, overrides=over, stage_kb=4)
+        plan = cm.schedule.plan
         half = layer_bytes_per_sm(cm.table, sms) / 2
         assert plan.stages == 2 or (plan.stages - 1) * plan.stage_bytes < half  # no more
         assert plan.stages * plan.stage_bytes >= half  # half a layer, or all that fits
