@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.ir.parse import ParseError, parse_dump
+from tilert_compiler.ir.parse import ParseError, parse, parse_meta
 from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import Schedule, TileProgram
 from tilert_compiler.models.config import load_config
@@ -99,14 +99,16 @@ def read_dump(
     in `given` (the options the caller sets itself)."""
     path = Path(path)
     text = read_text(path, "tilert IR dump", limit=MAX_DUMP_BYTES, error=ParseError)
-    meta, ir = parse_dump(text, str(path))
-    after = meta.get("stage") or _stage_from_name(path) or latest_stage(ir)
-    if after not in RESUMABLE or not isinstance(ir, stage(after).level.type):
-        level = "tile" if isinstance(ir, TileProgram) else "schedule"
-        which = ", ".join(f"{n} ({stage(n).level.type.__name__})" for n in RESUMABLE)
+    meta = parse_meta(text)
+    after = meta.get("stage") or _stage_from_name(path)
+    if after is None:  # a bare printed IR: the latest stage whose output it could be
+        ir = parse(text, str(path))
+        after = latest_stage(ir)
+    elif after in RESUMABLE:  # its level's parser: a tile IR for a schedule is one line
+        ir = stage(after).level.parse(text, str(path))  # type: ignore[misc]
+    else:
         raise ParseError(
-            f"{path}: '# stage: {after}' does not match its '{level}' IR; stages that can "
-            f"be resumed: {which}"
+            f"{path}: '# stage: {after}' cannot be resumed; stages that can: {', '.join(RESUMABLE)}"
         )
     if isinstance(source, ModelConfig):
         cfg = load_config(source.to_dict(), overrides=overrides)

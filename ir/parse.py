@@ -85,6 +85,11 @@ def parse_schedule(text: str, origin: str = "<text>") -> Schedule:
 
 def parse_dump(text: str, origin: str = "<text>") -> tuple[dict[str, str], TileProgram | Schedule]:
     """A dump file: its leading `# key: value` metadata and its IR."""
+    return parse_meta(text), parse(text, origin)
+
+
+def parse_meta(text: str) -> dict[str, str]:
+    """A dump's leading `# key: value` comments (stage, options, config)."""
     meta: dict[str, str] = {}
     for line in text.splitlines():
         s = line.strip()
@@ -95,7 +100,7 @@ def parse_dump(text: str, origin: str = "<text>") -> tuple[dict[str, str], TileP
         m = _META.fullmatch(s)
         if m:
             meta[m.group(1)] = m.group(2).strip()
-    return meta, parse(text, origin)
+    return meta
 
 
 def parse_region(s: str) -> Region:
