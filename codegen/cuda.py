@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
-from tilert_compiler.ir.target import Target
+from tilert_compiler.ir.plan import ATTN_BLOCK_ROWS, SAMPLE_BINS, KernelPlan
 from tilert_compiler.ir.tasktable import (
     ARGS,
     ERR_BAD_KIND,
@@ -17,7 +16,6 @@ from tilert_compiler.ir.tasktable import (
     ERR_TIMEOUT,
     F_ARG0,
     F_KIND,
-    F_LAYER,
     F_NSTREAM,
     F_STREAM,
     PROFILE_WORDS,
@@ -42,152 +40,6 @@ def template_args(v: Variant) -> str:
     return ", ".join(str(val) for _, val in v.static)
 
 
-STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
-STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
-SAMPLE_BINS = 2048  # radix-select histogram of the sample task (digits of 11, 11, 10 bits)
-
-# The FFMA GEMV holds a lane's part of x in registers (8 floats per 8-column group it
-# takes) when that part is at most this many floats; bigger parts (K = 4096 with one
-# K-slice: 128) are read from shared memory for every row, as before. The compiler lowers
-# the bound, one GEMV shape at a time, while ptxas reports spills (choose_x_regs).
-X_REGS = 64
-# The decode attention's combine loads a thread's partials in one batch when they are at
-# most PART_BATCH_ONE, else PART_BATCH at a time; the compiler lowers the batch (to
-# PART_BATCH_LEAST at most) while ptxas reports spills.
-PART_BATCH_ONE, PART_BATCH, PART_BATCH_LEAST = 24, 16, 8
-
-
-@dataclass(frozen=True)
-class KernelPlan:
-    """Thread roles and the shared-memory budget of the kernel."""
-
-    threads: int
-    consumers: int  # threads that run tasks; the rest (one warp) feed the weight ring
-    ring: bool
-    stage_bytes: int
-    stages: int
-    scratch_floats: int  # per-task scratch after the ring (input vector, partial sums)
-    # Bulk copies the producer keeps in flight (its copy of chunk c waits until chunk
-    # c - in_flight landed); the ring's depth when not capped.
-    in_flight: int = 0
-    # GEMVs on tensor cores (mma.sync, x as bf16 hi + lo): the mma_gemv option; otherwise
-    # FFMA, a warp per weight row.
-    mma: bool = False
-    # A GEMV lane holds its part of x in registers when it is at most this many floats
-    x_regs: int = X_REGS
-    # The attention combine loads its partials this many per thread at a time (when
-    # they are more than PART_BATCH_ONE)
-    part_batch: int = PART_BATCH
-    # The dispatch loop keeps the SM's task-list bounds in shared memory (a register pair
-    # less for the whole launch)
-    lean_dispatch: bool = False
-
-    @property
-    def smem_bytes(self) -> int:
-        return self.stages * self.stage_bytes + 4 * self.scratch_floats
-
-
-def layer_bytes_per_sm(table: TaskTable, sms: int) -> int | None:
-    """Streamed weight bytes of the largest decoder layer (not the LM head, layer -1) over
-    the SMs: what one SM's producer copies per layer. None for a table without records."""
-    records = getattr(table, "records", None)
-    if records is None:
-        return None
-    per: dict[int, int] = {}
-    for rec in records[records[:, F_NSTREAM] > 0]:
-        at, n = int(rec[F_STREAM]), int(rec[F_NSTREAM])
-        layer = int(rec[F_LAYER])
-        if layer >= 0:
-            per[layer] = per.get(layer, 0) + 2 * int(table.stream[at : at + n, 1].sum())
-    return -(-max(per.values()) // sms) if per else None
-
-
-def _rows_per_chunk(k: int, stage_bytes: int) -> int:
-    return max(1, stage_bytes // (2 * k))
-
-
-# Decode attention takes a split's cache rows in blocks of at most this many (online
-# softmax across blocks): its shared memory is sized by the block, not by max_seq_len, and
-# what that leaves goes to the weight ring. 48 holds a split's rows up to context ~750 at
-# 16 splits in one block (bench/NOTES.md item 90).
-ATTN_BLOCK_ROWS = 48
-
-
-def item_rows(mma: bool) -> int:
-    """Weight rows in a warp's item of a GEMV chunk (the template's Chunking::kItemRows):
-    with mma, 16 (the tile's m: the weights are A); FFMA, one row."""
-    return 16 if mma else 1
-
-
-def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | None:
-    """Floats of x one lane of an FFMA GEMV takes (the template's 8 * kJ in stream_rows),
-    or None for a kind without weight rows."""
-    if "K" not in dict(v.static):
-        return None
-    k = v.get("K")
-    groups = _rows_per_chunk(k, stage_bytes)  # FFMA: an item is one row
-    split = 1 if groups >= consumer_warps else consumer_warps // groups
-    groups_per_lane = -(-(k // 8) // split)  # 8-column groups of one K-slice
-    return 8 * -(-groups_per_lane // 32)
-
-
-def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, str] | None:
-    """The next variant choice after `plan` spilled registers, and what it changes; None
-    when none is left. Cheapest first: the dispatch loop's task-list bounds move to shared
-    memory (a shared load per task); then the attention combine loads fewer partials at a
-    time (4 fewer, down to PART_BATCH_LEAST; a round trip more per layer); then the GEMV
-    whose x part in registers is largest reads x from shared memory instead.
-
-    The spills these relieve are the dispatch loop's long-lived values, evicted where the
-    heaviest task (the attention of a large head group) peaks at the 255-register cap:
-    Llama-3.1-8B and Qwen3-32B's configs (bench/NOTES.md)."""
-    if not plan.lean_dispatch:
-        return replace(plan, lean_dispatch=True), "task-list bounds held in shared memory"
-    consumers = plan.consumers
-    batched = [
-        v
-        for v in table.variants
-        if v.kind == "attention_decode"
-        and -(-v.get("NSPLIT") * v.get("G") * (v.get("HD") + 2) // consumers) > PART_BATCH_ONE
-    ]
-    if batched and plan.part_batch > PART_BATCH_LEAST:
-        batch = max(PART_BATCH_LEAST, plan.part_batch - 4)
-        return replace(plan, part_batch=batch), (
-            f"attention partials loaded {batch} at a time, not {plan.part_batch}"
-        )
-    held = {
-        f
-        for v in table.variants
-        if (f := x_part_floats(v, consumers // 32, plan.stage_bytes)) is not None
-        and f <= plan.x_regs
-    }
-    if held and not plan.mma:
-        return replace(plan, x_regs=max(held) - 1), (
-            f"GEMVs whose lane takes {max(held)} floats of x read it from shared memory"
-        )
-    return None
-
-
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int, mma: bool) -> int:
-    """Dynamic shared memory (in floats) a task kind needs besides the ring; `mma`: GEMVs
-    on tensor cores (KernelPlan.mma)."""
-    if v.kind == "embed":
-        return 0
-    if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
-        return 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
-    if v.kind == "attention_decode":
-        hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
-        chunk = min(-(-(v.get("S") - 1) // splits) + 1, ATTN_BLOCK_ROWS)
-        # a block of cache rows (k padded: conflict-free float4 reads), then the partials
-        rows = max(chunk * (hd + 4 + hd), splits * g * (hd + 2))
-        scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
-        return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
-    k = v.get("K")
-    groups = -(-_rows_per_chunk(k, stage_bytes) // item_rows(mma))
-    split = 1 if groups >= consumer_warps else consumer_warps // groups
-    return k + split * v.get("R")  # the input row + per-K-slice row results
-
-
 def _check_stream_rows(table: TaskTable) -> None:
     """The kernel's GEMVs chunk a task's weights from its `rows` argument alone: its rows
     (gate/up: twice, gate then up) split evenly over its stream entries (adjacent blocks
@@ -203,83 +55,6 @@ def _check_stream_rows(table: TaskTable) -> None:
             raise CodegenError(
                 f"task {t} ({kind}): its weight stream entries do not split its {total} rows evenly"
             )
-
-
-def plan_kernel(
-    table: TaskTable,
-    target: Target,
-    ring: bool,
-    mma_gemv: bool = False,
-    stage_kb: int | None = None,
-    in_flight_kb: int | None = None,
-    ring_stages: int | None = None,
-) -> KernelPlan:
-    """`stage_kb`: ring stage size (None: STAGE_BYTES, or the largest weight row if
-    bigger). `in_flight_kb`: weight bytes each SM's producer keeps in flight (None: the
-    target's, `Target.copies_in_flight_bytes`; 0: no cap, the ring's depth).
-    `ring_stages`: the ring's stages (None: as many as fit, at most half a layer's weights
-    per SM, rounded up to a stage).
-
-    Why half a layer: the producer then runs at most about half a layer ahead of its
-    consumers. Further ahead, its copies are for weights that wait past the layer's next
-    hand-offs, and they compete with those hand-offs' loads: qwen3-0.6b (233 KB a layer per
-    SM) measured 4.7 % slower with 5 stages than with 4, and 4.6 % slower with 3 (the
-    stream runs dry), while qwen3-8b (2.8 MB) is 2.4-3.0 % faster with 5 than with 4 and
-    llama-3.2-1b (0.9 MB) even at 5 and 6 (bench/NOTES.md runs S9-5, S9-6)."""
-    threads = target.threads_per_block
-    consumers = threads - 32 if ring else threads
-    mma = mma_gemv
-    ks = [v.get("K") for v in table.variants if "K" in dict(v.static)]
-    odd = sorted(k for k in ks if k % 32)
-    if mma_gemv and odd:
-        raise CodegenError(
-            f"mma_gemv takes K in blocks of 32, this model has GEMVs with K = {odd[0]}; "
-            "compile without mma_gemv"
-        )
-    kmax = max(ks, default=8)
-    row_bytes = -(-2 * kmax // 1024) * 1024
-    if stage_kb is not None and stage_kb * 1024 < row_bytes:
-        raise CodegenError(
-            f"a ring stage of {stage_kb} KiB cannot hold a weight row of K = {kmax} "
-            f"({2 * kmax} bytes); use a stage of {row_bytes // 1024} KiB or more"
-        )
-    stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
-
-    def need(v: Variant) -> int:
-        return scratch_floats(v, consumers // 32, stage, mma)
-
-    scratch = max(need(v) for v in table.variants)
-    room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
-    if room < 0:
-        worst = max(table.variants, key=need)
-        raise CodegenError(
-            f"task kind {worst.label} needs {4 * scratch} bytes of shared memory, the target "
-            f"allows {target.smem_per_block}; lower max_seq_len or use a larger target"
-        )
-    stages = room // stage if ring else 0
-    if ring and stages < 2:
-        raise CodegenError(
-            f"the weight ring needs 2 stages of {stage} bytes, {room} bytes of shared memory "
-            "are left after the task scratch; compile with weight_ring off or a smaller model"
-        )
-    ahead = layer_bytes_per_sm(table, target.sms)
-    if ring and ring_stages is None and ahead is not None:
-        stages = min(stages, max(2, -(-ahead // (2 * stage))))
-    if ring and ring_stages is not None:
-        if ring_stages > stages:
-            raise CodegenError(
-                f"ring_stages {ring_stages}: {stages} stages of {stage} bytes fit beside the "
-                f"task scratch ({4 * scratch} bytes); ask for {stages} or fewer"
-            )
-        stages = ring_stages
-    if in_flight_kb is None:
-        flight = target.copies_in_flight_bytes
-    else:
-        flight = in_flight_kb * 1024 if in_flight_kb > 0 else stages * stage
-    in_flight = min(stages, max(1, flight // stage)) if ring else 0  # at most `flight` bytes
-    return KernelPlan(
-        threads, consumers, ring, stage, stages, scratch, mma=mma, in_flight=in_flight
-    )
 
 
 def emit_cuda(
@@ -337,8 +112,8 @@ def emit_cuda(
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,
-        mma=plan.mma,
-        item_rows=item_rows(plan.mma),
+        mma=False,
+        item_rows=1,
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,

@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from-ir",
         metavar="FILE",
-        help="compile from a dumped (maybe edited) tile/deps/schedule/prefetch/layout IR file:"
-        " re-run the stages after it, verify, generate code (default -o: build/<model>-from-ir/)",
+        help="compile from a dumped (maybe edited) tile/deps/schedule/prefetch/layout/plan IR"
+        " file: verify it, re-run the stages after it, generate code (default -o:"
+        " build/<model>-from-ir/)",
     )
     p.add_argument(
         "--explain",
@@ -87,18 +88,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the layer whose schedule is zoomed into and whose dependency graph is drawn",
     )
     p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
-    p.add_argument(
-        "--l2-prefetch",
-        action="store_true",
-        help="prefetch upcoming weights into L2: the producer keeps a window of requests past"
-        " its ring copies (without the ring: each task prefetches the next tasks' weights)",
-    )
-    p.add_argument(
-        "--l2-window",
-        type=int,
-        metavar="KB",
-        help="KiB per SM of that L2 window (default: the pass sizes it from the target's L2)",
-    )
     p.add_argument(
         "--no-weight-ring",
         action="store_true",
@@ -141,17 +130,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every hand-off through a dependency counter, not through data that carries its"
         " step's parity (ablation)",
-    )
-    p.add_argument(
-        "--mma-gemv",
-        action="store_true",
-        help="the decode program's GEMVs on tensor cores (mma.sync, x as bf16 hi + lo), not"
-        " FFMA (measured slower on H100: docs/performance.md)",
-    )
-    p.add_argument(
-        "--coarse-deps",
-        action="store_true",
-        help="one dependency counter per op instead of per tile group (ablation)",
     )
     p.add_argument(
         "--prefill-chunk",
@@ -232,31 +210,19 @@ def _option_flags(args, only_set: bool = False) -> dict:
     """Compiler options from the flags (only_set: just the flags given, for --from-ir)."""
     flags = {
         "nvcc": not args.no_nvcc,
-        "l2_prefetch": args.l2_prefetch,
         "weight_ring": not args.no_weight_ring,
         "cache_prefetch": not args.no_cache_prefetch,
-        "fine_deps": not args.coarse_deps,
         "flags": not args.no_flags,
-        "mma_gemv": args.mma_gemv,
         "profile": args.profile,
     }
     for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
-    if args.l2_window is not None:
-        if args.l2_window < 0:
-            from tilert_compiler.models.text import ConfigError
-
-            raise ConfigError(f"--l2-window must be 0 or more KiB (got {args.l2_window})")
-        flags["l2_window_kb"] = args.l2_window
     defaults = {
         "nvcc": True,
-        "l2_prefetch": False,
         "weight_ring": True,
         "cache_prefetch": True,
-        "fine_deps": True,
         "flags": True,
-        "mma_gemv": False,
         "profile": False,
     }
     return {k: v for k, v in flags.items() if not only_set or v != defaults.get(k)}

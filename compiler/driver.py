@@ -10,23 +10,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.codegen.cuda import (
-    KERNEL_NAME,
-    CodegenError,
-    emit_cuda,
-    plan_kernel,
-    relieve_registers,
-)
+from tilert_compiler.codegen.cuda import KERNEL_NAME, CodegenError, emit_cuda
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.prefill import kernel_resources, lower_prefill, nvcc_flags
 from tilert_compiler.codegen.serialize import serialize
+from tilert_compiler.ir.plan import KernelPlan
 from tilert_compiler.ir.prefill import PrefillProgram, format_prefill
 from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ConfigTypeError, ModelConfig, load_config
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.options import Options, from_env
-from tilert_compiler.pipeline import STAGES, format_stage, prefill_pipeline, run_pipeline
+from tilert_compiler.passes.plan import relieve_registers
+from tilert_compiler.pipeline import (
+    STAGES,
+    Context,
+    format_stage,
+    prefill_pipeline,
+    resume_pipeline,
+    run_pipeline,
+)
 from tilert_compiler.runtime.artifact import (
     FORMAT_VERSION,
     Artifact,
@@ -52,7 +55,7 @@ class CompiledModel:
     # The prefill program: TileLang GEMMs and attention over prompt chunks (None: off)
     tiles: PrefillBuild | None = None
 
-    def ir(self, stage: str = "layout") -> str:
+    def ir(self, stage: str = "plan") -> str:
         """The IR after `stage` (one of STAGES, or "prefill": the prefill program) as text."""
         if stage == "prefill" and self.tiles is not None:
             return format_prefill(self.tiles.program)
@@ -134,13 +137,27 @@ def compile(  # noqa: A001 - the verb users expect
         t0 = now
         say(f"  {name:<9} {timings[name] * 1e3:8.1f} ms")
 
-    sched = run_pipeline(cfg, opts, on_stage)
-    table, plan, inv_freq, source_text, cubin, resources, toolkit = _codegen(
-        cfg, opts, sched, timings, say
-    )
-    manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, source_text, resources, toolkit)
+    sched = run_pipeline(Context.of(cfg, opts), on_stage)
+    return _finish(cfg, opts, stages, sched, timings, say)
+
+
+def _finish(cfg, opts, stages: dict, sched: Schedule, timings: dict, say) -> CompiledModel:
+    """What compile() and compile_from_ir() share after the stages: the decode kernel
+    (codegen, nvcc), its manifest, the prefill program, and the dumps if asked for."""
+    decode = build_decode(cfg, opts, sched, timings, say)
+    sched = replace(sched, plan=decode.plan)  # as built: with any register relief
+    manifest = _manifest(cfg, opts, sched, decode)
     cm = CompiledModel(
-        cfg, opts, stages, sched, table, source_text, cubin, resources, manifest, timings
+        cfg,
+        opts,
+        stages,
+        sched,
+        decode.table,
+        decode.source,
+        decode.cubin,
+        decode.resources,
+        manifest,
+        timings,
     )
     cm.tiles = build_prefill(cfg, opts, sched, say)
     if opts.dump_ir:
@@ -209,8 +226,6 @@ def _progress(progress: Any) -> Callable[[str], None]:
 
 def _check_options(opts: Options) -> None:
     """Option values the passes cannot honour, said before any work."""
-    if opts.l2_window_kb is not None and opts.l2_window_kb < 0:
-        raise ConfigError(f"option l2_window_kb must be 0 or more (got {opts.l2_window_kb})")
     if opts.stage_kb is not None and not 1 <= opts.stage_kb <= 128:
         raise ConfigError(f"option stage_kb must be 1..128 KiB (got {opts.stage_kb})")
     if opts.attn_splits is not None and not 1 <= opts.attn_splits <= 256:
@@ -227,23 +242,30 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
 
 
-def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
-    """Schedule -> task table, kernel plan, CUDA source and (with nvcc) cubin."""
+@dataclass(frozen=True)
+class DecodeBuild:
+    """The decode program compiled: its task table, the kernel plan it was built with
+    (the plan stage's, or a variant of it where ptxas spilled), the CUDA source, its cubin,
+    ptxas's report and the toolkit's version (the last three None without nvcc)."""
+
+    table: TaskTable
+    plan: KernelPlan
+    rope_inv_freq: list[float]  # rendered into the source and written in the manifest
+    source: str
+    cubin: bytes | None
+    resources: Resources | None
+    toolkit: str | None
+
+
+def build_decode(cfg, opts, sched: Schedule, timings: dict, say) -> DecodeBuild:
+    """Schedule (with its kernel plan) -> task table, CUDA source and (with nvcc) cubin."""
+    if sched.plan is None:
+        raise ValueError("the schedule has no kernel plan: run the plan stage first")
     t0 = time.perf_counter()
     table = serialize(sched)
-    ring = bool(dict(sched.options).get("weight_ring"))
-    plan = plan_kernel(
-        table,
-        cfg.target,
-        ring=ring,
-        mma_gemv=opts.mma_gemv,
-        stage_kb=opts.stage_kb,
-        in_flight_kb=opts.in_flight_kb,
-        ring_stages=opts.ring_stages,
-    )
     inv_freq = [float(x) for x in rope_inv_freq(cfg)]
 
-    def emit(plan) -> str:
+    def emit(plan: KernelPlan) -> str:
         return emit_cuda(
             sched,
             table,
@@ -255,25 +277,24 @@ def _codegen(cfg, opts, sched: Schedule, timings: dict, say):
             fault_skip_task=opts.fault_skip_task,
         )
 
+    plan = sched.plan
     source = emit(plan)
     timings["codegen"] = time.perf_counter() - t0
     say(f"  {'codegen':<9} {timings['codegen'] * 1e3:8.1f} ms")
-    cubin, resources, toolkit = None, None, None
-    if opts.nvcc and find_nvcc():
-        t1 = time.perf_counter()
-        cubin, resources, plan, source = _compile_without_spills(
-            cfg, table, plan, source, emit, say
+    if not (opts.nvcc and find_nvcc()):
+        return DecodeBuild(table, plan, inv_freq, source, None, None, None)
+    t1 = time.perf_counter()
+    cubin, resources, plan, source = _compile_without_spills(cfg, table, plan, source, emit, say)
+    if resources.static_smem + plan.smem_bytes > cfg.target.smem_per_block:
+        raise CodegenError(
+            f"the kernel needs {resources.static_smem} B static + {plan.smem_bytes} B "
+            f"dynamic shared memory, the target allows {cfg.target.smem_per_block}; "
+            "lower max_seq_len or compile with weight_ring off"
         )
-        toolkit = nvcc_version(find_nvcc() or "nvcc")
-        if resources.static_smem + plan.smem_bytes > cfg.target.smem_per_block:
-            raise CodegenError(
-                f"the kernel needs {resources.static_smem} B static + {plan.smem_bytes} B "
-                f"dynamic shared memory, the target allows {cfg.target.smem_per_block}; "
-                "lower max_seq_len or compile with weight_ring off"
-            )
-        timings["nvcc"] = time.perf_counter() - t1
-        say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
-    return table, plan, inv_freq, source, cubin, resources, toolkit
+    timings["nvcc"] = time.perf_counter() - t1
+    say(f"  {'nvcc':<9} {timings['nvcc'] * 1e3:8.1f} ms")
+    toolkit = nvcc_version(find_nvcc() or "nvcc")
+    return DecodeBuild(table, plan, inv_freq, source, cubin, resources, toolkit)
 
 
 def _compile_without_spills(cfg, table, plan, source, emit, say):
@@ -300,9 +321,8 @@ def _compile_without_spills(cfg, table, plan, source, emit, say):
         source = emit(plan)
 
 
-def _manifest(
-    cfg, opts, sched: Schedule, table: TaskTable, plan, inv_freq, source, resources, toolkit
-) -> dict:
+def _manifest(cfg, opts, sched: Schedule, decode: DecodeBuild) -> dict:
+    plan, resources = decode.plan, decode.resources
     decls = {d.name: d for d in sched.program.tensors}
     t = cfg.target
     return {
@@ -322,7 +342,7 @@ def _manifest(
             "in_flight": plan.in_flight,
         },
         "kernel": KERNEL_NAME,
-        "variants": variants_to_json(table.variants),
+        "variants": variants_to_json(decode.table.variants),
         "arenas": dict(sched.arena_sizes),
         "tensors": [
             {
@@ -338,10 +358,10 @@ def _manifest(
         "predicted_step_us": max((e for _, e in sched.predicted), default=0.0) * 1e6,
         "tasks": len(sched.program.tasks),
         "norm_eps": float(cfg.norm_eps),
-        "rope_inv_freq": inv_freq,
+        "rope_inv_freq": decode.rope_inv_freq,
         "wait_timeout_ms": opts.wait_timeout_ms,
-        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-        "toolkit": toolkit,
+        "source_sha256": hashlib.sha256(decode.source.encode()).hexdigest(),
+        "toolkit": decode.toolkit,
         "resources": resources.to_dict() if resources else None,
     }
 
@@ -361,7 +381,6 @@ def compile_from_ir(
     after the one it was taken at, verify, generate code. The config is the dump's
     `# config:` line unless `source` names a model (compiler/dumps.py)."""
     from tilert_compiler.dumps import read_dump
-    from tilert_compiler.pipeline import resume_pipeline
 
     say = _progress(progress)
     if not isinstance(path, (str, os.PathLike)):
@@ -372,12 +391,7 @@ def compile_from_ir(
     stages: dict[str, Any] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sched = resume_pipeline(d.stage, d.ir, cfg, opts, stages.__setitem__)
+    sched = resume_pipeline(d.stage, d.ir, Context.of(cfg, opts), stages.__setitem__)
     timings["passes"] = time.perf_counter() - t0
     say(f"  resumed after '{d.stage}': {', '.join(stages)} in {timings['passes'] * 1e3:.1f} ms")
-    # From here on, the same as compile() (codegen, nvcc, manifest).
-    table, plan, inv_freq, src, cubin, resources, toolkit = _codegen(cfg, opts, sched, timings, say)
-    manifest = _manifest(cfg, opts, sched, table, plan, inv_freq, src, resources, toolkit)
-    cm = CompiledModel(cfg, opts, stages, sched, table, src, cubin, resources, manifest, timings)
-    cm.tiles = build_prefill(cfg, opts, sched, say)  # against the edited program
-    return cm
+    return _finish(cfg, opts, stages, sched, timings, say)  # the same as compile() from here

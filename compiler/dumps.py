@@ -11,18 +11,18 @@ import json
 import os
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tilert_compiler.ir.parse import ParseError, parse_dump
+from tilert_compiler.ir.parse import ParseError, parse, parse_meta
 from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import Schedule, TileProgram
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.text import ConfigTypeError, parse_json, read_text, show_path
-from tilert_compiler.options import Options
-from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage
+from tilert_compiler.options import RETIRED, Options, retired_error
+from tilert_compiler.pipeline import RESUMABLE, STAGES, format_stage, latest_stage, stage
 
 # Options that change what the stages produce or what codegen emits; the rest (where to
 # dump, the cache folder, whether nvcc runs) are about the run that made the dump only.
@@ -63,9 +63,9 @@ def write_dumps(cm: Any, folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for stage, ir in cm.stages.items():
-        p = folder / dump_name(stage)
-        p.write_text(format_dump(stage, ir, cm.config, cm.options))
+    for name, ir in cm.stages.items():
+        p = folder / dump_name(name)
+        p.write_text(format_dump(name, ir, cm.config, cm.options))
         out.append(p)
     tiles = getattr(cm, "tiles", None)
     if tiles is not None:
@@ -99,13 +99,16 @@ def read_dump(
     in `given` (the options the caller sets itself)."""
     path = Path(path)
     text = read_text(path, "tilert IR dump", limit=MAX_DUMP_BYTES, error=ParseError)
-    meta, ir = parse_dump(text, str(path))
-    stage = meta.get("stage") or _stage_from_name(path) or _stage_from_content(ir)
-    level = "tile" if isinstance(ir, TileProgram) else "schedule"
-    if stage not in RESUMABLE or (level == "tile") != (stage in ("tile", "deps")):
+    meta = parse_meta(text)
+    after = meta.get("stage") or _stage_from_name(path)
+    if after is None:  # a bare printed IR: the latest stage whose output it could be
+        ir = parse(text, str(path))
+        after = latest_stage(ir)
+    elif after in RESUMABLE:  # its level's parser: a tile IR for a schedule is one line
+        ir = stage(after).level.parse(text, str(path))  # type: ignore[misc]
+    else:
         raise ParseError(
-            f"{path}: '# stage: {stage}' does not match its '{level}' IR; stages that can "
-            f"be resumed: tile, deps (tile IR), schedule, prefetch, layout (schedule IR)"
+            f"{path}: '# stage: {after}' cannot be resumed; stages that can: {', '.join(RESUMABLE)}"
         )
     if isinstance(source, ModelConfig):
         cfg = load_config(source.to_dict(), overrides=overrides)
@@ -119,6 +122,8 @@ def read_dump(
             f"{path}: no '# config:' line; name the model too: "
             f"tilert-compile MODEL --from-ir {path}"
         )
+    if isinstance(ir, Schedule):
+        ir = _without_retired_options(ir, path)
     if isinstance(ir, Schedule) and len(ir.sm_lists) != cfg.target.sms:
         raise ParseError(
             f"{path}: schedules {len(ir.sm_lists)} SMs but the target has {cfg.target.sms}; "
@@ -128,6 +133,9 @@ def read_dump(
     options = parse_json(meta["options"], where, error=ParseError) if "options" in meta else {}
     if not isinstance(options, dict):
         raise ParseError(f"{where} must be a JSON object (got {type(options).__name__})")
+    for name in sorted(set(options) & set(RETIRED)):
+        if why := retired_error(name, options[name]):
+            raise ParseError(f"{where} {why}; remove it from the line")
     options = {k: v for k, v in options.items() if k in _DUMPED_OPTIONS}
     try:
         Options(**options)
@@ -139,16 +147,26 @@ def read_dump(
                 f"{where} sets the debug option {name}={options[name]!r}, which a dump does "
                 f"not switch on by itself; pass {how} to build it, or remove it from the line"
             )
-    return Dump(stage, ir, cfg, options)
+    return Dump(after, ir, cfg, options)
+
+
+# Schedule options the prefetch pass recorded for option l2_prefetch, with the values they
+# had without it: a dump taken before it went carries them.
+_RETIRED_SCHEDULE_OPTIONS = {"l2_prefetch": False, "l2_window": 0}
+
+
+def _without_retired_options(ir: Schedule, path: Path) -> Schedule:
+    for name, value in ir.options:
+        kept = _RETIRED_SCHEDULE_OPTIONS.get(name)
+        if kept is not None and value != kept:
+            raise ParseError(
+                f"{path}: 'option {name} = {value!r}': {retired_error('l2_prefetch', True)}; "
+                f"set it to {kept!r} or remove the line"
+            )
+    options = tuple((k, v) for k, v in ir.options if k not in _RETIRED_SCHEDULE_OPTIONS)
+    return replace(ir, options=options)
 
 
 def _stage_from_name(path: Path) -> str | None:
     m = re.fullmatch(r"\d+-(\w+)\.tir", path.name)
     return m.group(1) if m and m.group(1) in RESUMABLE else None
-
-
-def _stage_from_content(ir: TileProgram | Schedule) -> str:
-    """A file without a header: the latest stage whose output it could be."""
-    if isinstance(ir, TileProgram):
-        return "deps" if any(t.signal >= 0 for t in ir.tasks) else "tile"
-    return "layout" if ir.layout else "prefetch" if ir.prefetch else "schedule"

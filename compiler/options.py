@@ -13,37 +13,25 @@ from tilert_compiler.models.text import ConfigError, ConfigTypeError
 
 @dataclass(frozen=True)
 class Options:
-    # passes.prefetch: L2 prefetch of upcoming weights. With the weight ring: the producer
-    # keeps an L2 window of requests past its ring copies. Without it: each task asks L2
-    # for the next tasks' weights before its wait.
-    l2_prefetch: bool = False
-    # Bytes per SM (KiB) of that window; None: the pass sizes it from the target's L2.
-    l2_window_kb: int | None = None
     weight_ring: bool = True  # passes.prefetch: a producer warp streams weights into smem
     # passes.prefetch (with the ring): the producer asks L2 for each decode attention
     # split's KV cache rows of earlier steps when it passes the task.
     cache_prefetch: bool = True
-    # codegen's kernel plan, with the ring: the stage size in KiB (None: the plan's rule)
-    # and the weight bytes (KiB) each SM's producer keeps in flight, at most, in whole
-    # stages and at least one (None: the target's `copies_in_flight_bytes`; 0: no cap, as
-    # many copies as the ring has stages).
+    # passes.plan (the kernel plan), with the ring: the stage size in KiB (None: the plan's
+    # rule) and the weight bytes (KiB) each SM's producer keeps in flight, at most, in
+    # whole stages and at least one (None: the target's `copies_in_flight_bytes`; 0: no
+    # cap, as many copies as the ring has stages).
     stage_kb: int | None = None
     in_flight_kb: int | None = None
-    # codegen's kernel plan, with the ring: the decode program's ring stages (None: as many
-    # as fit beside the largest task scratch, at most half a decoder layer's weights per
-    # SM rounded up to a stage; more than fit is refused)
+    # passes.plan, with the ring: the decode program's ring stages (None: as many as fit
+    # beside the largest task scratch, at most half a decoder layer's weights per SM
+    # rounded up to a stage; more than fit is refused)
     ring_stages: int | None = None
-    fine_deps: bool = True  # passes.deps: counters per group of tiles, not per op
     # passes.deps: activations carry their step's parity in the lowest mantissa bit and
     # consumers poll the data itself, not a counter (one round trip per hand-off). On by
     # default: measured faster on H100 (bench/NOTES.md, run S4-2: llama-3.2-1b 1.178 vs
     # 1.255 ms, qwen3-0.6b 1.003 vs 1.117, qwen3-8b 6.083 vs 6.276), parity unchanged.
     flags: bool = True
-    # codegen: the decode program's GEMVs on tensor cores (mma.sync m16n8k16: 16 weight
-    # rows as A, x as bf16 hi + lo in B's first two columns), not FFMA with a warp per
-    # weight row. Fewer instructions per weight, but measured slower on H100 (bench/NOTES.md
-    # run S6-2: llama-3.2-1b 1.11x, qwen3-0.6b 1.05x, qwen3-8b 1.28x the FFMA step), so off.
-    mma_gemv: bool = False
     fault_skip_task: int = -1  # debug build: this task never runs, writes or signals
     profile: bool = False  # kernel records per-task timestamps (runtime writes a trace)
     context: int = 512  # cache length the cost model assumes for attention
@@ -80,6 +68,9 @@ class Options:
                 )
 
     def with_(self, **kw) -> Options:
+        for name in sorted(set(kw) & set(RETIRED)):
+            if why := retired_error(name, kw.pop(name)):
+                raise ConfigError(f"{why}; drop it")
         known = {f.name for f in fields(self)}
         unknown = set(kw) - known
         if unknown:
@@ -88,6 +79,29 @@ class Options:
                 f"{', '.join(sorted(known))}"
             )
         return replace(self, **kw)
+
+
+# Options measured as losers and removed; commit 41e7d7c is the last that has them. Per
+# name: the behaviour the compiler now always has, and why the other one went. Old dumps
+# record every option, so a retired one at that value is accepted and ignored.
+RETIRED: dict[str, tuple[object, str]] = {
+    "l2_prefetch": (False, "L2 prefetch of upcoming weights measured up to 19 % slower on H100"),
+    "l2_window_kb": (None, "it sized the L2 window of the removed option l2_prefetch"),
+    "mma_gemv": (False, "GEMVs on tensor cores measured 1.05-1.28x slower on H100"),
+    "fine_deps": (True, "its ablation, one counter per op, measured no gain"),
+}
+LAST_COMMIT_WITH_RETIRED = "41e7d7c"
+
+
+def retired_error(name: str, value: object) -> str | None:
+    """Why the retired option `name` cannot be `value` (one line to build an error on), or
+    None when `value` is the behaviour kept."""
+    kept, why = RETIRED[name]
+    if value == kept and type(value) is type(kept):
+        return None
+    return (
+        f"option {name} was removed ({why}; the last commit with it is {LAST_COMMIT_WITH_RETIRED})"
+    )
 
 
 @functools.cache
@@ -117,9 +131,9 @@ def env_flag(name: str) -> bool | None:
 
 def from_env(base: Options | None = None) -> Options:
     """Options with the TILERT_* environment variables applied: TILERT_DUMP_IR (a folder),
-    and the switches TILERT_L2_PREFETCH, TILERT_NO_CACHE_PREFETCH, TILERT_NO_WEIGHT_RING,
-    TILERT_FLAGS and TILERT_MMA_GEMV (1/0, true/false; a TILERT_NO_* set to 0 keeps the
-    feature on)."""
+    and the switches TILERT_NO_CACHE_PREFETCH, TILERT_NO_WEIGHT_RING and TILERT_FLAGS (1/0,
+    true/false; a TILERT_NO_* set to 0 keeps the feature on). TILERT_L2_PREFETCH and
+    TILERT_MMA_GEMV set to 1 are refused: their options were removed."""
     if base is not None and not isinstance(base, Options):
         raise ConfigTypeError(
             f"options must be a tilert_compiler.Options (got {type(base).__name__}); "
@@ -130,14 +144,16 @@ def from_env(base: Options | None = None) -> Options:
     if env.get("TILERT_DUMP_IR") and o.dump_ir is None:
         o = replace(o, dump_ir=env["TILERT_DUMP_IR"])
     switches = {
-        "TILERT_L2_PREFETCH": ("l2_prefetch", False),
         "TILERT_NO_CACHE_PREFETCH": ("cache_prefetch", True),
         "TILERT_NO_WEIGHT_RING": ("weight_ring", True),
         "TILERT_FLAGS": ("flags", False),  # e.g. the GPU tests in either mode
-        "TILERT_MMA_GEMV": ("mma_gemv", False),
     }
     for var, (field, negated) in switches.items():
         value = env_flag(var)
         if value is not None:
             o = replace(o, **{field: value != negated})
+    for var, field in (("TILERT_L2_PREFETCH", "l2_prefetch"), ("TILERT_MMA_GEMV", "mma_gemv")):
+        value = env_flag(var)
+        if value is not None and (why := retired_error(field, value)):
+            raise ConfigError(f"environment variable {var}: {why}; unset it")
     return o

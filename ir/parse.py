@@ -9,6 +9,7 @@ Grammar, one statement per line (blank lines and `#` comments are skipped):
 
     tile MODEL                              or    schedule MODEL sms=N
       option NAME = LITERAL                 schedule: a pass option (a Python literal)
+      plan NAME = LITERAL                   schedule: a field of the kernel plan (ir/plan.py)
       schedule-field NAME = LITERAL         schedule: a field without its own syntax
       const NAME = LITERAL                  model scalars
       tensor NAME [D0xD1..] STORAGE layer=L
@@ -19,7 +20,7 @@ Grammar, one statement per line (blank lines and `#` comments are skipped):
       sm I: tA tB ...                       schedule: SM I's task list, in run order
       tI = KIND OP layer=L reads=(R, ..) weights=(R, ..) writes=(R, ..) args=(k=v, ..)
            cost=BYTES deps=(tA, tB..tC, ..) waits=(cI>=N, ..) signal=cI NAME=LITERAL ..
-           sm=I at=STARTus..ENDus prefetch=(R, ..)          (all on one line)
+           sm=I at=STARTus..ENDus                           (all on one line)
     R = TENSOR[lo:hi, ..]; a bound is an int, or pos/tok plus an int offset (pos+1).
 
 A task's `key=value` tokens may come in any order; all but `layer` may be left out
@@ -35,12 +36,13 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import TypeVar
 
 from tilert_compiler.ir.graph import OpKind, Storage, TensorDecl
+from tilert_compiler.ir.plan import KernelPlan
 from tilert_compiler.ir.tile import SYMBOLS, Bound, Counter, Region, Schedule, Task, TileProgram
 
 E = TypeVar("E", bound=Enum)
@@ -53,6 +55,7 @@ class ParseError(ValueError):
 _TASK_FIELDS = {f.name for f in fields(Task)}
 _PROGRAM_FIELDS = {f.name for f in fields(TileProgram)}
 _SCHEDULE_FIELDS = {f.name for f in fields(Schedule)}
+_PLAN_FIELDS = {f.name: f for f in fields(KernelPlan)}
 _BOUND = re.compile(rf"({'|'.join(SYMBOLS)})([+-]\d+)?|-?\d+")
 _META = re.compile(r"#\s*([A-Za-z_][\w-]*):\s*(.*)")
 
@@ -62,8 +65,31 @@ def parse(text: str, origin: str = "<text>") -> TileProgram | Schedule:
     return _Parser(origin).parse(text)
 
 
+def parse_program(text: str, origin: str = "<text>") -> TileProgram:
+    """A `tile ...` text; a schedule is one ParseError line."""
+    ir = parse(text, origin)
+    if not isinstance(ir, TileProgram):
+        raise ParseError(f"{origin}: a schedule, where a tile program ('tile MODEL') is expected")
+    return ir
+
+
+def parse_schedule(text: str, origin: str = "<text>") -> Schedule:
+    """A `schedule ...` text; a tile program is one ParseError line."""
+    ir = parse(text, origin)
+    if not isinstance(ir, Schedule):
+        raise ParseError(
+            f"{origin}: a tile program, where a schedule ('schedule MODEL sms=N') is expected"
+        )
+    return ir
+
+
 def parse_dump(text: str, origin: str = "<text>") -> tuple[dict[str, str], TileProgram | Schedule]:
     """A dump file: its leading `# key: value` metadata and its IR."""
+    return parse_meta(text), parse(text, origin)
+
+
+def parse_meta(text: str) -> dict[str, str]:
+    """A dump's leading `# key: value` comments (stage, options, config)."""
     meta: dict[str, str] = {}
     for line in text.splitlines():
         s = line.strip()
@@ -74,7 +100,7 @@ def parse_dump(text: str, origin: str = "<text>") -> tuple[dict[str, str], TileP
         m = _META.fullmatch(s)
         if m:
             meta[m.group(1)] = m.group(2).strip()
-    return meta, parse(text, origin)
+    return meta
 
 
 def parse_region(s: str) -> Region:
@@ -179,10 +205,12 @@ class _Parser:
         self.program_fields: dict[str, object] = {}
         self.options: list[tuple[str, object]] = []
         self.schedule_fields: dict[str, object] = {}
+        self.plan: dict[str, object] = {}
+        self.plan_line = 0
         self.arenas: list[tuple[str, int]] = []
         self.layout: list[tuple[str, str, int]] = []
         self.sm_lines: dict[int, tuple[int, ...]] = {}
-        self.task_notes: list[tuple[int, dict[str, object]]] = []  # (line, sm/at/prefetch)
+        self.task_notes: list[tuple[int, dict[str, object]]] = []  # (line, sm/at)
         for self.no, s in stmts[1:]:
             self.statement(s, is_schedule)
         program = TileProgram(
@@ -202,7 +230,7 @@ class _Parser:
         word = s.split(None, 1)[0]
         if re.fullmatch(r"t\d+", word):
             return self.task(s, is_schedule)
-        if word in ("const", "option", "field", "schedule-field"):
+        if word in ("const", "option", "field", "schedule-field", "plan"):
             m = re.fullmatch(r"\S+ (\S+) = (.+)", s)
             if not m:
                 raise self.fail(f"expected '{word} NAME = VALUE', got '{s[:60]}'")
@@ -215,6 +243,8 @@ class _Parser:
                 self.program_fields[name] = value
             elif word == "schedule-field" and is_schedule and name in _SCHEDULE_FIELDS:
                 self.schedule_fields[name] = value
+            elif word == "plan" and is_schedule:
+                self.plan_field(name, value)
             else:
                 raise self.fail(f"'{word} {name}' is not a field of this level")
             return None
@@ -260,6 +290,32 @@ class _Parser:
             self.sm_lines[sm] = tuple(self.task_ref(x) for x in m.group(2).split())
             return None
         raise self.fail(f"unknown statement '{word}'")
+
+    def plan_field(self, name: str, value: object) -> None:
+        f = _PLAN_FIELDS.get(name)
+        if f is None:
+            raise self.fail(
+                f"'plan {name}' is not a field of the kernel plan: {', '.join(_PLAN_FIELDS)}"
+            )
+        if name in self.plan:
+            raise self.fail(f"'plan {name}' given twice")
+        kind = bool if f.type in ("bool", bool) else int
+        if type(value) is not kind:
+            want = "True or False" if kind is bool else "an int"
+            raise self.fail(f"plan {name} must be {want} (got {value!r:.40})")
+        self.plan[name] = value
+        self.plan_line = self.plan_line or self.no
+
+    def kernel_plan(self) -> KernelPlan | None:
+        if not self.plan:
+            return None
+        missing = [
+            n for n, f in _PLAN_FIELDS.items() if n not in self.plan and f.default is MISSING
+        ]
+        if missing:
+            self.no = self.plan_line
+            raise self.fail(f"the kernel plan has no {', '.join(missing)}: give every 'plan' line")
+        return KernelPlan(**self.plan)  # type: ignore[arg-type]
 
     def task(self, s: str, is_schedule: bool) -> None:
         m = re.fullmatch(r"t(\d+) = (\S+) (\S+)(.*)", s)
@@ -332,13 +388,14 @@ class _Parser:
                 notes[key] = (parse_us(am.group(1)), parse_us(am.group(2)))
             except InvalidOperation:
                 raise ValueError(f"expected numbers in '{value}'") from None
-        elif sched and key == "prefetch":
-            notes[key] = tuple(parse_region(r) for r in _split_top(_inner(value), ","))
+        elif sched and key == "prefetch":  # in dumps before option l2_prefetch went
+            if _inner(value).strip():
+                raise ValueError("the per-task L2 prefetch plan went with option l2_prefetch")
         elif key in _TASK_FIELDS and key not in ("id", "kind", "op"):
             kw[key] = self.literal(value)
         else:
             known = "layer reads weights writes args cost deps waits signal"
-            known += " sm at prefetch" if sched else ""
+            known += " sm at" if sched else ""
             raise ValueError(f"unknown key (known: {known})")
 
     # ------------------------------------------------------------ schedule level
@@ -366,15 +423,14 @@ class _Parser:
                 per_sm[sm].append(tid)
             lists = [tuple(ts) for ts in per_sm]
         predicted = self.all_or_none("at", n)
-        prefetch = self.all_or_none("prefetch", n)
         return Schedule(
             program,
             tuple(tuple(ts) for ts in lists),
             predicted,  # type: ignore[arg-type]
-            prefetch,  # type: ignore[arg-type]
-            tuple(self.layout),
-            tuple(self.arenas),
-            tuple(self.options),
+            layout=tuple(self.layout),
+            arena_sizes=tuple(self.arenas),
+            options=tuple(self.options),
+            plan=self.kernel_plan(),
             **self.schedule_fields,  # type: ignore[arg-type]
         )
 

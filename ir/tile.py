@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
 
 from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.plan import KernelPlan, format_plan
 
 # A bound is an int, or (symbol, offset) for `symbol + offset`.
 Bound = int | tuple[str, int]
@@ -139,15 +140,19 @@ class TileProgram:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Schedule level: which SM runs which tasks, in what order, and what it prefetches."""
+    """Schedule level: which SM runs which tasks, in what order, where each tensor lives,
+    and (after the `plan` stage) the kernel plan that runs them."""
 
     program: TileProgram
     sm_lists: tuple[tuple[int, ...], ...]  # per SM: task ids in global order
     predicted: tuple[tuple[float, float], ...]  # per task: (start, end) seconds, cost model
-    prefetch: tuple[tuple[Region, ...], ...] = ()  # per task: weights to pull into L2 first
+    # Always empty: the per-task L2 prefetch plan went with option l2_prefetch. Kept until
+    # the task table's prefetch column goes (codegen/serialize.py still reads it).
+    prefetch: tuple[tuple[Region, ...], ...] = ()
     layout: tuple[tuple[str, str, int], ...] = ()  # (tensor, arena, element offset)
     arena_sizes: tuple[tuple[str, int], ...] = ()  # (arena, elements)
     options: tuple[tuple[str, object], ...] = field(default=())
+    plan: KernelPlan | None = None  # the kernel's roles and shared memory (stage `plan`)
 
     def sm_of(self) -> dict[int, int]:
         return {t: sm for sm, ts in enumerate(self.sm_lists) for t in ts}
@@ -194,7 +199,6 @@ def format_task(
     t: Task,
     sm: int | None = None,
     span: tuple[float, float] | None = None,
-    prefetch: tuple[Region, ...] | None = None,
 ) -> str:
     parts = [
         f"t{t.id} = {t.kind.value} {t.op} layer={t.layer}",
@@ -215,8 +219,6 @@ def format_task(
         parts.append(f"sm={sm}")
     if span is not None:
         parts.append(f"at={format_us(span[0])}us..{format_us(span[1])}us")
-    if prefetch is not None:
-        parts.append(f"prefetch={format_regions(prefetch)}")
     return " ".join(parts)
 
 
@@ -225,7 +227,9 @@ def format_task(
 PRINTED_FIELDS = {
     "Task": frozenset("id kind op layer reads weights writes args cost deps waits signal".split()),
     "TileProgram": frozenset("model tasks counters consts tensors".split()),
-    "Schedule": frozenset("program sm_lists predicted prefetch layout arena_sizes options".split()),
+    "Schedule": frozenset(
+        "program sm_lists predicted prefetch layout arena_sizes options plan".split()
+    ),
 }
 
 
@@ -263,6 +267,7 @@ def format_schedule(s: Schedule) -> str:
     p = s.program
     lines = [f"schedule {p.model} sms={len(s.sm_lists)}"]
     lines += [f"  option {k} = {v!r}" for k, v in s.options]
+    lines += format_plan(s.plan) if s.plan is not None else []
     lines += [f"  schedule-field {k} = {v!r}" for k, v in extra_fields(s)]
     lines += _program_lines(p)
     lines += [f"  arena {a} elements={n}" for a, n in s.arena_sizes]
@@ -272,6 +277,5 @@ def format_schedule(s: Schedule) -> str:
     sm_of = s.sm_of()
     for t in p.tasks:
         span = s.predicted[t.id] if s.predicted else None
-        pf = s.prefetch[t.id] if s.prefetch else None
-        lines.append("  " + format_task(t, sm_of.get(t.id), span, pf))
+        lines.append("  " + format_task(t, sm_of.get(t.id), span))
     return "\n".join(lines) + "\n"

@@ -4,7 +4,10 @@
 - completion: the per-SM lists, run against their counters, finish (no deadlock);
 - ordering: every read happens after every write it overlaps (through counter waits,
   polling for data that carries the step's parity, or the SM's own program order), so
-  no task can read a value before it exists.
+  no task can read a value before it exists;
+- layout: every tensor placed once, aligned, inside its arena; every region in its shape;
+- the kernel plan: its roles and ring are ones the kernel runs, and its shared memory
+  holds every task kind's scratch and fits the target.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import Storage
+from tilert_compiler.ir.plan import STATIC_SMEM_RESERVE, scratch_floats
+from tilert_compiler.ir.target import Target
+from tilert_compiler.ir.tasktable import Variant
 from tilert_compiler.ir.tile import POLLING_KINDS, Schedule, Task, TileProgram
 
 
@@ -229,7 +235,7 @@ _ALIGN_BYTES = 16
 def verify_layout(s: Schedule, max_seq_len: int | None = None, vocab: int | None = None) -> None:
     """The memory a step touches: every tensor a task names is declared, placed once in
     the arena of its storage, aligned, inside the arena's size and overlapping no other
-    tensor there; every task region (and prefetch region) lies inside its tensor's shape
+    tensor there; every task region lies inside its tensor's shape
     at every step, `pos` running to max_seq_len - 1 and `tok` to vocab - 1 (default: the
     program's consts of those names)."""
     p = s.program
@@ -246,9 +252,11 @@ def verify_layout(s: Schedule, max_seq_len: int | None = None, vocab: int | None
         for field_name in ("reads", "weights", "writes"):
             for r in getattr(t, field_name):
                 _verify_region(f"t{t.id} {field_name}", r, decls, symbols)
-    for i, rs in enumerate(s.prefetch):
-        for r in rs:
-            _verify_region(f"t{i} prefetch", r, decls, symbols)
+    if any(s.prefetch):
+        raise VerifyError(
+            "the schedule has a per-task L2 prefetch plan, which was removed with option "
+            "l2_prefetch; leave Schedule.prefetch empty"
+        )
 
 
 def _verify_placement(s: Schedule, decls: dict) -> None:
@@ -340,6 +348,15 @@ def _names(lo, hi, sym: str) -> bool:
     return any(isinstance(b, tuple) and b[0] == sym for b in (lo, hi))
 
 
+def verify_deps_order(p: TileProgram) -> None:
+    """Every task depends only on earlier tasks: the task ids are one topological order,
+    which the scheduler and the verifiers above assume."""
+    for t in p.tasks:
+        later = [f"t{d}" for d in t.deps if d >= t.id]
+        if later:
+            raise VerifyError(f"t{t.id} depends on {', '.join(later)}, not earlier tasks")
+
+
 def verify_consts(p: TileProgram, config: dict) -> None:
     """The program's consts (hidden, heads, max_seq_len, ...) equal the config's fields
     of the same name: code is generated from the config, the tasks from the consts, so an
@@ -349,3 +366,62 @@ def verify_consts(p: TileProgram, config: dict) -> None:
             raise VerifyError(
                 f"const {key} = {value!r}, but the config says {key}: {config[key]!r:.40}"
             )
+
+
+# ---------------------------------------------------------------- the kernel plan
+
+
+def verify_plan(s: Schedule, variants: list[Variant], target: Target) -> None:
+    """The kernel plan (ir/plan.py) as the kernel needs it, for the task kinds `variants`
+    (the schedule's task table's) on `target`: one thread block of the target's size, one
+    producer warp with the ring, a ring of 2 stages or more that each hold a weight row,
+    copies in flight within the ring, scratch for every task kind, and shared memory
+    within the target's."""
+    p = s.plan
+    if p is None:
+        raise VerifyError("the schedule has no kernel plan ('plan' lines); resume from layout")
+
+    def bad(what: str) -> VerifyError:
+        return VerifyError(f"kernel plan: {what}")
+
+    ring = bool(dict(s.options).get("weight_ring"))
+    if p.ring != ring:
+        raise bad(f"plan ring = {p.ring} but option weight_ring = {ring}: edit both")
+    if p.threads != target.threads_per_block:
+        raise bad(
+            f"plan threads = {p.threads}, the target's blocks have {target.threads_per_block}"
+        )
+    consumers = p.threads - 32 if p.ring else p.threads
+    if p.consumers != consumers:
+        role = "one warp feeds the ring, the rest" if p.ring else "without the ring all threads"
+        raise bad(f"plan consumers = {p.consumers}: {role} run tasks, {consumers}")
+    kmax = max((v.get("K") for v in variants if "K" in dict(v.static)), default=0)
+    if p.stage_bytes % 1024 or p.stage_bytes < 2 * kmax:
+        raise bad(
+            f"plan stage_bytes = {p.stage_bytes} must be whole KiB holding a weight row of "
+            f"K = {kmax} ({2 * kmax} bytes)"
+        )
+    if p.ring and (p.stages < 2 or not 1 <= p.in_flight <= p.stages):
+        raise bad(
+            f"plan stages = {p.stages}, in_flight = {p.in_flight}: a ring has 2 stages or "
+            "more and 1 to stages copies in flight"
+        )
+    if not p.ring and (p.stages or p.in_flight):
+        raise bad("without the ring, plan stages and in_flight are 0")
+    if p.x_regs < 0 or p.part_batch < 1:
+        raise bad(
+            f"plan x_regs = {p.x_regs} must be 0 or more, part_batch = {p.part_batch} 1 or more"
+        )
+    need = max(variants, key=lambda v: scratch_floats(v, consumers // 32, p.stage_bytes))
+    floats = scratch_floats(need, consumers // 32, p.stage_bytes)
+    if p.scratch_floats < floats:
+        raise bad(
+            f"plan scratch_floats = {p.scratch_floats}, task kind {need.label} needs {floats}"
+        )
+    if STATIC_SMEM_RESERVE + p.smem_bytes > target.smem_per_block:
+        raise bad(
+            f"{p.stages} ring stages of {p.stage_bytes} bytes + {4 * p.scratch_floats} bytes "
+            f"of scratch + {STATIC_SMEM_RESERVE} static = "
+            f"{STATIC_SMEM_RESERVE + p.smem_bytes} bytes of shared memory, the target allows "
+            f"{target.smem_per_block}; plan fewer stages"
+        )

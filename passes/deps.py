@@ -75,11 +75,9 @@ def _partition(members: list[int], needs: list[frozenset[int]]) -> list[list[int
     return blocks
 
 
-def deps(program: TileProgram, fine: bool = True, flags: bool = False) -> TileProgram:
-    """`fine` off: one counter per op, so every consumer waits for all of a producer op's
-    tasks (the ablation baseline for fine-grained dependencies). `flags`: consumers of
-    POLLING_KINDS read their inputs until they carry the step's parity, and wait on no
-    counter; a producer whose every consumer polls signals none."""
+def deps(program: TileProgram, *, flags: bool) -> TileProgram:
+    """`flags`: consumers of POLLING_KINDS read their inputs until they carry the step's
+    parity, and wait on no counter; a producer whose every consumer polls signals none."""
     tasks = program.tasks
     reduced = _reduce(_direct_deps(tasks))
     polls = [flags and t.kind in POLLING_KINDS for t in tasks]
@@ -106,7 +104,7 @@ def deps(program: TileProgram, fine: bool = True, flags: bool = False) -> TilePr
         if all(x in consumed and x not in waited for x in members):
             signal.update({x: -1 for x in members})
             continue
-        blocks = _partition(members, sorted(needs[op], key=sorted)) if fine else [members]
+        blocks = _partition(members, sorted(needs[op], key=sorted))
         for b in blocks:
             name = op if len(blocks) == 1 else f"{op}#{tasks[b[0]].id}"
             for x in b:

@@ -43,9 +43,7 @@ def _rows(name: str, lo: int, hi: int, k: int) -> Region:
     return region(name, (lo, hi), (0, k))
 
 
-def tile(
-    graph: Graph, target: Target, context: int = 512, splits: int | None = None
-) -> TileProgram:
+def tile(graph: Graph, target: Target, *, context: int, splits: int | None) -> TileProgram:
     """`context`: the cache length the cost model assumes for attention; `splits`: the
     split-KV factor (None: attention_splits)."""
     tasks: list[Task] = []

@@ -358,12 +358,9 @@ def test_tilert_no_weight_ring_reads_its_value(value, ring, monkeypatch):
 @pytest.mark.parametrize(
     "var, value, field",
     [
-        ("TILERT_L2_PREFETCH", "0", ("l2_prefetch", False)),
-        ("TILERT_L2_PREFETCH", "yes", ("l2_prefetch", True)),
         ("TILERT_NO_CACHE_PREFETCH", "0", ("cache_prefetch", True)),
         ("TILERT_NO_CACHE_PREFETCH", "on", ("cache_prefetch", False)),
         ("TILERT_FLAGS", "0", ("flags", False)),
-        ("TILERT_MMA_GEMV", "TRUE", ("mma_gemv", True)),
     ],
 )
 def test_environment_switches_parse_1_0_true_false(var, value, field, monkeypatch):

@@ -2,15 +2,21 @@
 exact print/parse round trips on every bundled model, and compiling from an edited dump.
 
 A file in tests/ir/ is IR text with directives in `#` comments:
-    # RUN: deps | schedule sms=2 | prefetch | layout | verify     (steps, in order)
+    # RUN: deps flags=False | schedule sms=2 | prefetch | layout | verify    (in order)
     # CHECK: text ... more text    (an output line holding the pieces in order; CHECKs in order)
     # ERROR: text                  (the run fails with a ParseError/VerifyError holding it)
+A RUN step is a stage of compiler/pipeline.py's STAGE_TABLE, run as the pipeline runs it
+(its pass, then its checks), with `key=value` setting an option (`sms` the target's SMs)
+for it and the steps after; `verify` runs the checks of every stage up to the one the IR
+is at; `parse` only parses.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,18 +26,25 @@ from hypothesis import strategies as st
 
 import tilert_compiler as tc
 from tilert_compiler.cli import main
+from tilert_compiler.codegen.nvcc import find_nvcc
 from tilert_compiler.driver import compile_from_ir
 from tilert_compiler.dumps import read_dump, write_dumps
 from tilert_compiler.ir.parse import ParseError, parse, parse_dump, parse_us
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Schedule, TileProgram, format_us
-from tilert_compiler.ir.verify import VerifyError, verify_program, verify_schedule
+from tilert_compiler.ir.verify import VerifyError
 from tilert_compiler.models import bundled_names
-from tilert_compiler.passes.deps import deps
-from tilert_compiler.passes.layout import layout
-from tilert_compiler.passes.prefetch import prefetch
-from tilert_compiler.passes.schedule import schedule
-from tilert_compiler.pipeline import RESUMABLE, format_stage, resume_pipeline
+from tilert_compiler.options import Options
+from tilert_compiler.pipeline import (
+    RESUMABLE,
+    Context,
+    check_through,
+    format_stage,
+    latest_stage,
+    resume_pipeline,
+    run_stages,
+    stage,
+)
 
 IR_FILES = sorted((Path(__file__).parent / "ir").glob("*.tir"))
 
@@ -44,23 +57,20 @@ def _directives(text: str, key: str) -> list[str]:
 
 
 def _run_steps(ir, run: str, origin: str):
-    target = None
+    ctx = Context(Target(sms=len(ir.sm_lists)) if isinstance(ir, Schedule) else Target(), Options())
+    at = latest_stage(ir)
     for step in (s.strip() for s in run.split("|")):
         name, *kv = step.split()
-        kw = dict(x.split("=") for x in kv)
-        if name == "deps":
-            ir = deps(ir)
-        elif name == "schedule":
-            target = Target(sms=int(kw["sms"]))
-            ir = schedule(ir, target)
-        elif name == "prefetch":
-            ir = prefetch(ir, target or Target(sms=len(ir.sm_lists)))
-        elif name == "layout":
-            ir = layout(ir)
-        elif name == "verify":
-            verify_program(ir) if isinstance(ir, TileProgram) else verify_schedule(ir)
+        for key, value in (x.split("=") for x in kv):
+            if key == "sms":
+                ctx = replace(ctx, target=replace(ctx.target, sms=int(value)))
+            else:
+                ctx = replace(ctx, options=ctx.options.with_(**{key: ast.literal_eval(value)}))
+        if name == "verify":
+            check_through(at, ir, ctx)
         elif name != "parse":
-            raise AssertionError(f"{origin}: unknown RUN step '{name}'")
+            ir = run_stages((stage(name),), ir, ctx, lambda *_: None)
+            at = name
     return ir
 
 
@@ -110,11 +120,11 @@ def test_ir_file(path: Path):
 def test_every_stage_of_every_bundled_model_parses_back_exactly(name: str):
     # Two layers keep the big models fast; the structure (every task kind) is the same.
     cm = tc.compile(name, overrides={"layers": 2}, nvcc=False)
-    for stage in RESUMABLE:
-        ir = cm.stages[stage]
+    for after in RESUMABLE:
+        ir = cm.stages[after]
         text = format_stage(ir)
         back = parse(text)
-        assert back == ir, f"{name} {stage}: parse(print(ir)) != ir"
+        assert back == ir, f"{name} {after}: parse(print(ir)) != ir"
         assert format_stage(back) == text
 
 
@@ -168,10 +178,11 @@ def tiny(tmp_path_factory):
 
 def test_resuming_after_any_stage_gives_what_the_pipeline_gives(tiny):
     cm, _ = tiny
-    for stage in RESUMABLE:
+    for after in RESUMABLE:
         got: dict = {}
-        resume_pipeline(stage, cm.stages[stage], cm.config, cm.options, got.__setitem__)
-        assert all(got[s] == cm.stages[s] for s in got), stage
+        ctx = Context.of(cm.config, cm.options)
+        resume_pipeline(after, cm.stages[after], ctx, got.__setitem__)
+        assert all(got[s] == cm.stages[s] for s in got), after
 
 
 def test_dumps_carry_their_stage_config_and_options(tiny):
@@ -238,6 +249,102 @@ def test_an_edit_that_drops_a_wait_fails_verification_with_one_line_exit_2(tiny,
     assert f"t{victim.id} reads" in err and "without waiting" in err
 
 
+# ---------------------------------------------------------------- the kernel plan
+
+
+def test_the_plan_stage_is_dumped_with_one_line_per_field(tiny):
+    cm, folder = tiny
+    text = (folder / "07-plan.tir").read_text()
+    plan = cm.stages["plan"].plan
+    assert read_dump(folder / "07-plan.tir").ir == cm.stages["plan"]
+    assert f"  plan stages = {plan.stages}\n" in text
+    assert f"  plan scratch_floats = {plan.scratch_floats}\n" in text
+    assert f"= {plan.smem_bytes} bytes of shared memory" in text
+    assert "plan " not in (folder / "06-layout.tir").read_text()
+
+
+def _edit_plan(folder, tmp_path, old: str, new: str):
+    text = (folder / "07-plan.tir").read_text()
+    assert f"  plan {old}\n" in text
+    edited = tmp_path / "07-plan.tir"
+    edited.write_text(text.replace(f"  plan {old}\n", f"  plan {new}\n"))
+    return edited
+
+
+def test_an_edited_plan_is_the_plan_compiled(tiny, tmp_path):
+    """tiny-llama's ring is 2 stages deep; a dump edited to 3 builds a kernel with 3, and
+    the manifest says so; the tasks and their logits are the same."""
+    cm, folder = tiny
+    assert cm.schedule.plan.stages == 2 and "kStages = 2;" in cm.source
+    edited = _edit_plan(folder, tmp_path, "stages = 2", "stages = 3")
+    cm3 = compile_from_ir(edited, nvcc=False)
+    assert tuple(cm3.stages) == ("plan",) and cm3.schedule.plan.stages == 3
+    assert "kStages = 3;" in cm3.source and cm3.manifest["weight_ring"]["stages"] == 3
+    assert cm3.manifest["smem_bytes"] == cm.manifest["smem_bytes"] + cm3.schedule.plan.stage_bytes
+    assert replace(cm3.schedule, plan=None) == replace(cm.schedule, plan=None)
+    tokens = [3, 1, 4]
+    torch.testing.assert_close(cm3.interpret(tokens), cm.interpret(tokens), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ("stages = 2", "stages = 100", "bytes of shared memory, the target allows"),
+        ("stages = 2", "stages = 1", "a ring has 2 stages or more"),
+        ("in_flight = 1", "in_flight = 3", "1 to stages copies in flight"),
+        ("scratch_floats = 4544", "scratch_floats = 100", "task kind sample_V256 needs 4544"),
+        ("consumers = 224", "consumers = 256", "one warp feeds the ring"),
+        ("threads = 256", "threads = 512", "the target's blocks have 256"),
+        ("stage_bytes = 32768", "stage_bytes = 100", "must be whole KiB"),
+        ("ring = True", "ring = False", "option weight_ring = True: edit both"),
+        ("stages = 2", "stages = 'two'", "plan stages must be an int"),
+        ("stages = 2", "depth = 2", "'plan depth' is not a field of the kernel plan"),
+    ],
+)
+def test_a_plan_that_cannot_work_is_one_line_exit_2(tiny, tmp_path, capsys, old, new, error):
+    _, folder = tiny
+    edited = _edit_plan(folder, tmp_path, old, new)
+    rc = main(["--from-ir", str(edited), "-o", str(tmp_path / "out"), "--no-nvcc", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and error in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_missing_a_field_names_it(tiny, tmp_path):
+    _, folder = tiny
+    text = (folder / "07-plan.tir").read_text()
+    edited = tmp_path / "07-plan.tir"
+    edited.write_text(re.sub(r"^  plan stages = .*\n", "", text, flags=re.M))
+    with pytest.raises(ParseError, match="the kernel plan has no stages"):
+        read_dump(edited)
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
+def test_register_relief_starts_from_the_plan_of_the_dump(tiny, tmp_path, monkeypatch):
+    """Where ptxas spills, the compiler takes the next variant of the plan it was given:
+    a dump whose plan already holds the task-list bounds in shared memory goes on to the
+    next choice. The plan stage's output stays as it was; the kernel's is the relieved."""
+    from tilert_compiler import driver
+    from tilert_compiler.codegen.nvcc import Resources
+
+    _, folder = tiny
+    edited = _edit_plan(folder, tmp_path, "lean_dispatch = False", "lean_dispatch = True")
+    builds = []
+
+    def spills_once(source, arch, kernel, **kw):
+        builds.append(source)
+        spill = 8 if len(builds) == 1 else 0
+        return b"\x7fELF", Resources(200, spill, spill, 0, 0, "ptxas"), ""
+
+    monkeypatch.setattr(driver, "compile_cubin", spills_once)
+    cm = compile_from_ir(edited, prefill_chunk=0)
+    assert len(builds) == 2
+    (choice,) = cm.resources.choices
+    assert "floats of x read it from shared memory" in choice
+    assert cm.stages["plan"].plan.x_regs == 64 and cm.schedule.plan.x_regs < 64
+    assert cm.schedule.plan.lean_dispatch
+
+
 def test_a_dump_without_a_header_needs_the_model_named(tiny, tmp_path):
     cm, _ = tiny
     cm.dump_ir(tmp_path)
@@ -279,3 +386,53 @@ def test_pictures_draw_the_schedule_and_a_layer_graph(tiny, tmp_path):
     dot = files["deps-layer0.dot"].read_text()
     layer0 = [t for t in cm.schedule.program.tasks if t.layer == 0]
     assert dot.startswith("digraph") and all(f"  t{t.id} [" in dot for t in layer0)
+
+
+# ---------------------------------------------------------------- dumps of older compilers
+
+
+def _as_before_the_retirement(text: str) -> str:
+    """A dump as commit 41e7d7c wrote it: the retired options at their defaults in the
+    header and (after prefetch) the schedule, and an empty prefetch plan on every task."""
+    text = text.replace("# options: {", '# options: {"l2_prefetch": false, "l2_window_kb": null, ')
+    text = text.replace(', "flags":', ', "fine_deps": true, "mma_gemv": false, "flags":')
+    text = text.replace(
+        "  option weight_ring = True\n",
+        "  option l2_prefetch = False\n  option weight_ring = True\n  option l2_window = 0\n",
+    )
+    return re.sub(r"^(  t\d+ = .*)$", r"\1 prefetch=()", text, flags=re.M)
+
+
+def test_a_dump_from_before_the_retired_options_compiles_the_same(tiny, tmp_path):
+    cm, folder = tiny
+    old = tmp_path / "05-prefetch.tir"
+    old.write_text(_as_before_the_retirement((folder / "05-prefetch.tir").read_text()))
+    assert '"mma_gemv": false' in old.read_text() and "option l2_window = 0" in old.read_text()
+    again = compile_from_ir(old, nvcc=False)
+    assert again.source == cm.source and again.schedule == cm.schedule
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ('"mma_gemv": false', '"mma_gemv": true', "option mma_gemv was removed"),
+        ('"fine_deps": true', '"fine_deps": false', "option fine_deps was removed"),
+        ('"l2_prefetch": false', '"l2_prefetch": true', "option l2_prefetch was removed"),
+        ("option l2_window = 0", "option l2_window = 98304", "'option l2_window = 98304'"),
+        (" prefetch=()", " prefetch=(w[0:8])", "L2 prefetch plan went with option l2_prefetch"),
+    ],
+)
+def test_a_dump_that_sets_a_retired_option_is_one_line_exit_2(
+    tiny, tmp_path, capsys, old, new, error
+):
+    _, folder = tiny
+    text = _as_before_the_retirement((folder / "05-prefetch.tir").read_text())
+    assert old in text
+    edited = tmp_path / "05-prefetch.tir"
+    edited.write_text(text.replace(old, new, 1))
+    with pytest.raises(ParseError, match=re.escape(error)):
+        compile_from_ir(edited, nvcc=False)
+    rc = main(["--from-ir", str(edited), "-o", str(tmp_path / "out"), "--no-nvcc", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and error in err
+    assert not (tmp_path / "out").exists()

@@ -109,13 +109,6 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection(flags):
 # Each switch, and what must show in the generated source when it is set.
 OPTION_EFFECTS = [
     ({"weight_ring": False}, lambda src: "produce(p, ring" not in src),
-    ({"l2_prefetch": True}, lambda src: "kL2Window = 0;" not in src and "prefetch_l2(s2" in src),
-    ({"l2_prefetch": True, "l2_window_kb": 96}, lambda src: f"kL2Window = {96 * 1024};" in src),
-    (
-        {"l2_prefetch": True, "weight_ring": False},
-        lambda src: "produce(p, ring" not in src and "prefetch_l2_range(p.w" in src,
-    ),
-    ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = s_weight_wait_ns" in src),
     ({"profile": True}, lambda src: "prof[6] = s_chunk_ns" in src),
     ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
@@ -146,17 +139,33 @@ def test_every_option_compiles_clean_and_shows_in_the_kernel(options, effect):
     cm = tc.compile("tiny-qwen3", **options)  # nvcc refuses to finish on any warning
     assert cm.resources.spill_stores == 0 and cm.resources.spill_loads == 0
     assert effect(cm.source)
-    if options != {"fine_deps": False, "flags": False}:  # the task table differs, not the code
-        assert cm.source != default
+    assert cm.source != default
 
 
-def test_coarse_deps_use_one_counter_per_op():
-    fine = tc.compile("tiny-qwen3", nvcc=False, flags=False)
-    coarse = tc.compile("tiny-qwen3", nvcc=False, fine_deps=False, flags=False)
-    ops = {t.op for t in coarse.schedule.program.tasks}
-    arrivals = sum(1 for c in coarse.schedule.program.counters if c.name.startswith("arrive:"))
-    assert len(coarse.schedule.program.counters) == len(ops) + arrivals
-    assert len(fine.schedule.program.counters) > len(coarse.schedule.program.counters)
+@pytest.mark.parametrize(
+    "option, value",
+    [("l2_prefetch", True), ("l2_window_kb", 96), ("mma_gemv", True), ("fine_deps", False)],
+)
+def test_a_retired_option_is_one_line_naming_it(option, value, monkeypatch):
+    """The options measured as losers are gone: setting one is a ConfigError naming it and
+    the last commit that had it; at the behaviour kept (what old dumps record) it is
+    accepted and changes nothing."""
+    from tilert_compiler.models.config import ConfigError
+    from tilert_compiler.options import LAST_COMMIT_WITH_RETIRED, RETIRED, from_env
+
+    with pytest.raises(ConfigError, match=f"option {option} was removed") as e:
+        tc.compile("tiny-llama", nvcc=False, **{option: value})
+    assert LAST_COMMIT_WITH_RETIRED in str(e.value) and "\n" not in str(e.value)
+    kept = tc.compile("tiny-llama", nvcc=False, **{option: RETIRED[option][0]})
+    assert kept.source == tc.compile("tiny-llama", nvcc=False).source
+    assert option not in kept.manifest["options"]
+    var = {"l2_prefetch": "TILERT_L2_PREFETCH", "mma_gemv": "TILERT_MMA_GEMV"}.get(option)
+    if var:
+        monkeypatch.setenv(var, "1")
+        with pytest.raises(ConfigError, match=f"{var}: option {option} was removed"):
+            from_env()
+        monkeypatch.setenv(var, "0")
+        assert from_env() == tc.Options()
 
 
 def test_profile_buffer_stride_matches_the_runtime():
@@ -180,28 +189,6 @@ def test_the_handoff_term_moves_predictions_not_placement(name):
     assert step > max(e for _, e in without.predicted) + target.handoff_s  # a chain of hops
 
 
-def test_the_l2_window_is_sized_from_the_target_and_only_with_the_ring():
-    from dataclasses import replace
-
-    from tilert_compiler.ir.target import DEFAULT_TARGET
-    from tilert_compiler.passes.prefetch import L2_WINDOW_SHARE, window_bytes
-
-    per_sm = DEFAULT_TARGET.l2_bytes * L2_WINDOW_SHARE / DEFAULT_TARGET.sms
-    assert per_sm - 1024 < window_bytes(DEFAULT_TARGET) <= per_sm
-    bigger = replace(DEFAULT_TARGET, l2_bytes=2 * DEFAULT_TARGET.l2_bytes)
-    assert window_bytes(bigger) > window_bytes(DEFAULT_TARGET)
-    assert window_bytes(DEFAULT_TARGET, kb=96) == 96 * 1024
-
-    cm = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True)
-    opts = dict(cm.schedule.options)
-    assert opts["l2_window"] == window_bytes(cm.config.target) > 0
-    assert not any(cm.schedule.prefetch)  # the producer streams; no per-task plan
-    off = dict(tc.compile("tiny-llama", nvcc=False).schedule.options)
-    assert off["l2_window"] == 0
-    no_ring = tc.compile("tiny-llama", nvcc=False, l2_prefetch=True, weight_ring=False)
-    assert dict(no_ring.schedule.options)["l2_window"] == 0 and any(no_ring.schedule.prefetch)
-
-
 def test_the_cache_prefetch_is_on_by_default_and_only_with_the_ring():
     """The producer asks L2 for attention's cache rows: the option reaches the schedule
     (and its dump) and the kernel, and needs the producer, so not without the ring."""
@@ -219,8 +206,8 @@ def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():
     """The producer's cap on copies in flight is the target's bytes over the stage size
     (at least one copy, at most the ring's depth); a stage smaller than a weight row, or
     an option out of range, is refused with one line naming it."""
-    from tilert_compiler.codegen.cuda import CodegenError
     from tilert_compiler.models.config import ConfigError
+    from tilert_compiler.passes.plan import PlanError
 
     def ring(**kw):
         return tc.compile("tiny-llama", nvcc=False, **kw).manifest["weight_ring"]
@@ -235,7 +222,7 @@ def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():
     assert ring()["in_flight"] == max(1, target.copies_in_flight_bytes // ring()["stage_bytes"])
     whole = ring(in_flight_kb=0, ring_stages=4)
     assert whole["in_flight"] == whole["stages"] > 2
-    with pytest.raises(CodegenError, match="cannot hold a weight row of K = 8192"):
+    with pytest.raises(PlanError, match="cannot hold a weight row of K = 8192"):
         tc.compile("llama-3.2-1b", nvcc=False, stage_kb=8)
     with pytest.raises(ConfigError, match="stage_kb must be 1..128"):
         tc.compile("tiny-llama", nvcc=False, stage_kb=0)
@@ -284,12 +271,11 @@ def test_ring_consumers_rely_on_each_stream_entry_holding_the_tasks_rows():
     table: a table where an entry holds other rows must be refused, not miscompiled."""
     from dataclasses import replace
 
-    from tilert_compiler.codegen.cuda import CodegenError, emit_cuda, plan_kernel
+    from tilert_compiler.codegen.cuda import CodegenError, emit_cuda
     from tilert_compiler.ir.tasktable import F_NSTREAM, F_STREAM
 
     cm = tc.compile("tiny-llama", nvcc=False)
-    table = cm.table
-    plan = plan_kernel(table, cm.config.target, ring=True)
+    table, plan = cm.table, cm.schedule.plan
     emit_cuda(cm.schedule, table, plan, [1.0] * 8, version="t", arch="sm_90a")  # as built
     t = int(np.flatnonzero(table.records[:, F_NSTREAM] > 0)[0])
     stream = table.stream.copy()
@@ -300,27 +286,13 @@ def test_ring_consumers_rely_on_each_stream_entry_holding_the_tasks_rows():
         )
 
 
-def test_mma_gemv_refuses_a_k_that_is_not_a_multiple_of_32():
-    """The tensor-core GEMV takes K in blocks of 32: a clear CodegenError, not nvcc's
-    static_assert (or a wrong kernel)."""
-    from types import SimpleNamespace
-
-    from tilert_compiler.codegen.cuda import CodegenError, plan_kernel
-    from tilert_compiler.ir.tasktable import Variant
-
-    cm = tc.compile("tiny-llama", nvcc=False)
-    kinds = SimpleNamespace(variants=[Variant("norm_linear", (("K", 48), ("R", 8)))])
-    plan_kernel(kinds, cm.config.target, ring=True)  # FFMA takes any K
-    with pytest.raises(CodegenError, match="K = 48"):
-        plan_kernel(kinds, cm.config.target, ring=True, mma_gemv=True)
-
-
 def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_cap():
     """Decode attention holds a block of a split's cache rows, not all of them: its shared
     memory, and so the room for the weight ring, is the same at any max_seq_len.
     ring_stages sets the depth and refuses more stages than fit."""
-    from tilert_compiler.codegen.cuda import CodegenError, plan_kernel, scratch_floats
+    from tilert_compiler.ir.plan import scratch_floats
     from tilert_compiler.ir.tasktable import Variant
+    from tilert_compiler.passes.plan import PlanError
 
     def attention(cap):
         return Variant(
@@ -328,12 +300,11 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
             (("HD", 128), ("G", 2), ("H", 16), ("KV", 8), ("S", cap), ("NSPLIT", 16), ("QKN", 1)),
         )
 
-    small, big = (scratch_floats(attention(c), 7, 32768, False) for c in (64, 1024))
-    assert small < big == scratch_floats(attention(65536), 7, 32768, False)
-    cm = tc.compile("tiny-llama", nvcc=False)
-    assert plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=3).stages == 3
-    with pytest.raises(CodegenError, match="stages of 32768 bytes fit"):
-        plan_kernel(cm.table, cm.config.target, ring=True, ring_stages=1000)
+    small, big = (scratch_floats(attention(c), 7, 32768) for c in (64, 1024))
+    assert small < big == scratch_floats(attention(65536), 7, 32768)
+    assert tc.compile("tiny-llama", nvcc=False, ring_stages=3).schedule.plan.stages == 3
+    with pytest.raises(PlanError, match="stages of 32768 bytes fit"):
+        tc.compile("tiny-llama", nvcc=False, ring_stages=1000)
 
 
 def test_the_ring_holds_half_a_layer_per_sm_or_all_that_fits():
@@ -341,12 +312,13 @@ def test_the_ring_holds_half_a_layer_per_sm_or_all_that_fits():
     than half a decoder layer's weights per SM, rounded up to a stage (at least 2). With 4
     KiB stages, tiny-llama on 132 SMs streams a few hundred bytes a layer per SM: 2 stages;
     on 2 SMs, 36 KiB: 5 stages (18 KiB)."""
-    from tilert_compiler.codegen.cuda import layer_bytes_per_sm, plan_kernel
+    from tilert_compiler.passes.plan import layer_bytes_per_sm
 
     depth = {}
     for sms in (132, 2):
-        cm = tc.compile("tiny-llama", nvcc=False, overrides={"target": {"sms": sms}})
-        plan = plan_kernel(cm.table, cm.config.target, ring=True, stage_kb=4)
+        over = {"target": {"sms": sms}}
+        cm = tc.compile("tiny-llama", nvcc=False, overrides=over, stage_kb=4)
+        plan = cm.schedule.plan
         half = layer_bytes_per_sm(cm.table, sms) / 2
         assert plan.stages == 2 or (plan.stages - 1) * plan.stage_bytes < half  # no more
         assert plan.stages * plan.stage_bytes >= half  # half a layer, or all that fits

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 import tilert_compiler as tc
-from tilert_compiler.codegen import cuda
-from tilert_compiler.codegen.cuda import CodegenError, relieve_registers
+from tilert_compiler.codegen.cuda import CodegenError
 from tilert_compiler.codegen.nvcc import Resources, find_nvcc
+from tilert_compiler.ir.plan import PART_BATCH_LEAST, x_part_floats
+from tilert_compiler.passes.plan import relieve_registers
 
 CONFIGS = Path(__file__).parent / "real_configs"
 MODELS = sorted(p.name for p in CONFIGS.iterdir())
@@ -57,7 +58,7 @@ def test_real_config_compiles_without_spills(model, tmp_path):
 
 def _table_and_plan(model: str):
     cm = tc.compile(CONFIGS / model, nvcc=False, prefill_chunk=0)
-    return cm.table, cuda.plan_kernel(cm.table, cm.config.target, ring=True)
+    return cm.table, cm.stages["plan"].plan
 
 
 def test_register_choices_go_cheapest_first_and_end():
@@ -73,7 +74,7 @@ def test_register_choices_go_cheapest_first_and_end():
         "attention partials loaded 12 at a time, not 16",
         "attention partials loaded 8 at a time, not 12",
     ]
-    assert plan.lean_dispatch and plan.part_batch == cuda.PART_BATCH_LEAST
+    assert plan.lean_dispatch and plan.part_batch == PART_BATCH_LEAST
 
 
 def test_x_part_in_registers_matches_the_template_rule():
@@ -82,9 +83,9 @@ def test_x_part_in_registers_matches_the_template_rule():
     table, plan = _table_and_plan("llama-3.1-8b")
     down = next(v for v in table.variants if v.kind == "linear_residual" and v.get("K") == 14336)
     assert plan.consumers // 32 == 7
-    assert cuda.x_part_floats(down, 7, plan.stage_bytes) == 64
+    assert x_part_floats(down, 7, plan.stage_bytes) == 64
     # and it is the GEMV whose x leaves registers once the other choices are used up
-    plan = replace(plan, lean_dispatch=True, part_batch=cuda.PART_BATCH_LEAST)
+    plan = replace(plan, lean_dispatch=True, part_batch=PART_BATCH_LEAST)
     step = relieve_registers(table, plan)
     assert step is not None and "64 floats" in step[1] and step[0].x_regs == 63
 
