@@ -319,9 +319,6 @@ def emit_cuda(
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),
-        # L2 prefetch: the producer's window past the ring, or (no ring) the per-task plan
-        l2_window=int(dict(sched.options).get("l2_window", 0)) if plan.ring else 0,
-        l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)) and not plan.ring,
         cache_prefetch=bool(dict(sched.options).get("cache_prefetch", False)) and plan.ring,
         profile=profile,
         profile_words=PROFILE_WORDS,
@@ -337,8 +334,6 @@ def emit_cuda(
         sample_bins=SAMPLE_BINS,
         variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
         kernel_name=KERNEL_NAME,
-        mma=plan.mma,
-        item_rows=item_rows(plan.mma),
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,

@@ -4,9 +4,8 @@ Tasks are data, task kinds are code. Every task is one record of `RECORD` int64 
 `kind` indexes the artifact's variant list (a task kind specialised on static shapes).
 The per-kind argument slots are named in `ARGS`, the one place that defines them:
 
-  record: kind layer n_waits wait_at signal n_prefetch prefetch_at n_stream stream_at a0..a10
+  record: kind layer n_waits wait_at signal n_stream stream_at a0..a10
   waits:    int64 pairs (counter, producers per step)
-  prefetch: int64 pairs (weight element offset, elements): L2 prefetch before the wait
   stream:   int64 triples (weight element offset, elements, row length): the task's weight
             rows in the order its GEMV consumes them (the ring producer copies these)
   sm_start: int32[sms + 1], sm_tasks: int32[...]: SM s runs sm_tasks[sm_start[s]:sm_start[s+1]]
@@ -20,9 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RECORD = 20
-F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF, F_NSTREAM, F_STREAM = range(9)
-F_ARG0 = 9
+# A record's fixed fields, in order (the kernel's F_* constants are rendered from these
+# names), then the kind's arguments from F_ARG0 on.
+RECORD_FIELDS = ("KIND", "LAYER", "NWAIT", "WAIT", "SIGNAL", "NSTREAM", "STREAM")
+F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NSTREAM, F_STREAM = range(len(RECORD_FIELDS))
+F_ARG0 = len(RECORD_FIELDS)
+RECORD = F_ARG0 + 11
 NO_OFFSET = -1
 # Profiled builds: int64 words per task in the profile buffer (wait start, run start, end
 # in global-timer ns; ns spent waiting for weights in the ring; when the inputs were
@@ -83,7 +85,6 @@ class Variant:
 class TaskTable:
     records: np.ndarray  # int64 [n_tasks, RECORD]
     waits: np.ndarray  # int64 [n, 2]
-    prefetch: np.ndarray  # int64 [m, 2]
     stream: np.ndarray  # int64 [s, 3]
     sm_start: np.ndarray  # int32 [sms + 1]
     sm_tasks: np.ndarray  # int32 [n_tasks]
@@ -103,7 +104,6 @@ class TaskTable:
             path,
             records=self.records,
             waits=self.waits,
-            prefetch=self.prefetch,
             stream=self.stream,
             sm_start=self.sm_start,
             sm_tasks=self.sm_tasks,
@@ -115,7 +115,6 @@ class TaskTable:
             return cls(
                 z["records"],
                 z["waits"],
-                z["prefetch"],
                 z["stream"],
                 z["sm_start"],
                 z["sm_tasks"],

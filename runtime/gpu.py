@@ -80,7 +80,6 @@ class _Params(ctypes.Structure):
     _fields_ = [
         ("tasks", ctypes.c_void_p),
         ("waits", ctypes.c_void_p),
-        ("prefetch", ctypes.c_void_p),
         ("stream", ctypes.c_void_p),
         ("sm_start", ctypes.c_void_p),
         ("sm_tasks", ctypes.c_void_p),
@@ -91,7 +90,6 @@ class _Params(ctypes.Structure):
         ("token", ctypes.c_int),
         ("pos", ctypes.c_int),
         ("epoch", ctypes.c_uint),
-        ("n_rows", ctypes.c_int),  # unused by the decode kernel; the slot stays
         ("timeout_ns", ctypes.c_ulonglong),
         ("profile", ctypes.c_void_p),
         ("tokens", ctypes.c_void_p),
@@ -171,7 +169,6 @@ class _Program:
         self._acts = [act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))] for x in steps]
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
-        self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
         self.stream = torch.from_numpy(t.stream.reshape(-1)).to(dev)
         self.sm_start = torch.from_numpy(t.sm_start).to(dev)
         self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
@@ -186,7 +183,7 @@ class _Program:
         p = self.params = _Params()
         self.argv = (ctypes.c_void_p * 1)(ctypes.addressof(p))
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
-        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
+        p.sm_start = self.sm_start.data_ptr()
         p.stream, p.sm_tasks = self.stream.data_ptr(), self.sm_tasks.data_ptr()
         p.w, p.act = w.data_ptr(), act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), error.data_ptr()

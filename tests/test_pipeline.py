@@ -109,12 +109,6 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection(flags):
 # Each switch, and what must show in the generated source when it is set.
 OPTION_EFFECTS = [
     ({"weight_ring": False}, lambda src: "produce(p, ring" not in src),
-    ({"l2_prefetch": True}, lambda src: "kL2Window = 0;" not in src and "prefetch_l2(s2" in src),
-    ({"l2_prefetch": True, "l2_window_kb": 96}, lambda src: f"kL2Window = {96 * 1024};" in src),
-    (
-        {"l2_prefetch": True, "weight_ring": False},
-        lambda src: "produce(p, ring" not in src and "prefetch_l2_range(p.w" in src,
-    ),
     ({"fine_deps": False, "flags": False}, lambda src: "produce(p, ring" in src),
     ({"profile": True}, lambda src: "prof[3] = s_weight_wait_ns" in src),
     ({"profile": True}, lambda src: "prof[6] = s_chunk_ns" in src),
