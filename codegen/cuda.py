@@ -1,7 +1,9 @@
-"""Schedule + task table -> CUDA source of the one persistent kernel (jinja2 template)."""
+"""Schedule + task table -> CUDA source of the one persistent kernel: a small jinja2 template
+(the constants, Params, the dispatch) that includes the device code of codegen/cuda/."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from tilert_compiler.ir.tasktable import (
     F_STREAM,
     PROFILE_WORDS,
     RECORD,
+    RECORD_FIELDS,
     RING_WAIT_COPY,
     RING_WAIT_FREE,
     RING_WAIT_STAGE,
@@ -32,6 +35,7 @@ from tilert_compiler.ir.tile import Schedule
 
 KERNEL_NAME = "tilert_decode_step"
 _TEMPLATES = Path(__file__).parent / "templates"
+HEADERS = Path(__file__).parent / "cuda"  # the kernel's device code: building blocks, tasks/
 
 
 class CodegenError(ValueError):
@@ -292,22 +296,44 @@ def emit_cuda(
     arch: str,
     profile: bool = False,
     fault_skip_task: int = -1,
+    inline: bool = True,
 ) -> str:
-    """`profile`: record per task the global timer at wait start, run start and end (the
-    schedule and the task table are the same either way)."""
+    """The kernel's CUDA source: the build's constants, Params and the dispatch
+    (templates/persistent_kernel.cu.j2) with the headers of codegen/cuda/ it includes
+    inlined, so the source compiles alone (`inline=False`: the includes kept; nvcc then
+    needs `include_flags()`). `profile`: record per task the global timer at wait start,
+    run start and end (the schedule and the task table are the same either way)."""
     _check_stream_rows(table)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
+    source = (
+        _environment()
+        .get_template("persistent_kernel.cu.j2")
+        .render(
+            **kernel_constants(sched, plan, inv_freq, profile, fault_skip_task),
+            version=version,
+            model=sched.program.model,
+            arch=arch,
+            kinds=[k for k in ARGS if any(v.kind == k for v in table.variants)],
+            variants=[
+                {"kind": v.kind, "template_args": template_args(v), "index": i}
+                for i, v in enumerate(table.variants)
+            ],
+            kernel_name=KERNEL_NAME,
+        )
     )
+    return inline_headers(source) if inline else source
+
+
+def kernel_constants(
+    sched: Schedule,
+    plan: KernelPlan,
+    inv_freq: list[float],
+    profile: bool = False,
+    fault_skip_task: int = -1,
+) -> dict:
+    """What templates/kernel_constants.cuh.j2 renders: the build's constants."""
     consts = dict(sched.program.consts)
-    return env.get_template("persistent_kernel.cu.j2").render(
-        version=version,
-        model=sched.program.model,
-        arch=arch,
+    return dict(
+        cpp_bool=lambda b: "true" if b else "false",
         threads=plan.threads,
         consumers=plan.consumers,
         ring=plan.ring,
@@ -316,6 +342,7 @@ def emit_cuda(
         stage_bytes=plan.stage_bytes,
         record=RECORD,
         arg0=F_ARG0,
+        record_fields=", ".join(f"F_{name} = {i}" for i, name in enumerate(RECORD_FIELDS)),
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),
@@ -332,13 +359,58 @@ def emit_cuda(
         fault_skip_task=fault_skip_task,
         flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,
-        variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
-        kernel_name=KERNEL_NAME,
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,
         attn_block=ATTN_BLOCK_ROWS,
     )
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def include_flags() -> list[str]:
+    """nvcc flags that find the headers a kernel source includes (emit_cuda(inline=False))."""
+    return [f"-I{HEADERS}"]
+
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.M)
+
+
+def inline_headers(source: str) -> str:
+    """`source` with each `#include "x.cuh"` of codegen/cuda/ replaced by the header's text
+    (recursively, each header once, where it is first included; `#pragma once` dropped),
+    between comments naming it: one file that nvcc, a reader and the artifact take alone.
+    Its lines are what -lineinfo and profilers name."""
+    seen: set[Path] = set()
+
+    def expand(text: str, here: Path) -> str:
+        def one(m: re.Match) -> str:
+            path = next((d / m[1] for d in (here, HEADERS) if (d / m[1]).is_file()), None)
+            if path is None:
+                raise CodegenError(f"{m[0]}: no such header under {HEADERS}")
+            path = path.resolve()
+            if path in seen:
+                return f"// ---- {_name(path)}: above"
+            seen.add(path)
+            body = path.read_text().replace("#pragma once\n", "")
+            name = _name(path)
+            return f"// ---- {name}\n{expand(body, path.parent).rstrip()}\n// ---- {name} ends"
+
+        return _INCLUDE.sub(one, text)
+
+    return expand(source, HEADERS)
+
+
+def _name(header: Path) -> str:
+    return "codegen/cuda/" + header.relative_to(HEADERS.resolve()).as_posix()
 
 
 def _float_literal(x: float) -> str:

@@ -2,7 +2,7 @@
 
 manifest.json   config, target, kernel name, variants, arenas, tensor layout, versions
 tasks.npz       the task table (ir.tasktable)
-kernel.cu       the generated source
+kernel.cu       the generated source, the headers of codegen/cuda/ inlined (compiles alone)
 kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
 resources.txt   ptxas's report: registers, spills, shared memory
 prefill.json    the prefill program (runtime/prefill.py), with prefill.cu and prefill.cubin,
