@@ -46,6 +46,12 @@ def template_args(v: Variant) -> str:
     return ", ".join(str(val) for _, val in v.static)
 
 
+def args_struct(kind: str) -> str:
+    """The C++ struct of a task kind's arguments (ARGS): attention_decode ->
+    AttentionDecodeArgs."""
+    return "".join(w.capitalize() for w in kind.split("_")) + "Args"
+
+
 STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
 STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
 SAMPLE_BINS = 2048  # radix-select histogram of the sample task (digits of 11, 11, 10 bits)
@@ -314,7 +320,12 @@ def emit_cuda(
             arch=arch,
             kinds=[k for k in ARGS if any(v.kind == k for v in table.variants)],
             variants=[
-                {"kind": v.kind, "template_args": template_args(v), "index": i}
+                {
+                    "kind": v.kind,
+                    "template_args": template_args(v),
+                    "index": i,
+                    "args": args_struct(v.kind),
+                }
                 for i, v in enumerate(table.variants)
             ],
             kernel_name=KERNEL_NAME,
@@ -343,6 +354,7 @@ def kernel_constants(
         record=RECORD,
         arg0=F_ARG0,
         record_fields=", ".join(f"F_{name} = {i}" for i, name in enumerate(RECORD_FIELDS)),
+        arg_structs=[(args_struct(kind), names) for kind, names in ARGS.items()],
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),

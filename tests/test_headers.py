@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import tilert_compiler as tc
-from tilert_compiler.codegen.cuda import HEADERS, include_flags
+from tilert_compiler.codegen.cuda import HEADERS, args_struct, include_flags
 from tilert_compiler.codegen.nvcc import compile_cubin, find_nvcc
+from tilert_compiler.ir.tasktable import ARGS
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
 
@@ -31,14 +32,15 @@ def _driver(source: str, header: str) -> str:
     prelude = source.split("\n" + MARK)[0]
     out = [prelude, f'#include "{header}"', "namespace tilert {"]
     if header.startswith("tasks/"):
-        call = re.search(rf"(task_{Path(header).stem}<[^>]*>)\(p, st, args", source)[1]
+        call = re.search(rf"task_{Path(header).stem}<[^>]*>\(p, st, args_of<\w+>", source)[0]
         out += [
             "__global__ void check(const Params p) {",
             "  extern __shared__ float smem[];",
             "  __shared__ float red[32];",
             "  Ring ring{};",
             "  const Step st{0, p.pos, p.token, p.epoch};",
-            f"  {call}(p, st, p.tasks + kArg0, p.tasks, 0, smem, red, ring);",
+            "  const long long* rec = p.tasks;",
+            f"  {call}(rec), p.tasks, 0, smem, red, ring);",
             "}",
         ]
     elif header == "persistent.cuh":
@@ -79,6 +81,16 @@ def test_the_generated_part_is_constants_params_and_dispatch(source):
     assert "struct Params {" in text and "struct Tasks {" in text and "__global__" in text
     assert "task_embed<" in text and "__device__ void task_" not in text
     assert len(generated) < 200
+
+
+def test_task_arguments_are_named_structs_of_the_task_tables_args(source):
+    """Each kind's arguments are a struct whose fields are ARGS[kind] in order, and the
+    device code reads them by name, never as a[i]."""
+    for kind, names in ARGS.items():
+        fields = re.search(rf"struct {args_struct(kind)} {{\n  long long ([^;]*);", source)
+        assert fields is not None and fields[1].split(", ") == list(names), kind
+    for header in ALL:
+        assert not re.search(r"\ba\[\d", (HEADERS / header).read_text()), header
 
 
 def test_codegen_files_stay_small():

@@ -35,16 +35,16 @@ __device__ __forceinline__ void rope(float* q, float* kn, int pos) {
   sync_consumers();
 }
 
-// Kv group g's output heads [G][HD] at act[a[6]] <- its NSPLIT partials [NSPLIT][G][HD + 2]
-// (o, max, sum per q head) at act[a[5]], combined, flagged with `par`; `a`: the attention
+// Kv group g's output heads [G][HD] at a.out <- its NSPLIT partials [NSPLIT][G][HD + 2]
+// (o, max, sum per q head) at a.part, combined, flagged with `par`; `a`: the attention
 // task's arguments (read where they are used: a pointer held across the loads costs
 // registers). Scratch: ks (the partials), s_w ([NSPLIT][G] split weights), s_sum ([G]).
 template <int HD, int G, int NSPLIT>
-__device__ __forceinline__ void combine_splits(const Params& p, const long long* a, int g,
+__device__ __forceinline__ void combine_splits(const Params& p, const AttentionDecodeArgs& a, int g,
                                                float* ks, float* s_w, float* s_sum, unsigned par,
                                                int task) {
   constexpr int kPart = NSPLIT * G * (HD + 2), kPartIt = (kPart + kConsumers - 1) / kConsumers;
-  const float* parts = p.act + a[5] + (long long)g * kPart;
+  const float* parts = p.act + a.part + (long long)g * kPart;
   // the group's partials: in one batch where 24 registers hold them (llama-3.2-1b,
   // qwen3-0.6b: one L2 round trip on the layer's critical path, not two); else
   // kPartBatch at a time (qwen3-8b spills with two batches of 19; codegen lowers it from
@@ -72,7 +72,7 @@ __device__ __forceinline__ void combine_splits(const Params& p, const long long*
     s_sum[i] = l;
   }
   sync_consumers();
-  float* out = p.act + a[6] + (long long)g * G * HD;
+  float* out = p.act + a.out + (long long)g * G * HD;
   for (int t = threadIdx.x; t < G * HD; t += kConsumers) {
     const int i = t / HD, d = t % HD;
     float o = 0.f;
@@ -84,13 +84,13 @@ __device__ __forceinline__ void combine_splits(const Params& p, const long long*
 // Attention's cache rows of earlier steps do not depend on the step: when the producer's
 // walk passes a decode attention split (it runs a ring's depth ahead of the consumers)
 // it asks L2 for the split's k and v rows, so the split's copies into shared memory
-// find them in L2, not in HBM. `a`: the task's arguments.
+// find them in L2, not in HBM.
 template <int HD, int G, int H, int KV, int S, int NSPLIT, int QKN>
-__device__ void prefetch_cache_rows(const Params& p, int pos, const long long* a) {
+__device__ void prefetch_cache_rows(const Params& p, int pos, const AttentionDecodeArgs& a) {
   int lo, hi;
-  split_rows<NSPLIT>(pos, (int)a[8], lo, hi);
-  for (int c = 3; c <= 4; ++c)  // k, then v
-    prefetch_l2_range(p.act + a[c] + ((long long)a[7] * S + lo) * HD, (hi - lo) * HD * 4LL);
+  split_rows<NSPLIT>(pos, (int)a.split, lo, hi);
+  for (const long long* cache : {&a.k_cache, &a.v_cache})  // k, then v
+    prefetch_l2_range(p.act + *cache + ((long long)a.head * S + lo) * HD, (hi - lo) * HD * 4LL);
 }
 
 }  // namespace tilert

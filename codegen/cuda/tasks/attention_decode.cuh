@@ -19,7 +19,7 @@ namespace tilert {
 // come in blocks of at most kAttnBlock (online softmax across blocks), so its shared
 // memory does not grow with max_seq_len: that memory is the weight ring's.
 template <int HD, int G, int H, int KV, int S, int NSPLIT, int QKN>
-__device__ void task_attention_decode(const Params& p, const Step& st, const long long* a,
+__device__ void task_attention_decode(const Params& p, const Step& st, const AttentionDecodeArgs& a,
                                       const long long*, int task, float* smem, float*, Ring&) {
   constexpr int kSplitRows = (S - 1 + NSPLIT - 1) / NSPLIT + 1;  // rows a split may hold
   constexpr int kChunk = kSplitRows < kAttnBlock ? kSplitRows : kAttnBlock;  // rows a block
@@ -37,14 +37,14 @@ __device__ void task_attention_decode(const Params& p, const Step& st, const lon
                                 // row do not conflict with its neighbours' rows
   float* ks = sc + kScores;     // [kChunk][kP]: the split's cache rows (k), then partials
   float* vs = ks + kChunk * kP; // [kChunk][HD]: (v)
-  const int g = (int)a[7], s = (int)a[8];
+  const int g = (int)a.head, s = (int)a.split;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bool last = s == NSPLIT - 1;
   int lo, hi;
   split_rows<NSPLIT>(st.pos, s, lo, hi);
   const int old_rows = hi - lo, rows = old_rows + (last ? 1 : 0);
-  float* kc = p.act + a[3] + (long long)g * S * HD;
-  float* vc = p.act + a[4] + (long long)g * S * HD;
+  float* kc = p.act + a.k_cache + (long long)g * S * HD;
+  float* vc = p.act + a.v_cache + (long long)g * S * HD;
   // Rows [b0, b0 + kChunk) of the split's earlier-step rows into ks / vs (no check: earlier
   // steps' rows), as this thread's cp.asyncs.
   const auto load_block = [&](int b0) {
@@ -61,7 +61,7 @@ __device__ void task_attention_decode(const Params& p, const Step& st, const lon
     load_block(0);
     constexpr int kQIt = (G * HD + kConsumers - 1) / kConsumers;
     constexpr int kHIt = (HD + kConsumers - 1) / kConsumers;
-    const float* qkv = p.act + a[0];
+    const float* qkv = p.act + a.qkv;
     // Slot it < kQIt: q element i of the group; then k's, then v's.
     const auto at = [&](int it) -> const float* {
       if (it < kQIt) {
@@ -78,8 +78,8 @@ __device__ void task_attention_decode(const Params& p, const Step& st, const lon
       if (at(it) != nullptr) r[it] = ld_act(at(it));
     if (QKN)
       for (int i = threadIdx.x; i < HD; i += kConsumers) {
-        qg[i] = __bfloat162float(p.w[a[1] + i]);
-        kg[i] = __bfloat162float(p.w[a[2] + i]);
+        qg[i] = __bfloat162float(p.w[a.w_q_gamma + i]);
+        kg[i] = __bfloat162float(p.w[a.w_k_gamma + i]);
       }
     make_fresh(p, r, at, st.epoch & 1u, task);
 #pragma unroll
@@ -181,7 +181,7 @@ __device__ void task_attention_decode(const Params& p, const Step& st, const lon
   // polling for each; a split without rows writes max -1e30, not -inf (which the flag bit
   // would turn into a NaN). Without flags, the split that arrives last combines.
   const unsigned par = st.epoch & 1u;
-  float* part = p.act + a[5] + (long long)(g * NSPLIT + s) * G * (HD + 2);
+  float* part = p.act + a.part + (long long)(g * NSPLIT + s) * G * (HD + 2);
 #pragma unroll
   for (int u = 0; u < kOut; ++u) {
     const int t = threadIdx.x + u * kConsumers;
@@ -199,7 +199,7 @@ __device__ void task_attention_decode(const Params& p, const Step& st, const lon
   } else {
     if (threadIdx.x == 0) {  // release our partial, count the arrivals of g's splits
       __threadfence();
-      const unsigned seen = atomicAdd(p.counters + a[9], 1u) + 1u;
+      const unsigned seen = atomicAdd(p.counters + a.arrive, 1u) + 1u;
       __threadfence();
       s_last = seen == st.epoch * NSPLIT;
     }

@@ -9,11 +9,11 @@ namespace tilert {
 
 // embed: act[out + i] = table[token, row0 + i]
 template <int D>
-__device__ void task_embed(const Params& p, const Step& st, const long long* a, const long long*,
+__device__ void task_embed(const Params& p, const Step& st, const EmbedArgs& a, const long long*,
                            int, float*, float*, Ring&) {
-  const __nv_bfloat16* row = p.w + a[0] + (long long)st.token * D;
-  float* out = p.act + a[1];
-  for (int i = threadIdx.x; i < a[2]; i += kConsumers)
+  const __nv_bfloat16* row = p.w + a.w_table + (long long)st.token * D;
+  float* out = p.act + a.out;
+  for (int i = threadIdx.x; i < a.rows; i += kConsumers)
     out[i] = flagged(__bfloat162float(row[i]), st.epoch & 1u);
 }
 

@@ -7,15 +7,15 @@ namespace tilert {
 
 // gate_up_silu: out[r] = silu(gate[r] . xn) * (up[r] . xn), xn = rmsnorm(x)
 template <int K, int R>
-__device__ void task_gate_up_silu(const Params& p, const Step& st, const long long* a,
+__device__ void task_gate_up_silu(const Params& p, const Step& st, const GateUpSiluArgs& a,
                                   const long long* rec, int task, float* smem, float* red,
                                   Ring& ring) {
   float* x = smem;
   float* ypart = smem + K;
-  const int rows = (int)a[5];
-  load_rows<K, true>(p, st, task, p.act + a[0], p.w + a[1], x, red);
+  const int rows = (int)a.rows;
+  load_rows<K, true>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
   stream_rows<K, R>(p, rec, task, x, ypart, ring, 2 * rows);  // gate rows, then up rows
-  float* out = p.act + a[4];
+  float* out = p.act + a.out;
   for (int r = threadIdx.x; r < rows; r += kConsumers) {
     const float g = row_result<K, R>(ypart, r);
     const float u = row_result<K, R>(ypart, rows + r);

@@ -7,18 +7,18 @@ namespace tilert {
 
 // linear_residual: out[r] = residual[r] + W[r, :] . x   (o-proj, down-proj)
 template <int K, int R>
-__device__ void task_linear_residual(const Params& p, const Step& st, const long long* a,
+__device__ void task_linear_residual(const Params& p, const Step& st, const LinearResidualArgs& a,
                                      const long long* rec, int task, float* smem, float*,
                                      Ring& ring) {
   float* x = smem;
   float* ypart = smem + K;
-  const float* res = p.act + a[2];
-  const int rows = (int)a[4];
+  const float* res = p.act + a.residual;
+  const int rows = (int)a.rows;
   const unsigned par = st.epoch & 1u;
   const float res0 = threadIdx.x < rows ? ld_act(res + threadIdx.x) : 0.f;  // in flight early
-  load_rows<K, false>(p, st, task, p.act + a[0], nullptr, x, nullptr);
+  load_rows<K, false>(p, st, task, p.act + a.x, nullptr, x, nullptr);
   stream_rows<K, R>(p, rec, task, x, ypart, ring, rows);
-  float* out = p.act + a[3];
+  float* out = p.act + a.out;
 #pragma unroll 1  // a task has few rows: one pass per thread, as a rule
   for (int r = threadIdx.x; r < rows; r += kConsumers) {
     const bool early = r == threadIdx.x;  // res0 holds residual r

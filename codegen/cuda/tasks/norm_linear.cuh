@@ -9,15 +9,15 @@ namespace tilert {
 // (ARGMAX) also writes (largest value, its first row index) of its rows: greedy sampling
 // reduces those partials instead of reading every logit.
 template <int K, int R, int ARGMAX>
-__device__ void task_norm_linear(const Params& p, const Step& st, const long long* a,
+__device__ void task_norm_linear(const Params& p, const Step& st, const NormLinearArgs& a,
                                  const long long* rec, int task, float* smem, float* red,
                                  Ring& ring) {
   float* x = smem;
   float* ypart = smem + K;
-  const int rows = (int)a[4];
-  load_rows<K, true>(p, st, task, p.act + a[0], p.w + a[1], x, red);
+  const int rows = (int)a.rows;
+  load_rows<K, true>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
   stream_rows<K, R>(p, rec, task, x, ypart, ring, rows);
-  float* out = p.act + a[3];
+  float* out = p.act + a.out;
   float best = -INFINITY;
   int at = 0x7fffffff;
   for (int r = threadIdx.x; r < rows; r += kConsumers) {
@@ -29,9 +29,9 @@ __device__ void task_norm_linear(const Params& p, const Step& st, const long lon
   if (ARGMAX) {
     block_argmax(best, at);
     if (threadIdx.x == 0) {
-      float* part = p.act + a[5];
+      float* part = p.act + a.argmax_out;
       part[0] = best;
-      part[1] = (float)(a[6] + at);
+      part[1] = (float)(a.row0 + at);
     }
   }
 }

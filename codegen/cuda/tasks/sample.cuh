@@ -13,15 +13,15 @@ namespace tilert {
 // sample: the next token from the logits, written to the act arena (as a float), to
 // tokens[i + 1] and to the host's mapped buffer. Skipped while the prompt is being fed.
 template <int V>
-__device__ void task_sample(const Params& p, const Step& st, const long long* a,
+__device__ void task_sample(const Params& p, const Step& st, const SampleArgs& a,
                             const long long*, int, float* smem, float*, Ring&) {
   if (p.mode == kLogitsOnly || st.i + 1 < p.n_forced) return;
   __shared__ int s_token;
-  const float* lg = p.act + a[0];
+  const float* lg = p.act + a.logits;
   float best = -INFINITY;  // the largest logit and its first index, from the LM head's
   int at = 0x7fffffff;     // partials
-  const float* parts = p.act + a[3];
-  for (int j = threadIdx.x; j < a[4]; j += kConsumers) {
+  const float* parts = p.act + a.parts;
+  for (int j = threadIdx.x; j < a.n_parts; j += kConsumers) {
     const float v = ld_act(parts + 2 * j);
     const int i = (int)ld_act(parts + 2 * j + 1);
     if (v > best || (v == best && i < at)) best = v, at = i;
@@ -85,7 +85,7 @@ __device__ void task_sample(const Params& p, const Step& st, const long long* a,
   sync_consumers();
   if (threadIdx.x == 0) {
     const int tok = s_token;
-    p.act[a[1]] = (float)tok;
+    p.act[a.out] = (float)tok;
     if (p.tokens) p.tokens[st.i + 1] = tok;
     if (p.host_tokens) {  // the host counts drawn tokens: the first is step n_forced - 1's
       *reinterpret_cast<volatile int*>(p.host_tokens + st.i + 1 - p.n_forced) = tok;
