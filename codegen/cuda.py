@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from tilert_compiler.ir.tasktable import (
     F_LAYER,
     F_NSTREAM,
     F_STREAM,
+    MODE_GREEDY,
+    MODE_LOGITS,
+    MODE_SAMPLED,
+    PARAMS,
     PROFILE_WORDS,
     RECORD,
     RECORD_FIELDS,
@@ -44,6 +49,40 @@ class CodegenError(ValueError):
 
 def template_args(v: Variant) -> str:
     return ", ".join(str(val) for _, val in v.static)
+
+
+# The C++ types of ir/tasktable.py's Param types.
+CPP_TYPES = {
+    "i32": "int",
+    "u32": "unsigned",
+    "f32": "float",
+    "u64": "unsigned long long",
+    "i64": "long long",
+    "bf16": "__nv_bfloat16",
+}
+
+
+def cpp_type(param_type: str) -> str:
+    """A Param's type in C++: "const i64*" -> "const long long*"."""
+    const, base, pointer = re.fullmatch(r"(const )?(\w+)(\*?)", param_type).groups()
+    return f"{const or ''}{CPP_TYPES[base]}{pointer}"
+
+
+def params_fields() -> list[str]:
+    """The lines of the kernel's `struct Params` body, from PARAMS: each field, its doc as
+    a comment beside it, or above it when too long for one line."""
+    decls = [f"  {cpp_type(f.type)} {f.name};" for f in PARAMS]
+    width = max(map(len, decls))
+    lines = []
+    for f, decl in zip(PARAMS, decls, strict=True):
+        if not f.doc:
+            lines.append(decl)
+        elif width + 4 + len(f.doc) <= 100:
+            lines.append(f"{decl.ljust(width)}  // {f.doc}")
+        else:
+            lines += textwrap.wrap(f.doc, 96, initial_indent="  // ", subsequent_indent="  // ")
+            lines.append(decl)
+    return lines
 
 
 def args_struct(kind: str) -> str:
@@ -355,6 +394,8 @@ def kernel_constants(
         arg0=F_ARG0,
         record_fields=", ".join(f"F_{name} = {i}" for i, name in enumerate(RECORD_FIELDS)),
         arg_structs=[(args_struct(kind), names) for kind, names in ARGS.items()],
+        params=params_fields(),
+        modes=(MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED),
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),

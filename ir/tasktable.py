@@ -39,6 +39,64 @@ ERR_TIMEOUT, ERR_BAD_KIND, ERR_STREAM_TIMEOUT, ERR_INPUT_TIMEOUT = 1, 2, 3, 4
 # With ERR_STREAM_TIMEOUT, word 5 says which weight-ring wait: a stage's weights (the
 # consumers), the producer's earlier copy landed, a free stage (the producer).
 RING_WAIT_STAGE, RING_WAIT_COPY, RING_WAIT_FREE = 0, 1, 2
+# Params.mode: what the sample task does (runtime.sampling has the rules).
+MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Param:
+    """A field of the kernel's parameter struct. `type`: i32, u32, f32 or u64, or a pointer
+    to one of those, i64 or bf16 ("const i64*": read only)."""
+
+    name: str
+    type: str
+    doc: str = ""
+
+
+# The kernel's parameters, in order: codegen renders them as the kernel's `struct Params`,
+# the runtime's ctypes mirror (runtime.gpu) is built from them; both align each field to
+# its size (4 bytes of padding after epoch and after sample_producers). The order is the
+# one the kernel was tuned with: another order (no padding) moved ptxas's register
+# allocation on qwen3-8b (248 -> 252 registers, 38 more predicate saves).
+PARAMS = (
+    Param("tasks", "const i64*", "[n_tasks][RECORD]: the task records"),
+    Param("waits", "const i64*", "[n][2]: counter, producers per step"),
+    Param("stream", "const i64*", "[s][3]: weight element offset, elements, row length"),
+    Param("sm_start", "const i32*", "[sms + 1]"),
+    Param("sm_tasks", "const i32*", "task ids per SM, in global order"),
+    Param("w", "const bf16*", "weights arena"),
+    Param("act", "f32*", "activations, KV cache, logits"),
+    Param("counters", "u32*", "monotonic: each producer adds 1 per step"),
+    Param("error", "i32*", "[8]: code, sm, task, counter, value, expected"),
+    Param("token", "i32", "the token step 0 feeds"),
+    Param("pos", "i32", "step 0's cache position"),
+    Param("epoch", "u32", "steps run on these counters, step 0 included (>= 1)"),
+    Param("timeout_ns", "u64", "bound on every wait"),
+    Param(
+        "profile",
+        "u64*",
+        f"[n_tasks][{PROFILE_WORDS}] global-timer ns (profiled builds): wait start, run start, "
+        "end; ns thread 0 spent waiting for weight chunks to land in the ring; when the "
+        "task's inputs were loaded (GEMV: x, normed; attention: q/k/v and the cache rows), "
+        "or 0; when its own work was done, or 0; ns spent on its chunks",
+    ),
+    # Multi-step launches: step i feeds token i (step 0: `token`, later ones tokens[i]) at
+    # cache position pos + i, up to n_steps or a stop id; the sample task of step i writes
+    # the next token to tokens[i + 1] and to host_tokens[i + 1 - n_forced].
+    Param("tokens", "i32*", "[n_steps + 1]; [1, n_forced) hold the prompt's tokens"),
+    Param("host_tokens", "i32*", "[n_steps + 1 - n_forced], mapped host memory, or null"),
+    Param("stop_ids", "const i32*", "[n_stop]"),
+    Param("n_steps", "i32"),
+    Param("n_forced", "i32", "steps whose next token is given (the prompt), not sampled"),
+    Param("n_stop", "i32"),
+    Param("mode", "i32", "MODE_LOGITS, MODE_GREEDY or MODE_SAMPLED"),
+    Param("temperature", "f32"),
+    Param("top_p", "f32"),
+    Param("top_k", "i32"),
+    Param("sample_counter", "i32", "the sample task's signal counter (the step gate waits on it)"),
+    Param("sample_producers", "u32", "its producers per step"),
+    Param("seed", "u64", "the sample task's draws: uniform(seed, pos)"),
+)
 
 # Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
 # everything else in the act arena, except counts (rows, is_kv, head).

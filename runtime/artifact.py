@@ -48,7 +48,7 @@ from tilert_compiler.runtime.prefill import PrefillError, read_spec
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
 # 3: Params.n_rows.
 # 4: no L2 prefetch plan: the records lose n_prefetch and prefetch_at, tasks.npz its
-# prefetch table, Params its prefetch pointer and n_rows.
+# prefetch table, Params its prefetch pointer and n_rows (Params: ir/tasktable.py PARAMS).
 FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"

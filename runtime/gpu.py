@@ -23,6 +23,10 @@ from tilert_compiler.ir.tasktable import (
     ERR_TIMEOUT,
     F_KIND,
     F_SIGNAL,
+    MODE_GREEDY,
+    MODE_LOGITS,
+    MODE_SAMPLED,
+    PARAMS,
     PROFILE_WORDS,
     RING_WAIT_COPY,
     RING_WAIT_FREE,
@@ -75,42 +79,23 @@ class KernelError(RuntimeError):
     """The kernel stopped itself (bounded wait expired, bad table) and said where."""
 
 
+# ctypes of ir/tasktable.py's Param types (every pointer: c_void_p)
+_CTYPES = {
+    "i32": ctypes.c_int32,
+    "u32": ctypes.c_uint32,
+    "f32": ctypes.c_float,
+    "u64": ctypes.c_uint64,
+}
+
+
 class _Params(ctypes.Structure):
-    # Mirrors tilert::Params in the kernel template, field for field.
+    """The kernel's Params, field for field: both are built from ir/tasktable.py PARAMS."""
+
     _fields_ = [
-        ("tasks", ctypes.c_void_p),
-        ("waits", ctypes.c_void_p),
-        ("stream", ctypes.c_void_p),
-        ("sm_start", ctypes.c_void_p),
-        ("sm_tasks", ctypes.c_void_p),
-        ("w", ctypes.c_void_p),
-        ("act", ctypes.c_void_p),
-        ("counters", ctypes.c_void_p),
-        ("error", ctypes.c_void_p),
-        ("token", ctypes.c_int),
-        ("pos", ctypes.c_int),
-        ("epoch", ctypes.c_uint),
-        ("timeout_ns", ctypes.c_ulonglong),
-        ("profile", ctypes.c_void_p),
-        ("tokens", ctypes.c_void_p),
-        ("host_tokens", ctypes.c_void_p),
-        ("stop_ids", ctypes.c_void_p),
-        ("n_steps", ctypes.c_int),
-        ("n_forced", ctypes.c_int),
-        ("n_stop", ctypes.c_int),
-        ("mode", ctypes.c_int),
-        ("temperature", ctypes.c_float),
-        ("top_p", ctypes.c_float),
-        ("top_k", ctypes.c_int),
-        ("sample_counter", ctypes.c_int),
-        ("sample_producers", ctypes.c_uint),
-        ("pad2", ctypes.c_uint),
-        ("seed", ctypes.c_ulonglong),
+        (f.name, ctypes.c_void_p if f.type.endswith("*") else _CTYPES[f.type]) for f in PARAMS
     ]
 
 
-# Params.mode: what the sample task does.
-MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED = 0, 1, 2
 MAX_STOP_IDS = 64
 
 
