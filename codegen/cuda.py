@@ -11,6 +11,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tasktable import (
     ARGS,
@@ -357,10 +358,13 @@ def emit_cuda(
             version=version,
             model=sched.program.model,
             arch=arch,
-            kinds=[k for k in ARGS if any(v.kind == k for v in table.variants)],
+            headers=[
+                k.header for k in KINDS.values() if any(v.kind == k.name for v in table.variants)
+            ],
             variants=[
                 {
                     "kind": v.kind,
+                    "device": KINDS[v.kind].device,
                     "template_args": template_args(v),
                     "index": i,
                     "args": args_struct(v.kind),
@@ -393,7 +397,7 @@ def kernel_constants(
         record=RECORD,
         arg0=F_ARG0,
         record_fields=", ".join(f"F_{name} = {i}" for i, name in enumerate(RECORD_FIELDS)),
-        arg_structs=[(args_struct(kind), names) for kind, names in ARGS.items()],
+        arg_structs=[(args_struct(name), k.args) for name, k in KINDS.items()],
         params=params_fields(),
         modes=(MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED),
         eps=_float_literal(float(consts["norm_eps"])),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.tasktable import (
-    ARGS,
     F_ARG0,
     F_KIND,
     F_LAYER,
@@ -154,7 +154,7 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
 
 
-GEMV_KINDS = (OpKind.NORM_LINEAR, OpKind.LINEAR_RESIDUAL, OpKind.GATE_UP_SILU)
+GEMV_KINDS = tuple(OpKind(k.name) for k in KINDS.values() if k.streams)
 
 
 def _stream_entries(t: Task, o: _Offsets) -> list[tuple[int, int, int]]:
@@ -199,7 +199,8 @@ def serialize(sched: Schedule) -> TaskTable:
         rec[F_NSTREAM], rec[F_STREAM] = len(rows), len(stream)
         stream += rows
         args = _args(t, o)
-        assert tuple(args) == ARGS[v.kind], (v.kind, tuple(args))
+        assert tuple(args) == KINDS[v.kind].args, (v.kind, tuple(args))
+        assert tuple(n for n, _ in v.static) == KINDS[v.kind].statics, v
         for j, val in enumerate(args.values()):
             rec[F_ARG0 + j] = val
     sm_start = np.zeros(len(sched.sm_lists) + 1, dtype=np.int32)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tilert_compiler.ir.kinds import KINDS
+
 # A record's fixed fields, in order (the kernel's F_* constants are rendered from these
 # names), then the kind's arguments from F_ARG0 on.
 RECORD_FIELDS = ("KIND", "LAYER", "NWAIT", "WAIT", "SIGNAL", "NSTREAM", "STREAM")
@@ -98,29 +100,8 @@ PARAMS = (
     Param("seed", "u64", "the sample task's draws: uniform(seed, pos)"),
 )
 
-# Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
-# everything else in the act arena, except counts (rows, is_kv, head).
-ARGS: dict[str, tuple[str, ...]] = {
-    "embed": ("w_table", "out", "rows"),
-    "attention_decode": (
-        "qkv",
-        "w_q_gamma",
-        "w_k_gamma",
-        "k_cache",
-        "v_cache",
-        "part",
-        "out",
-        "head",
-        "split",
-        "arrive",
-    ),
-    "linear_residual": ("x", "w", "residual", "out", "rows"),
-    "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
-    # argmax_out: the LM head's (max, index) partial slot (NO_OFFSET elsewhere); row0: its
-    # first row (the index base)
-    "norm_linear": ("x", "w_gamma", "w", "out", "rows", "argmax_out", "row0"),
-    "sample": ("logits", "out", "vocab", "parts", "n_parts"),
-}
+# Argument slots per task kind, in order from F_ARG0: each kind's record (ir/kinds.py).
+ARGS: dict[str, tuple[str, ...]] = {name: k.args for name, k in KINDS.items()}
 assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
 
 

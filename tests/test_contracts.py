@@ -1,6 +1,7 @@
-"""The kernel and the runtime read the same definitions (ir/tasktable.py): the launch
-parameters (PARAMS: the kernel's struct Params, the runtime's ctypes mirror) and the task
-record's fields (RECORD_FIELDS: the kernel's F_* enum)."""
+"""The kernel and the runtime read the same definitions: the launch parameters
+(ir/tasktable.py PARAMS: the kernel's struct Params, the runtime's ctypes mirror), the task
+record's fields (RECORD_FIELDS: the kernel's F_* enum) and the task kinds (ir/kinds.py: the
+device functions, the interpreter's methods)."""
 
 import ctypes
 import re
@@ -8,9 +9,13 @@ import re
 import pytest
 
 import tilert_compiler as tc
+from tilert_compiler.codegen.cuda import HEADERS
 from tilert_compiler.codegen.nvcc import compile_cubin, find_nvcc
 from tilert_compiler.ir import tasktable as tt
+from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.runtime.gpu import _Params
+from tilert_compiler.runtime.interpreter import Interpreter
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
 
@@ -53,3 +58,16 @@ def test_the_sample_modes_are_the_runtimes(source):
         f"kLogitsOnly = {tt.MODE_LOGITS}, kGreedy = {tt.MODE_GREEDY}, "
         f"kSampled = {tt.MODE_SAMPLED};" in source
     )
+
+
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_each_task_kind_record_names_code_that_exists(kind):
+    """A kind's record (ir/kinds.py) names an op kind, a header whose device function takes
+    the record's statics as its template parameters, and an interpreter method."""
+    assert OpKind(kind.name)
+    header = (HEADERS / kind.header).read_text()
+    params = re.search(rf"template <([^>]*)>\s*__device__ void {kind.device}\(", header)
+    assert params is not None, kind.header
+    assert tuple(p.removeprefix("int ") for p in params[1].split(", ")) == kind.statics
+    assert callable(getattr(Interpreter, kind.interpreter))
+    assert tt.ARGS[kind.name] == kind.args
