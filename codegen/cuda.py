@@ -394,6 +394,7 @@ def kernel_constants(
         stages=plan.stages,
         in_flight=plan.in_flight,
         stage_bytes=plan.stage_bytes,
+        scratch_floats=plan.scratch_floats,
         record=RECORD,
         arg0=F_ARG0,
         record_fields=", ".join(f"F_{name} = {i}" for i, name in enumerate(RECORD_FIELDS)),

@@ -10,7 +10,7 @@ import pytest
 
 import tilert_compiler as tc
 from tilert_compiler.codegen.cuda import HEADERS, args_struct, include_flags
-from tilert_compiler.codegen.nvcc import compile_cubin, find_nvcc
+from tilert_compiler.codegen.nvcc import NvccError, compile_cubin, find_nvcc
 from tilert_compiler.ir.tasktable import ARGS
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
@@ -100,3 +100,12 @@ def test_codegen_files_stay_small():
         if f.is_file() and f.suffix in (".py", ".cuh", ".j2", ".md"):
             n = len(f.read_text().splitlines())
             assert n <= (200 if f.suffix == ".j2" else 500), (f, n)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("header", ["tasks/attention_decode.cuh", "tasks/norm_linear.cuh"])
+def test_a_task_that_outgrows_the_scratch_does_not_compile(source, header):
+    """The shared memory a task carves out is asserted against codegen's scratch_floats."""
+    small = re.sub(r"kScratchFloats = \d+;", "kScratchFloats = 16;", _driver(source, header))
+    with pytest.raises(NvccError, match="scratch_floats"):
+        compile_cubin(small, "sm_90a", "", extra=include_flags())

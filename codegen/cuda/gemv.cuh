@@ -140,6 +140,7 @@ __device__ void stream_rows(const Params& p, const long long* rec, int task, con
   constexpr int kSlice = (K / 8 + C::kSplit - 1) / C::kSplit, kJ = (kSlice + 31) / 32;
   constexpr bool kXRegs = 8 * kJ <= kXRegFloats;
   static_assert(C::kSplit == 1 || C::kRows * C::kSplit <= kCWarps, "a warp's slice must not change");
+  static_assert(K + C::kSplit * R <= kScratchFloats, "x and ypart are codegen's scratch_floats");
   const int c0 = warp % C::kSplit * kSlice + lane;
   const int c_end = min(K / 8, (warp % C::kSplit + 1) * kSlice);
   float4 xa[kXRegs ? kJ : 1], xb[kXRegs ? kJ : 1];

@@ -37,6 +37,11 @@ __device__ void task_attention_decode(const Params& p, const Step& st, const Att
                                 // row do not conflict with its neighbours' rows
   float* ks = sc + kScores;     // [kChunk][kP]: the split's cache rows (k), then partials
   float* vs = ks + kChunk * kP; // [kChunk][HD]: (v)
+  // ks and vs hold a block of cache rows, then ks the combine's partials
+  constexpr int kPart = NSPLIT * G * (HD + 2);
+  constexpr int kStaged = kChunk * (kP + HD) > kPart ? kChunk * (kP + HD) : kPart;
+  static_assert(G * HD + 4 * HD + kScores + kStaged <= kScratchFloats,
+                "attention's shared memory is more than codegen's scratch_floats");
   const int g = (int)a.head, s = (int)a.split;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bool last = s == NSPLIT - 1;

@@ -32,6 +32,7 @@ __device__ void task_sample(const Params& p, const Step& st, const SampleArgs& a
   } else {
     unsigned long long* hist = reinterpret_cast<unsigned long long*>(smem);  // [kBins]
     unsigned long long* sums = hist + kBins;                                 // [kConsumers]
+    static_assert(2 * kBins + 2 * kConsumers <= kScratchFloats, "codegen's scratch_floats");
     const float t = p.temperature, zmax = best / t;
     float tau = -INFINITY;
     if (p.top_k > 0 && p.top_k < V)
