@@ -1,12 +1,16 @@
-"""Schedule + task table -> CUDA source of the one persistent kernel (jinja2 template)."""
+"""Schedule + task table -> CUDA source of the one persistent kernel: a small jinja2 template
+(the constants, Params, the dispatch) that includes the device code of codegen/cuda/."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import ATTN_BLOCK_ROWS, SAMPLE_BINS, KernelPlan
 from tilert_compiler.ir.tasktable import (
     ARGS,
@@ -18,8 +22,13 @@ from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_NSTREAM,
     F_STREAM,
+    MODE_GREEDY,
+    MODE_LOGITS,
+    MODE_SAMPLED,
+    PARAMS,
     PROFILE_WORDS,
     RECORD,
+    RECORD_FIELDS,
     RING_WAIT_COPY,
     RING_WAIT_FREE,
     RING_WAIT_STAGE,
@@ -30,6 +39,7 @@ from tilert_compiler.ir.tile import Schedule
 
 KERNEL_NAME = "tilert_decode_step"
 _TEMPLATES = Path(__file__).parent / "templates"
+HEADERS = Path(__file__).parent / "cuda"  # the kernel's device code: building blocks, tasks/
 
 
 class CodegenError(ValueError):
@@ -38,6 +48,46 @@ class CodegenError(ValueError):
 
 def template_args(v: Variant) -> str:
     return ", ".join(str(val) for _, val in v.static)
+
+
+# The C++ types of ir/tasktable.py's Param types.
+CPP_TYPES = {
+    "i32": "int",
+    "u32": "unsigned",
+    "f32": "float",
+    "u64": "unsigned long long",
+    "i64": "long long",
+    "bf16": "__nv_bfloat16",
+}
+
+
+def cpp_type(param_type: str) -> str:
+    """A Param's type in C++: "const i64*" -> "const long long*"."""
+    const, base, pointer = re.fullmatch(r"(const )?(\w+)(\*?)", param_type).groups()
+    return f"{const or ''}{CPP_TYPES[base]}{pointer}"
+
+
+def params_fields() -> list[str]:
+    """The lines of the kernel's `struct Params` body, from PARAMS: each field, its doc as
+    a comment beside it, or above it when too long for one line."""
+    decls = [f"  {cpp_type(f.type)} {f.name};" for f in PARAMS]
+    width = max(map(len, decls))
+    lines = []
+    for f, decl in zip(PARAMS, decls, strict=True):
+        if not f.doc:
+            lines.append(decl)
+        elif width + 4 + len(f.doc) <= 100:
+            lines.append(f"{decl.ljust(width)}  // {f.doc}")
+        else:
+            lines += textwrap.wrap(f.doc, 96, initial_indent="  // ", subsequent_indent="  // ")
+            lines.append(decl)
+    return lines
+
+
+def args_struct(kind: str) -> str:
+    """The C++ struct of a task kind's arguments (ARGS): attention_decode ->
+    AttentionDecodeArgs."""
+    return "".join(w.capitalize() for w in kind.split("_")) + "Args"
 
 
 def _check_stream_rows(table: TaskTable) -> None:
@@ -67,36 +117,68 @@ def emit_cuda(
     arch: str,
     profile: bool = False,
     fault_skip_task: int = -1,
+    inline: bool = True,
 ) -> str:
-    """`profile`: record per task the global timer at wait start, run start and end (the
-    schedule and the task table are the same either way)."""
+    """The kernel's CUDA source: the build's constants, Params and the dispatch
+    (templates/persistent_kernel.cu.j2) with the headers of codegen/cuda/ it includes
+    inlined, so the source compiles alone (`inline=False`: the includes kept; nvcc then
+    needs `include_flags()`). `profile`: record per task the global timer at wait start,
+    run start and end (the schedule and the task table are the same either way)."""
     _check_stream_rows(table)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
+    source = (
+        _environment()
+        .get_template("persistent_kernel.cu.j2")
+        .render(
+            **kernel_constants(sched, plan, inv_freq, profile, fault_skip_task),
+            version=version,
+            model=sched.program.model,
+            arch=arch,
+            headers=[
+                k.header for k in KINDS.values() if any(v.kind == k.name for v in table.variants)
+            ],
+            variants=[
+                {
+                    "kind": v.kind,
+                    "device": KINDS[v.kind].device,
+                    "template_args": template_args(v),
+                    "index": i,
+                    "args": args_struct(v.kind),
+                }
+                for i, v in enumerate(table.variants)
+            ],
+            kernel_name=KERNEL_NAME,
+        )
     )
+    return inline_headers(source) if inline else source
+
+
+def kernel_constants(
+    sched: Schedule,
+    plan: KernelPlan,
+    inv_freq: list[float],
+    profile: bool = False,
+    fault_skip_task: int = -1,
+) -> dict:
+    """What templates/kernel_constants.cuh.j2 renders: the build's constants."""
     consts = dict(sched.program.consts)
-    return env.get_template("persistent_kernel.cu.j2").render(
-        version=version,
-        model=sched.program.model,
-        arch=arch,
+    return dict(
+        cpp_bool=lambda b: "true" if b else "false",
         threads=plan.threads,
         consumers=plan.consumers,
         ring=plan.ring,
         stages=plan.stages,
         in_flight=plan.in_flight,
         stage_bytes=plan.stage_bytes,
+        scratch_floats=plan.scratch_floats,
         record=RECORD,
         arg0=F_ARG0,
+        record_fields=", ".join(f"F_{name} = {i}" for i, name in enumerate(RECORD_FIELDS)),
+        arg_structs=[(args_struct(name), k.args) for name, k in KINDS.items()],
+        params=params_fields(),
+        modes=(MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED),
         eps=_float_literal(float(consts["norm_eps"])),
         head_dim=consts["head_dim"],
         rope_inv_freq=", ".join(_float_literal(f) for f in inv_freq),
-        # L2 prefetch: the producer's window past the ring, or (no ring) the per-task plan
-        l2_window=int(dict(sched.options).get("l2_window", 0)) if plan.ring else 0,
-        l2_prefetch=bool(dict(sched.options).get("l2_prefetch", False)) and not plan.ring,
         cache_prefetch=bool(dict(sched.options).get("cache_prefetch", False)) and plan.ring,
         profile=profile,
         profile_words=PROFILE_WORDS,
@@ -110,15 +192,58 @@ def emit_cuda(
         fault_skip_task=fault_skip_task,
         flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,
-        variants=[{"kind": v.kind, "template_args": template_args(v)} for v in table.variants],
-        kernel_name=KERNEL_NAME,
-        mma=False,
-        item_rows=1,
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,
         attn_block=ATTN_BLOCK_ROWS,
     )
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def include_flags() -> list[str]:
+    """nvcc flags that find the headers a kernel source includes (emit_cuda(inline=False))."""
+    return [f"-I{HEADERS}"]
+
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.M)
+
+
+def inline_headers(source: str) -> str:
+    """`source` with each `#include "x.cuh"` of codegen/cuda/ replaced by the header's text
+    (recursively, each header once, where it is first included; `#pragma once` dropped),
+    between comments naming it: one file that nvcc, a reader and the artifact take alone.
+    Its lines are what -lineinfo and profilers name."""
+    seen: set[Path] = set()
+
+    def expand(text: str, here: Path) -> str:
+        def one(m: re.Match) -> str:
+            path = next((d / m[1] for d in (here, HEADERS) if (d / m[1]).is_file()), None)
+            if path is None:
+                raise CodegenError(f"{m[0]}: no such header under {HEADERS}")
+            path = path.resolve()
+            if path in seen:
+                return f"// ---- {_name(path)}: above"
+            seen.add(path)
+            body = path.read_text().replace("#pragma once\n", "")
+            name = _name(path)
+            return f"// ---- {name}\n{expand(body, path.parent).rstrip()}\n// ---- {name} ends"
+
+        return _INCLUDE.sub(one, text)
+
+    return expand(source, HEADERS)
+
+
+def _name(header: Path) -> str:
+    return "codegen/cuda/" + header.relative_to(HEADERS.resolve()).as_posix()
 
 
 def _float_literal(x: float) -> str:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.tasktable import (
-    ARGS,
     F_ARG0,
     F_KIND,
     F_LAYER,
-    F_NPREF,
     F_NSTREAM,
     F_NWAIT,
-    F_PREF,
     F_SIGNAL,
     F_STREAM,
     F_WAIT,
@@ -64,10 +62,6 @@ class _Offsets:
         for a, b in zip(regions, regions[1:], strict=False):
             if self.start(a) + a.numel() != self.start(b):
                 raise ValueError(f"task t{t.id}: {a} and {b} are not adjacent in the arena")
-
-    def contiguous_span(self, r: Region) -> tuple[int, int]:
-        """(start, elements) of a region that is one contiguous run (a row block)."""
-        return self.start(r), r.numel()
 
 
 def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
@@ -160,7 +154,7 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
 
 
-GEMV_KINDS = (OpKind.NORM_LINEAR, OpKind.LINEAR_RESIDUAL, OpKind.GATE_UP_SILU)
+GEMV_KINDS = tuple(OpKind(k.name) for k in KINDS.values() if k.streams)
 
 
 def _stream_entries(t: Task, o: _Offsets) -> list[tuple[int, int, int]]:
@@ -191,7 +185,6 @@ def serialize(sched: Schedule) -> TaskTable:
     index: dict[Variant, int] = {}
     records = np.full((len(prog.tasks), RECORD), NO_OFFSET, dtype=np.int64)
     waits: list[tuple[int, int]] = []
-    prefetch: list[tuple[int, int]] = []
     stream: list[tuple[int, int, int]] = []
     for t in prog.tasks:
         v = variant_of(t, consts, o)
@@ -202,14 +195,12 @@ def serialize(sched: Schedule) -> TaskTable:
         rec[F_KIND], rec[F_LAYER], rec[F_SIGNAL] = index[v], t.layer, t.signal
         rec[F_NWAIT], rec[F_WAIT] = len(t.waits), len(waits)
         waits += list(t.waits)
-        regs = sched.prefetch[t.id] if sched.prefetch else ()
-        rec[F_NPREF], rec[F_PREF] = len(regs), len(prefetch)
-        prefetch += [o.contiguous_span(r) for r in regs]
         rows = _stream_entries(t, o)
         rec[F_NSTREAM], rec[F_STREAM] = len(rows), len(stream)
         stream += rows
         args = _args(t, o)
-        assert tuple(args) == ARGS[v.kind], (v.kind, tuple(args))
+        assert tuple(args) == KINDS[v.kind].args, (v.kind, tuple(args))
+        assert tuple(n for n, _ in v.static) == KINDS[v.kind].statics, v
         for j, val in enumerate(args.values()):
             rec[F_ARG0 + j] = val
     sm_start = np.zeros(len(sched.sm_lists) + 1, dtype=np.int32)
@@ -219,7 +210,6 @@ def serialize(sched: Schedule) -> TaskTable:
     return TaskTable(
         records,
         np.array(waits, dtype=np.int64).reshape(-1, 2),
-        np.array(prefetch, dtype=np.int64).reshape(-1, 2),
         np.array(stream, dtype=np.int64).reshape(-1, 3),
         sm_start,
         sm_tasks,

@@ -19,19 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tilert_compiler.explain import durations
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Schedule, Task
 
-# Fixed colours per kind so pictures of different models compare; unknown kinds (a task
-# kind added later) take the next free colour of the palette.
-KIND_COLOURS = {
-    "embed": "#7f7f7f",
-    "norm_linear": "#1f77b4",
-    "attention_decode": "#d62728",
-    "linear_residual": "#2ca02c",
-    "gate_up_silu": "#ff7f0e",
-    "sample": "#9467bd",
-}
+# Fixed colours per kind (ir/kinds.py) so pictures of different models compare; unknown
+# kinds take the next free colour of the palette.
+KIND_COLOURS = {name: k.colour for name, k in KINDS.items()}
 _SPARE = ("#e377c2", "#17becf", "#bcbd22", "#9edae5", "#c49c94", "#f7b6d2")
 
 

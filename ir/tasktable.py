@@ -4,9 +4,8 @@ Tasks are data, task kinds are code. Every task is one record of `RECORD` int64 
 `kind` indexes the artifact's variant list (a task kind specialised on static shapes).
 The per-kind argument slots are named in `ARGS`, the one place that defines them:
 
-  record: kind layer n_waits wait_at signal n_prefetch prefetch_at n_stream stream_at a0..a10
+  record: kind layer n_waits wait_at signal n_stream stream_at a0..a10
   waits:    int64 pairs (counter, producers per step)
-  prefetch: int64 pairs (weight element offset, elements): L2 prefetch before the wait
   stream:   int64 triples (weight element offset, elements, row length): the task's weight
             rows in the order its GEMV consumes them (the ring producer copies these)
   sm_start: int32[sms + 1], sm_tasks: int32[...]: SM s runs sm_tasks[sm_start[s]:sm_start[s+1]]
@@ -20,9 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RECORD = 20
-F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NPREF, F_PREF, F_NSTREAM, F_STREAM = range(9)
-F_ARG0 = 9
+from tilert_compiler.ir.kinds import KINDS
+
+# A record's fixed fields, in order (the kernel's F_* constants are rendered from these
+# names), then the kind's arguments from F_ARG0 on.
+RECORD_FIELDS = ("KIND", "LAYER", "NWAIT", "WAIT", "SIGNAL", "NSTREAM", "STREAM")
+F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NSTREAM, F_STREAM = range(len(RECORD_FIELDS))
+F_ARG0 = len(RECORD_FIELDS)
+RECORD = F_ARG0 + 11
 NO_OFFSET = -1
 # Profiled builds: int64 words per task in the profile buffer (wait start, run start, end
 # in global-timer ns; ns spent waiting for weights in the ring; when the inputs were
@@ -37,30 +41,67 @@ ERR_TIMEOUT, ERR_BAD_KIND, ERR_STREAM_TIMEOUT, ERR_INPUT_TIMEOUT = 1, 2, 3, 4
 # With ERR_STREAM_TIMEOUT, word 5 says which weight-ring wait: a stage's weights (the
 # consumers), the producer's earlier copy landed, a free stage (the producer).
 RING_WAIT_STAGE, RING_WAIT_COPY, RING_WAIT_FREE = 0, 1, 2
+# Params.mode: what the sample task does (runtime.sampling has the rules).
+MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED = 0, 1, 2
 
-# Argument slots per task kind, in order from F_ARG0. w_* are weights-arena offsets,
-# everything else in the act arena, except counts (rows, is_kv, head).
-ARGS: dict[str, tuple[str, ...]] = {
-    "embed": ("w_table", "out", "rows"),
-    "attention_decode": (
-        "qkv",
-        "w_q_gamma",
-        "w_k_gamma",
-        "k_cache",
-        "v_cache",
-        "part",
-        "out",
-        "head",
-        "split",
-        "arrive",
+
+@dataclass(frozen=True)
+class Param:
+    """A field of the kernel's parameter struct. `type`: i32, u32, f32 or u64, or a pointer
+    to one of those, i64 or bf16 ("const i64*": read only)."""
+
+    name: str
+    type: str
+    doc: str = ""
+
+
+# The kernel's parameters, in order: codegen renders them as the kernel's `struct Params`,
+# the runtime's ctypes mirror (runtime.gpu) is built from them; both align each field to
+# its size (4 bytes of padding after epoch and after sample_producers). The order is the
+# one the kernel was tuned with: another order (no padding) moved ptxas's register
+# allocation on qwen3-8b (248 -> 252 registers, 38 more predicate saves).
+PARAMS = (
+    Param("tasks", "const i64*", "[n_tasks][RECORD]: the task records"),
+    Param("waits", "const i64*", "[n][2]: counter, producers per step"),
+    Param("stream", "const i64*", "[s][3]: weight element offset, elements, row length"),
+    Param("sm_start", "const i32*", "[sms + 1]"),
+    Param("sm_tasks", "const i32*", "task ids per SM, in global order"),
+    Param("w", "const bf16*", "weights arena"),
+    Param("act", "f32*", "activations, KV cache, logits"),
+    Param("counters", "u32*", "monotonic: each producer adds 1 per step"),
+    Param("error", "i32*", "[8]: code, sm, task, counter, value, expected"),
+    Param("token", "i32", "the token step 0 feeds"),
+    Param("pos", "i32", "step 0's cache position"),
+    Param("epoch", "u32", "steps run on these counters, step 0 included (>= 1)"),
+    Param("timeout_ns", "u64", "bound on every wait"),
+    Param(
+        "profile",
+        "u64*",
+        f"[n_tasks][{PROFILE_WORDS}] global-timer ns (profiled builds): wait start, run start, "
+        "end; ns thread 0 spent waiting for weight chunks to land in the ring; when the "
+        "task's inputs were loaded (GEMV: x, normed; attention: q/k/v and the cache rows), "
+        "or 0; when its own work was done, or 0; ns spent on its chunks",
     ),
-    "linear_residual": ("x", "w", "residual", "out", "rows"),
-    "gate_up_silu": ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
-    # argmax_out: the LM head's (max, index) partial slot (NO_OFFSET elsewhere); row0: its
-    # first row (the index base)
-    "norm_linear": ("x", "w_gamma", "w", "out", "rows", "argmax_out", "row0"),
-    "sample": ("logits", "out", "vocab", "parts", "n_parts"),
-}
+    # Multi-step launches: step i feeds token i (step 0: `token`, later ones tokens[i]) at
+    # cache position pos + i, up to n_steps or a stop id; the sample task of step i writes
+    # the next token to tokens[i + 1] and to host_tokens[i + 1 - n_forced].
+    Param("tokens", "i32*", "[n_steps + 1]; [1, n_forced) hold the prompt's tokens"),
+    Param("host_tokens", "i32*", "[n_steps + 1 - n_forced], mapped host memory, or null"),
+    Param("stop_ids", "const i32*", "[n_stop]"),
+    Param("n_steps", "i32"),
+    Param("n_forced", "i32", "steps whose next token is given (the prompt), not sampled"),
+    Param("n_stop", "i32"),
+    Param("mode", "i32", "MODE_LOGITS, MODE_GREEDY or MODE_SAMPLED"),
+    Param("temperature", "f32"),
+    Param("top_p", "f32"),
+    Param("top_k", "i32"),
+    Param("sample_counter", "i32", "the sample task's signal counter (the step gate waits on it)"),
+    Param("sample_producers", "u32", "its producers per step"),
+    Param("seed", "u64", "the sample task's draws: uniform(seed, pos)"),
+)
+
+# Argument slots per task kind, in order from F_ARG0: each kind's record (ir/kinds.py).
+ARGS: dict[str, tuple[str, ...]] = {name: k.args for name, k in KINDS.items()}
 assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
 
 
@@ -83,7 +124,6 @@ class Variant:
 class TaskTable:
     records: np.ndarray  # int64 [n_tasks, RECORD]
     waits: np.ndarray  # int64 [n, 2]
-    prefetch: np.ndarray  # int64 [m, 2]
     stream: np.ndarray  # int64 [s, 3]
     sm_start: np.ndarray  # int32 [sms + 1]
     sm_tasks: np.ndarray  # int32 [n_tasks]
@@ -103,7 +143,6 @@ class TaskTable:
             path,
             records=self.records,
             waits=self.waits,
-            prefetch=self.prefetch,
             stream=self.stream,
             sm_start=self.sm_start,
             sm_tasks=self.sm_tasks,
@@ -115,7 +154,6 @@ class TaskTable:
             return cls(
                 z["records"],
                 z["waits"],
-                z["prefetch"],
                 z["stream"],
                 z["sm_start"],
                 z["sm_tasks"],

@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
 
 from tilert_compiler.ir.graph import OpKind
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import KernelPlan, format_plan
 
 # A bound is an int, or (symbol, offset) for `symbol + offset`.
@@ -109,12 +110,10 @@ class Task:
 
 
 # Task kinds whose kernel code reads every activation input until it carries this step's
-# parity (codegen/templates/persistent_kernel.cu.j2, `fresh` loads), and writes its
-# activation outputs with it (the LM head's logits excepted: the sample task waits on a
-# counter). Embed writes with it too.
-POLLING_KINDS = frozenset(
-    {OpKind.NORM_LINEAR, OpKind.ATTENTION_DECODE, OpKind.LINEAR_RESIDUAL, OpKind.GATE_UP_SILU}
-)
+# parity (codegen/cuda/flags.cuh, `fresh` loads), and writes its activation outputs with
+# it (the LM head's logits excepted: the sample task waits on a counter); ir/kinds.py
+# `polls`. Embed writes with it too.
+POLLING_KINDS = frozenset(OpKind(k.name) for k in KINDS.values() if k.polls)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 manifest.json   config, target, kernel name, variants, arenas, tensor layout, versions
 tasks.npz       the task table (ir.tasktable)
-kernel.cu       the generated source
+kernel.cu       the generated source, the headers of codegen/cuda/ inlined (compiles alone)
 kernel.cubin    nvcc's output for the target arch (absent if built without nvcc)
 resources.txt   ptxas's report: registers, spills, shared memory
 prefill.json    the prefill program (runtime/prefill.py), with prefill.cu and prefill.cubin,
@@ -46,10 +46,10 @@ from tilert_compiler.models.text import ConfigError
 from tilert_compiler.runtime.prefill import PrefillError, read_spec
 
 # 2: kernel Params gained the multi-step fields; the task table a sample task.
-# 3: Params.n_rows. (Earlier format-3 artifacts may also hold the persistent prefill
-# program, since removed, in prefill/, and the manifest keys rows and row_stride; this
-# runtime ignores them.)
-FORMAT_VERSION = 3
+# 3: Params.n_rows.
+# 4: no L2 prefetch plan: the records lose n_prefetch and prefetch_at, tasks.npz its
+# prefetch table, Params its prefetch pointer and n_rows (Params: ir/tasktable.py PARAMS).
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"
 SOURCE = "kernel.cu"
@@ -511,9 +511,8 @@ def _check_table(where: Path, m: dict, t: TaskTable) -> None:
     for name, (have, want) in shapes.items():
         if tuple(have) != want:
             raise fail(f"{name} has shape {tuple(have)}, the manifest implies {want}")
-    for name, a in (("waits", t.waits), ("prefetch", t.prefetch)):
-        if a.ndim != 2 or a.shape[1] != 2:
-            raise fail(f"{name} has shape {tuple(a.shape)}, expected (n, 2)")
+    if t.waits.ndim != 2 or t.waits.shape[1] != 2:
+        raise fail(f"waits has shape {tuple(t.waits.shape)}, expected (n, 2)")
     starts = t.sm_start.tolist()
     if (
         starts[0] != 0
@@ -703,19 +702,18 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
                 raise fail(
                     f"task {i} ({v.kind}): {name}={a[name]} with {n} elements runs past its tensor"
                 )
-    for name, table, cols in (("stream", t.stream, 3), ("prefetch", t.prefetch, 2)):
-        if table.ndim != 2 or table.shape[1] != cols:
-            raise fail(f"{name} has shape {tuple(table.shape)}, expected (n, {cols})")
-        # A stream may run on from one tensor into the next (q, k and v rows): the arena
-        # bounds it.
-        off, n = table[:, 0], table[:, 1]
-        bad = (off < 0) | (n < 0) | (off + n > m["arenas"]["weights"])
-        if bad.any():
-            k = int(bad.argmax())
-            raise fail(
-                f"{name} entry {k} ({int(off[k])}, {int(n[k])} elements) lies outside the "
-                f"weights arena's {m['arenas']['weights']}"
-            )
+    if t.stream.ndim != 2 or t.stream.shape[1] != 3:
+        raise fail(f"stream has shape {tuple(t.stream.shape)}, expected (n, 3)")
+    # A stream may run on from one tensor into the next (q, k and v rows): the arena
+    # bounds it.
+    off, n = t.stream[:, 0], t.stream[:, 1]
+    bad = (off < 0) | (n < 0) | (off + n > m["arenas"]["weights"])
+    if bad.any():
+        k = int(bad.argmax())
+        raise fail(
+            f"stream entry {k} ({int(off[k])}, {int(n[k])} elements) lies outside the "
+            f"weights arena's {m['arenas']['weights']}"
+        )
 
 
 _ELF_MAGIC = b"\x7fELF"

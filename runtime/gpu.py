@@ -23,6 +23,10 @@ from tilert_compiler.ir.tasktable import (
     ERR_TIMEOUT,
     F_KIND,
     F_SIGNAL,
+    MODE_GREEDY,
+    MODE_LOGITS,
+    MODE_SAMPLED,
+    PARAMS,
     PROFILE_WORDS,
     RING_WAIT_COPY,
     RING_WAIT_FREE,
@@ -76,44 +80,23 @@ class KernelError(RuntimeError):
     """The kernel stopped itself (bounded wait expired, bad table) and said where."""
 
 
+# ctypes of ir/tasktable.py's Param types (every pointer: c_void_p)
+_CTYPES = {
+    "i32": ctypes.c_int32,
+    "u32": ctypes.c_uint32,
+    "f32": ctypes.c_float,
+    "u64": ctypes.c_uint64,
+}
+
+
 class _Params(ctypes.Structure):
-    # Mirrors tilert::Params in the kernel template, field for field.
+    """The kernel's Params, field for field: both are built from ir/tasktable.py PARAMS."""
+
     _fields_ = [
-        ("tasks", ctypes.c_void_p),
-        ("waits", ctypes.c_void_p),
-        ("prefetch", ctypes.c_void_p),
-        ("stream", ctypes.c_void_p),
-        ("sm_start", ctypes.c_void_p),
-        ("sm_tasks", ctypes.c_void_p),
-        ("w", ctypes.c_void_p),
-        ("act", ctypes.c_void_p),
-        ("counters", ctypes.c_void_p),
-        ("error", ctypes.c_void_p),
-        ("token", ctypes.c_int),
-        ("pos", ctypes.c_int),
-        ("epoch", ctypes.c_uint),
-        ("n_rows", ctypes.c_int),  # unused by the decode kernel; the slot stays
-        ("timeout_ns", ctypes.c_ulonglong),
-        ("profile", ctypes.c_void_p),
-        ("tokens", ctypes.c_void_p),
-        ("host_tokens", ctypes.c_void_p),
-        ("stop_ids", ctypes.c_void_p),
-        ("n_steps", ctypes.c_int),
-        ("n_forced", ctypes.c_int),
-        ("n_stop", ctypes.c_int),
-        ("mode", ctypes.c_int),
-        ("temperature", ctypes.c_float),
-        ("top_p", ctypes.c_float),
-        ("top_k", ctypes.c_int),
-        ("sample_counter", ctypes.c_int),
-        ("sample_producers", ctypes.c_uint),
-        ("pad2", ctypes.c_uint),
-        ("seed", ctypes.c_ulonglong),
+        (f.name, ctypes.c_void_p if f.type.endswith("*") else _CTYPES[f.type]) for f in PARAMS
     ]
 
 
-# Params.mode: what the sample task does.
-MODE_LOGITS, MODE_GREEDY, MODE_SAMPLED = 0, 1, 2
 MAX_STOP_IDS = 64
 
 
@@ -172,7 +155,6 @@ class _Program:
         self._acts = [act[x["offset"] : x["offset"] + int(np.prod(x["shape"]))] for x in steps]
         self.records = torch.from_numpy(t.records).to(dev)
         self.waits = torch.from_numpy(t.waits.reshape(-1)).to(dev)
-        self.prefetch = torch.from_numpy(t.prefetch.reshape(-1)).to(dev)
         self.stream = torch.from_numpy(t.stream.reshape(-1)).to(dev)
         self.sm_start = torch.from_numpy(t.sm_start).to(dev)
         self.sm_tasks = torch.from_numpy(t.sm_tasks).to(dev)
@@ -187,7 +169,7 @@ class _Program:
         p = self.params = _Params()
         self.argv = (ctypes.c_void_p * 1)(ctypes.addressof(p))
         p.tasks, p.waits = self.records.data_ptr(), self.waits.data_ptr()
-        p.prefetch, p.sm_start = self.prefetch.data_ptr(), self.sm_start.data_ptr()
+        p.sm_start = self.sm_start.data_ptr()
         p.stream, p.sm_tasks = self.stream.data_ptr(), self.sm_tasks.data_ptr()
         p.w, p.act = w.data_ptr(), act.data_ptr()
         p.counters, p.error = self.counters.data_ptr(), error.data_ptr()

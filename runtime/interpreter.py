@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_NSTREAM,
@@ -185,7 +186,7 @@ class Interpreter:
     def _run(self, task: int) -> None:
         self._task = task
         v = self.table.variants[int(self.table.records[task, F_KIND])]
-        getattr(self, "_" + v.kind)(self.table.args(task), dict(v.static))
+        getattr(self, KINDS[v.kind].interpreter)(self.table.args(task), dict(v.static))
 
     # ------------------------------------------------------------ helpers
     def _act(self, at: int, n: int) -> torch.Tensor:

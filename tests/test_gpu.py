@@ -14,20 +14,16 @@ TINY = ["tiny-llama", "tiny-qwen3"]
 
 
 # Each tiny model with counters between all tasks, and with flags (activations carry
-# their step's parity; consumers poll the data); and with flags and the decode GEMVs on
-# tensor cores (mma_gemv).
-BUILDS = [(name, flags, False) for flags in (False, True) for name in TINY]
-BUILDS += [(name, True, True) for name in TINY]
+# their step's parity; consumers poll the data).
+BUILDS = [(name, flags) for flags in (False, True) for name in TINY]
 
 
-@pytest.fixture(
-    scope="module", params=BUILDS, ids=[f"{n}-flags{int(f)}-mma{int(m)}" for n, f, m in BUILDS]
-)
+@pytest.fixture(scope="module", params=BUILDS, ids=[f"{n}-flags{int(f)}" for n, f in BUILDS])
 def loaded(request, tmp_path_factory):
     from tilert_compiler.runtime.gpu import GpuModel
 
-    name, flags, mma = request.param
-    cm = tc.compile(name, flags=flags, mma_gemv=mma, prefill_chunk=0)
+    name, flags = request.param
+    cm = tc.compile(name, flags=flags, prefill_chunk=0)
     out = cm.save(tmp_path_factory.mktemp(name))
     w = load_weights(cm.config)
     return cm, GpuModel(out, weights=w), w

@@ -108,11 +108,9 @@ def test_every_split_of_attention_is_waited_for_by_the_o_projection(flags):
 
 # Each switch, and what must show in the generated source when it is set.
 OPTION_EFFECTS = [
-    ({"weight_ring": False}, lambda src: "produce(p, ring" not in src),
-    ({"profile": True}, lambda src: "prof[3] = s_weight_wait_ns" in src),
-    ({"profile": True}, lambda src: "prof[6] = s_chunk_ns" in src),
-    ({"profile": True}, lambda src: "prof[4] = s_loaded" in src and "mark_loaded();" in src),
-    ({"profile": True, "weight_ring": False}, lambda src: "prof[0] = s_t_wait" in src),
+    ({"weight_ring": False}, lambda src: "kRing = false;" in src),
+    ({"profile": True}, lambda src: "kProfile = true;" in src),
+    ({"profile": True, "weight_ring": False}, lambda src: "kProfile = true;" in src),
     ({"cache_prefetch": False}, lambda src: "kCachePrefetch = false;" in src),
     (
         {"in_flight_kb": 0},
@@ -126,7 +124,7 @@ OPTION_EFFECTS = [
     ),
     ({"attn_splits": 3}, lambda src: re.search(r"task_attention_decode<(\d+, ){5}3, ", src)),
     ({"ring_stages": 3}, lambda src: "kStages = 3;" in src),
-    ({"fault_skip_task": 0}, lambda src: "if (task != 0)" in src),
+    ({"fault_skip_task": 0}, lambda src: "kFaultSkipTask = 0;" in src),
     ({"flags": False}, lambda src: "kFlags = false;" in src),
 ]
 
@@ -172,7 +170,7 @@ def test_profile_buffer_stride_matches_the_runtime():
     from tilert_compiler.ir.tasktable import PROFILE_WORDS
 
     src = tc.compile("tiny-llama", profile=True, nvcc=False).source
-    assert f"p.profile + {PROFILE_WORDS}LL * task" in src
+    assert f"kProfileWords = {PROFILE_WORDS};" in src
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
@@ -199,7 +197,7 @@ def test_the_cache_prefetch_is_on_by_default_and_only_with_the_ring():
     assert dict(off.schedule.options)["cache_prefetch"] is False
     no_ring = tc.compile("tiny-qwen3", nvcc=False, weight_ring=False)
     assert dict(no_ring.schedule.options)["cache_prefetch"] is False
-    assert "prefetch_cache_rows" not in no_ring.source
+    assert "kCachePrefetch = false;" in no_ring.source
 
 
 def test_copies_in_flight_come_from_the_target_in_bytes_and_stages_hold_a_row():

@@ -54,7 +54,7 @@ def test_the_kernel_reports_the_codes_the_runtime_names():
     }
     for code in codes.values():
         assert not describe_error(words(int(code), 0, 0), "step 0").startswith("error ")
-    waits = dict(re.findall(r"kWait(\w+) = (\d+),", src))
+    waits = dict(re.findall(r"kWait(\w+) = (\d+);", src))
     assert {k: int(v) for k, v in waits.items()} == {
         "Stage": tt.RING_WAIT_STAGE,
         "Copy": tt.RING_WAIT_COPY,

@@ -74,16 +74,3 @@ def test_no_local_memory_outside_the_trig_slow_path(llama, tmp_path):
     local = [line for line in sass.splitlines() if " STL" in line or " LDL" in line]
     assert len(local) <= 12, local
     assert llama.resources.spill_stores == 0 and llama.resources.spill_loads == 0
-
-
-def test_decode_gemvs_on_tensor_cores_with_mma_gemv(tmp_path):
-    """mma_gemv puts the decode program's GEMVs on mma.sync bf16 tiles; without it the
-    decode kernel has no HMMA. Neither spills."""
-    plain = tc.compile("tiny-llama", prefill_chunk=0)
-    mma = tc.compile("tiny-llama", prefill_chunk=0, mma_gemv=True)
-    assert "HMMA" not in _sass(plain.cubin, tmp_path)
-    sass = _sass(mma.cubin, tmp_path)
-    assert "HMMA.16816.F32.BF16" in sass
-    assert mma.resources.spill_stores == 0 and mma.resources.spill_loads == 0
-    local = [line for line in sass.splitlines() if " STL" in line or " LDL" in line]
-    assert len(local) <= 12, local
