@@ -124,17 +124,24 @@ def test_a_tensor_the_stream_lacks_is_named(tmp_path):
 
 
 _PEAK = """
-import resource, sys, torch
+import sys, torch
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import load_weights, stream_weights
 from tilert_compiler.runtime.arena import pack_weights
 from tilert_compiler.runtime.artifact import load_artifact
+
+def status(key):  # kB
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
 art = load_artifact(sys.argv[1])
 cfg = load_config(sys.argv[2])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the peak so far: imports
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from now
+base = status("VmRSS")
 src = stream_weights(cfg) if sys.argv[3] == "stream" else load_weights(cfg)
 arena = pack_weights(art, src, torch.bfloat16)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+print(status("VmHWM") - base)
 """
 
 
@@ -162,5 +169,5 @@ def test_streaming_holds_a_shard_not_a_float32_copy(tmp_path):
     arena, shard = 2 * params, 2 * params // 4
     art = tc.compile(folder, nvcc=False, prefill_chunk=0).save(tmp_path / "art")
     streamed, whole = _peak(art, folder, "stream"), _peak(art, folder, "dict")
-    assert streamed < arena + shard + 64 * 2**20, (streamed, arena, shard)
+    assert streamed < arena + shard + 128 * 2**20, (streamed, arena, shard)
     assert whole > streamed + 2 * params  # the reference path: float32 copies on top
