@@ -22,6 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from tilert_compiler.runtime.log import add_flags as add_log_flags
+from tilert_compiler.runtime.log import log
+from tilert_compiler.runtime.log import setup as log_setup
+
 DEFAULT_MODEL = "llama-3.2-1b"
 EXIT_BAD_INPUT = 2
 
@@ -52,27 +56,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="GPU arch, e.g. sm_90a (default: the description's)")
     p.add_argument("--sms", type=int, help="SM count to schedule for (default: the description's)")
     p.add_argument("--max-seq-len", type=int, help="KV-cache capacity in tokens")
-    p.add_argument(
+    inspect = p.add_argument_group("inspecting what the compiler did (docs/inspecting.md)")
+    inspect.add_argument(
         "--dump-ir",
         nargs="?",
         const="",
         metavar="DIR",
         help="write every stage's IR (default DIR: <out>/ir/)",
     )
-    p.add_argument(
+    inspect.add_argument(
         "--from-ir",
         metavar="FILE",
         help="compile from a dumped (maybe edited) tile/deps/schedule/prefetch/layout/plan IR"
         " file: verify it, re-run the stages after it, generate code (default -o:"
         " build/<model>-from-ir/)",
     )
-    p.add_argument(
+    inspect.add_argument(
         "--explain",
         action="store_true",
         help="print per layer and op: tasks, bytes, SMs, roles, predicted time vs the floor"
         " (implies --no-run)",
     )
-    p.add_argument(
+    inspect.add_argument(
         "--pictures",
         nargs="?",
         const="",
@@ -80,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         help="draw the schedule (per-SM Gantt, PNG+SVG) and a layer's dependency graph"
         " (DOT+SVG) (default DIR: <out>/pictures/; needs matplotlib)",
     )
-    p.add_argument(
+    inspect.add_argument(
         "--pictures-layer",
         type=int,
         default=0,
@@ -88,50 +93,54 @@ def _parser() -> argparse.ArgumentParser:
         help="the layer whose schedule is zoomed into and whose dependency graph is drawn",
     )
     p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
-    p.add_argument(
+    tune = p.add_argument_group("kernel tuning")
+    ablate = p.add_argument_group(
+        "ablation switches (each turns off a pass measured to pay: docs/performance.md)"
+    )
+    ablate.add_argument(
         "--no-weight-ring",
         action="store_true",
         help="no producer warp / shared-memory weight ring (ablation)",
     )
-    p.add_argument(
+    tune.add_argument(
         "--stage-kb",
         type=int,
         metavar="KB",
         help="KiB per weight-ring stage (default: 32, or the largest weight row if bigger)",
     )
-    p.add_argument(
+    tune.add_argument(
         "--in-flight-kb",
         type=int,
         metavar="KB",
         help="KiB of weight copies each SM keeps in flight (default: the target's, 32; 0: the"
         " whole ring)",
     )
-    p.add_argument(
+    tune.add_argument(
         "--ring-stages",
         type=int,
         metavar="N",
         help="the decode weight ring's stages (default: as many as fit beside the task"
         " scratch, at most half a decoder layer's weights per SM)",
     )
-    p.add_argument(
+    tune.add_argument(
         "--attn-splits",
         type=int,
         metavar="N",
         help="split-KV factor of decode attention (default: the SMs over the kv heads, at"
         " least 16 cache rows a split at context 512)",
     )
-    p.add_argument(
+    ablate.add_argument(
         "--no-cache-prefetch",
         action="store_true",
         help="the producer does not ask L2 for attention's KV cache rows ahead (ablation)",
     )
-    p.add_argument(
+    ablate.add_argument(
         "--no-flags",
         action="store_true",
         help="every hand-off through a dependency counter, not through data that carries its"
         " step's parity (ablation)",
     )
-    p.add_argument(
+    tune.add_argument(
         "--prefill-chunk",
         type=int,
         metavar="N",
@@ -158,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         " weights compiles but does not run",
     )
     p.add_argument("--no-run", action="store_true", help="compile only")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_log_flags(p)
     return p
 
 
@@ -173,7 +182,11 @@ def _on_sigterm(_signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    say = (lambda *_: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log_setup("tilert-compile", args, bare=True)
+
+    def say(*parts: object) -> None:
+        log.info(" ".join(map(str, parts)))
+
     try:
         before = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: SIGTERM is not ours to handle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -221,7 +222,8 @@ def _progress(progress: Any) -> Callable[[str], None]:
         raise ConfigTypeError(
             f"progress must be a function taking a line of text (got {type(progress).__name__})"
         )
-    return progress or (lambda _msg: None)
+    # by default through `logging` ("tilert_compiler", INFO): seen where logging is set up
+    return progress or logging.getLogger("tilert_compiler").info
 
 
 def _check_options(opts: Options) -> None:

@@ -23,24 +23,27 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 class _Format(logging.Formatter):
-    def __init__(self, prog: str):
+    def __init__(self, prog: str, bare: bool = False):
         super().__init__()
-        self.prog = prog
+        self.prog, self.bare = prog, bare
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         if record.levelno >= logging.WARNING:
             return f"{self.prog}: {record.levelname.lower()}: {msg}"
-        return f"{self.prog}: {msg}"
+        return msg if self.bare else f"{self.prog}: {msg}"
 
 
-def setup(prog: str, args: argparse.Namespace, *, loggers: tuple[str, ...] = ()) -> int:
+def setup(
+    prog: str, args: argparse.Namespace, *, loggers: tuple[str, ...] = (), bare: bool = False
+) -> int:
     """Send the package's messages (and `loggers`') to stderr at the level -v/-q ask for;
-    returns that level. Called again (a second main() in one process), it replaces its
-    handler."""
+    returns that level. `bare`: information lines without the "prog: " prefix (the
+    compiler's progress table). Called again (a second main() in one process), it replaces
+    its handler."""
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Format(prog))
+    handler.setFormatter(_Format(prog, bare))
     handler._tilert = True  # type: ignore[attr-defined]
     for name in (LOGGER, *loggers):
         lg = logging.getLogger(name)
