@@ -301,12 +301,13 @@ def build_decode(cfg, opts, sched: Schedule, timings: dict, say) -> DecodeBuild:
 
 def _compile_without_spills(cfg, table, plan, source, emit, say):
     """nvcc, and while ptxas spills registers, the next variant choice (relieve_registers:
-    fewer attention partials at a time, then x from shared memory). The choices made are
-    kept in the resources (resources.txt). Any other nvcc warning is a compiler bug."""
+    the dispatch state in shared memory, fewer attention partials at a time, then x from
+    shared memory). The choices made are kept in the resources (resources.txt). Any other
+    nvcc warning is a compiler bug, said on one line."""
     choices: list[str] = []
     while True:
         cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)
-        other = "\n".join(w for w in warnings.splitlines() if "spill" not in w)
+        other = "; ".join(w.strip() for w in warnings.splitlines() if "spill" not in w)
         if other:
             raise CodegenError(f"nvcc warned on generated code (a compiler bug): {other}")
         if not (resources.spill_stores or resources.spill_loads):
