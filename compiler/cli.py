@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tilert_compiler.runtime.log import add_flags as add_log_flags
 from tilert_compiler.runtime.log import log
+from tilert_compiler.runtime.log import restore as log_restore
 from tilert_compiler.runtime.log import setup as log_setup
 
 DEFAULT_MODEL = "llama-3.2-1b"
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if before is not None:
             signal.signal(signal.SIGTERM, before)
+        log_restore()
 
 
 def _option_flags(args, only_set: bool = False) -> dict:

@@ -161,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(PROG, args)
     try:
+        return _main(args)
+    finally:
+        logs.restore()
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         plan = _plan(args)
         model, where = load_model(plan.model)
         if plan.chat:
