@@ -369,18 +369,18 @@ def _write(cm, cfg, out: Path, args, say) -> None:
 
 def _load_weights(cm, say):
     """The weights the run after compiling needs, read and checked (NaN, Inf) before
-    anything is written: on a GPU, streamed a tensor at a time into the kernel's bf16
-    arena there; for the CPU interpreter, float32 tensors."""
+    anything is written, streamed a tensor at a time into the arena of what runs them: on
+    a GPU the kernel's bf16 arena there; else the CPU interpreter's float32 one."""
     import torch
 
-    from tilert_compiler.models.weights import load_weights, stream_weights
+    from tilert_compiler.models.weights import stream_weights
     from tilert_compiler.runtime.arena import pack_weights
 
     ws = cm.config.weights
     say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
     if torch.cuda.is_available() and cm.cubin is not None:
         return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16, "cuda")
-    return load_weights(cm.config)
+    return pack_weights(cm.artifact, stream_weights(cm.config), torch.float32)
 
 
 def _run_tokens(cm, out: Path, n: int, say, weights) -> int:

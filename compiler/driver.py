@@ -89,18 +89,19 @@ class CompiledModel:
 
     def interpret(self, token_ids, weights=None):
         """Teacher-forced decode of `token_ids` from position 0 on the CPU interpreter.
-        Returns float32 logits [len(token_ids), vocab]."""
+        Returns float32 logits [len(token_ids), vocab]. `weights`: a dict of tensors, or
+        the weights arena packed already (`runtime.arena.pack_weights`, float32)."""
         import torch
 
-        from tilert_compiler.models.weights import check_weights, load_weights
+        from tilert_compiler.models.weights import check_weights, stream_weights
         from tilert_compiler.runtime.generate import check_request
         from tilert_compiler.runtime.interpreter import Interpreter
 
         cfg = self.config
         ids = check_request(token_ids, 1, max_seq_len=cfg.max_seq_len, vocab=cfg.vocab)
         if weights is None:
-            weights = load_weights(cfg)
-        else:
+            weights = stream_weights(cfg)  # packed a tensor at a time
+        elif not isinstance(weights, torch.Tensor):  # a packed arena is the caller's
             check_weights(cfg, weights)
         it = Interpreter(self.artifact, weights)
         return torch.stack([it.step(t, pos) for pos, t in enumerate(ids)])

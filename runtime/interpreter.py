@@ -36,13 +36,22 @@ class InterpreterError(RuntimeError):
 class Interpreter:
     """A Decoder (runtime/decoder.py) on the CPU: the artifact's task table run in float32."""
 
-    def __init__(self, art: Artifact, weights: dict[str, torch.Tensor]):
+    def __init__(self, art: Artifact, weights: dict[str, torch.Tensor] | torch.Tensor):
         self.art = art
         self.table: TaskTable = art.table
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        self.W = pack_weights(art, weights, torch.float32)
+        if isinstance(weights, torch.Tensor):  # an arena packed already (pack_weights)
+            n = m["arenas"]["weights"]
+            if weights.dtype != torch.float32 or weights.shape != (n,):
+                raise InterpreterError(
+                    f"a packed weights arena must be {n} float32 values (got "
+                    f"{tuple(weights.shape)} {weights.dtype})"
+                )
+            self.W = weights
+        else:  # a dict, or (name, tensor) pairs as stream_weights yields them
+            self.W = pack_weights(art, weights, torch.float32)
         self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0

@@ -171,3 +171,16 @@ def test_streaming_holds_a_shard_not_a_float32_copy(tmp_path):
     streamed, whole = _peak(art, folder, "stream"), _peak(art, folder, "dict")
     assert streamed < arena + shard + 128 * 2**20, (streamed, arena, shard)
     assert whole > streamed + 2 * params  # the reference path: float32 copies on top
+
+
+def test_interpret_streams_its_weights_and_takes_a_packed_arena():
+    """cm.interpret without weights packs them from the stream (no float32 dict); given a
+    packed arena it uses it: the same logits as from the dict, bit for bit."""
+    cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
+    ids = torch.randint(0, cm.config.vocab, (5,)).tolist()
+    from_dict = cm.interpret(ids, weights=load_weights(cm.config))
+    assert torch.equal(cm.interpret(ids), from_dict)
+    arena = pack_weights(cm.artifact, stream_weights(cm.config), torch.float32)
+    assert torch.equal(cm.interpret(ids, weights=arena), from_dict)
+    with pytest.raises(Exception, match="packed weights arena must be"):
+        cm.interpret(ids, weights=arena.to(torch.bfloat16))
