@@ -5,6 +5,7 @@ poisons the logits instead of passing silently."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -29,7 +30,7 @@ def pack_weights(
     arena = torch.zeros(art.manifest["arenas"]["weights"], dtype=dtype, device=device)
     pairs = weights.items() if isinstance(weights, Mapping) else weights
     placed: set[str] = set()
-    bar = _progress(sum(_numel(t["shape"]) for t in places.values()), device)
+    bar = _progress(sum(math.prod(t["shape"]) for t in places.values()), device)
     for name, w in pairs:
         t = places.get(name)
         if t is None:
@@ -70,11 +71,24 @@ def _progress(total: int, device: torch.device | str):
     )
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def weights_arena(
+    art: Artifact,
+    weights: torch.Tensor | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The weights arena a runtime runs with: `weights` itself when it is one packed
+    already (checked: arenas.weights values of `dtype` on `device`, else one ConfigError),
+    otherwise `pack_weights` of it."""
+    if not isinstance(weights, torch.Tensor):
+        return pack_weights(art, weights, dtype, device)
+    n, dev = art.manifest["arenas"]["weights"], torch.device(device)
+    if weights.dtype != dtype or weights.device != dev or tuple(weights.shape) != (n,):
+        raise ConfigError(
+            f"weights: a packed weights arena must be {n} {str(dtype)[6:]} values on {dev} (got "
+            f"{tuple(weights.shape)} {str(weights.dtype)[6:]} on {weights.device})"
+        )
+    return weights
 
 
 def act_arena(art: Artifact, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -34,7 +34,7 @@ from tilert_compiler.ir.tasktable import (
 )
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.weights import stream_weights
-from tilert_compiler.runtime.arena import act_arena, pack_weights
+from tilert_compiler.runtime.arena import act_arena, weights_arena
 from tilert_compiler.runtime.artifact import Artifact, ArtifactError, load_artifact
 from tilert_compiler.runtime.cuda_driver import checked
 from tilert_compiler.runtime.generate import generate_on
@@ -232,18 +232,9 @@ class GpuModel:
         self.device = torch.device("cuda", device)
         check_device(path, m, device)
         dev = self.device
-        if isinstance(weights, torch.Tensor):  # an arena packed already (pack_weights)
-            n = m["arenas"]["weights"]
-            if weights.dtype != torch.bfloat16 or weights.device != dev or weights.shape != (n,):
-                raise ValueError(
-                    f"a packed weights arena must be {n} bf16 values on {dev} (got "
-                    f"{tuple(weights.shape)} {weights.dtype} on {weights.device})"
-                )
-            self.w = weights
-        else:
-            if weights is None:
-                weights = stream_weights(load_config(m["config"]))  # a tensor at a time
-            self.w = pack_weights(self.art, weights, torch.bfloat16, device=dev)
+        if weights is None:
+            weights = stream_weights(load_config(m["config"]))  # a tensor at a time
+        self.w = weights_arena(self.art, weights, torch.bfloat16, dev)
         self.act = act_arena(self.art, device=dev)
         t = self.art.table
         self.error = torch.zeros(ERROR_WORDS, dtype=torch.int32, device=dev)

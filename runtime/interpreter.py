@@ -22,7 +22,7 @@ from tilert_compiler.ir.tasktable import (
     TaskTable,
 )
 from tilert_compiler.ir.tile import POLLING_KINDS
-from tilert_compiler.runtime.arena import act_arena, pack_weights
+from tilert_compiler.runtime.arena import act_arena, weights_arena
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.generate import generate_on
 from tilert_compiler.runtime.prefill import PrefillReference, check_prompt
@@ -42,16 +42,7 @@ class Interpreter:
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        if isinstance(weights, torch.Tensor):  # an arena packed already (pack_weights)
-            n = m["arenas"]["weights"]
-            if weights.dtype != torch.float32 or weights.shape != (n,):
-                raise InterpreterError(
-                    f"a packed weights arena must be {n} float32 values (got "
-                    f"{tuple(weights.shape)} {weights.dtype})"
-                )
-            self.W = weights
-        else:  # a dict, or (name, tensor) pairs as stream_weights yields them
-            self.W = pack_weights(art, weights, torch.float32)
+        self.W = weights_arena(art, weights, torch.float32)  # a dict, pairs or an arena
         self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
