@@ -27,38 +27,49 @@ from tilert_compiler.models.weights import hf_weight_names
 from tilert_compiler.runtime.artifact import load_artifact
 
 CHILD = """
-import resource, sys, time, torch
+import sys, time, torch
 import tilert_compiler as tc
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):  # bytes, from /proc/self/status
+    line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+# ru_maxrss would count the parent's pages at the fork (19 GiB in run S12-2): the peak
+# (VmHWM) is reset here instead, after the imports
+open("/proc/self/clear_refs", "w").write("5")
+base = status("VmRSS")
 torch.zeros(1, device="cuda")  # the CUDA context, counted apart
-ctx = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ctx = status("VmHWM")
 t0 = time.perf_counter()
 m = tc.runtime.load(sys.argv[1], device="cuda", weights=sys.argv[2])
 torch.cuda.synchronize()
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base * 1024, ctx * 1024, peak * 1024, dt)
+peak = status("VmHWM")
+print(base, ctx, peak, dt)
 """
 
 
 def write_checkpoint(cfg, folder: Path, shard_bytes: int) -> int:
-    """Random bf16 weights in shards of at most `shard_bytes`; the largest shard's bytes."""
+    """Random bf16 weights in shards of at most `shard_bytes`, one shard in memory at a
+    time; the largest shard's bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    shards: list[dict] = [{}]
+    groups: list[list] = [[]]
     size = [0]
     for name, shape in hf_weight_names(cfg):
-        t = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
-        if size[-1] and size[-1] + 2 * t.numel() > shard_bytes:
-            shards.append({})
+        n = 2 * torch.Size(shape).numel()
+        if size[-1] and size[-1] + n > shard_bytes:
+            groups.append([])
             size.append(0)
-        shards[-1][name] = t
-        size[-1] += 2 * t.numel()
+        groups[-1].append((name, shape))
+        size[-1] += n
     index = {}
-    for k, part in enumerate(shards):
-        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    for k, group in enumerate(groups):
+        file = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        part = {n: (torch.randn(s, generator=g) * 0.02).to(torch.bfloat16) for n, s in group}
         save_file(part, str(folder / file))
         index.update(dict.fromkeys(part, file))
+        del part
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
     (folder / "config.json").write_text(json.dumps({"model_type": "stub"}))  # not read
     return max(size)
