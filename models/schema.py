@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tilert_compiler.ir.target import Target
+from tilert_compiler.models.quant import Quantization
 
 FAMILIES = ("llama", "qwen3")
 DTYPES = ("bf16",)
@@ -67,6 +68,7 @@ class ModelConfig:
     weights: WeightsSpec = WeightsSpec(none="no weights named")
     max_seq_len: int = 1024  # KV-cache capacity in tokens
     target: Target = Target()
+    quantization: Quantization | None = None  # FP8 weights (models/quant.py); None: as dtype
 
     @property
     def q_dim(self) -> int:
