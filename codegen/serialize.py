@@ -6,6 +6,7 @@ import numpy as np
 
 from tilert_compiler.ir.graph import OpKind
 from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.lm_parts import PART_HEADER
 from tilert_compiler.ir.tasktable import (
     F_ARG0,
     F_KIND,
@@ -70,7 +71,7 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
     if k == OpKind.EMBED:
         return Variant(k.value, (("D", D),))
     if k == OpKind.SAMPLE:
-        return Variant(k.value, (("V", t.arg("vocab")),))
+        return Variant(k.value, (("V", t.arg("vocab")), ("C", _cands(t.reads[1]))))
     if k == OpKind.ATTENTION_DECODE:
         H, KV = consts["heads"], consts["kv_heads"]
         splits = o.splits[t.op]
@@ -87,9 +88,14 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
             ),
         )
     static = (("K", t.reads[0].numel()), ("R", o.rows[t.op]))
-    if k == OpKind.NORM_LINEAR:  # the LM head also writes its argmax partial
-        static += (("ARGMAX", int(len(t.writes) > 1)),)
+    if k == OpKind.NORM_LINEAR:  # the LM head also writes its partial
+        static += (("CANDS", _cands(t.writes[1]) if len(t.writes) > 1 else 0),)
     return Variant(k.value, static)
+
+
+def _cands(part: Region) -> int:
+    """The candidates an LM-head partial region holds (ir/lm_parts.py)."""
+    return (part.box[-1][1] - part.box[-1][0] - PART_HEADER) // 2
 
 
 def _args(t: Task, o: _Offsets) -> dict[str, int]:
@@ -148,7 +154,7 @@ def _args(t: Task, o: _Offsets) -> dict[str, int]:
             "w": o.start(W[1]),
             "out": o.start(Out[0]),
             "rows": rows,
-            "argmax_out": o.start(Out[1]) if len(Out) > 1 else NO_OFFSET,
+            "part_out": o.start(Out[1]) if len(Out) > 1 else NO_OFFSET,
             "row0": t.arg("row0"),
         }
     raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")

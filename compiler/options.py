@@ -8,6 +8,7 @@ import os
 import typing
 from dataclasses import dataclass, fields, replace
 
+from tilert_compiler.ir.lm_parts import CANDIDATES
 from tilert_compiler.models.text import ConfigError, ConfigTypeError
 
 
@@ -45,6 +46,10 @@ class Options:
     # (None: 1024, at most max_seq_len rounded up to 128; 0: none, prompts run as decode
     # steps). Its GEMMs and attention are TileLang tile programs on tensor cores.
     prefill_chunk: int | None = None
+    # passes.tile: the logits each LM-head task keeps as candidates for a sampled draw
+    # (ir/lm_parts.py); the sample task passes over the whole vocabulary only when the
+    # kept tokens reach past them. At least 1.
+    sample_candidates: int = CANDIDATES
 
     def __post_init__(self) -> None:
         # Every field against its annotation, so `stage_kb="32"` is one line here rather

@@ -99,7 +99,13 @@ def _fuse(g: Graph, _: Context) -> Graph:
 
 
 def _tile(g: Graph, c: Context) -> TileProgram:
-    return tile(g, c.target, context=c.options.context, splits=c.options.attn_splits)
+    return tile(
+        g,
+        c.target,
+        context=c.options.context,
+        splits=c.options.attn_splits,
+        candidates=c.options.sample_candidates,
+    )
 
 
 def _deps(p: TileProgram, c: Context) -> TileProgram:

@@ -92,17 +92,19 @@ KINDS: dict[str, TaskKind] = {
             polls=True,
             streams=True,
         ),
-        # out = W @ rmsnorm(x) (stacked QKV, LM head); argmax_out: the LM head's (max,
-        # index) partial slot (NO_OFFSET elsewhere); row0: its first row (the index base)
+        # out = W @ rmsnorm(x) (stacked QKV, LM head); part_out: the LM head's partial
+        # (ir/lm_parts.py; NO_OFFSET elsewhere); row0: its first row (the index base).
+        # CANDS: the LM head's candidates per task (0: not the LM head)
         TaskKind(
             "norm_linear",
-            ("x", "w_gamma", "w", "out", "rows", "argmax_out", "row0"),
-            ("K", "R", "ARGMAX"),
+            ("x", "w_gamma", "w", "out", "rows", "part_out", "row0"),
+            ("K", "R", "CANDS"),
             "#1f77b4",
             polls=True,
             streams=True,
         ),
-        # the next token from the logits (runtime.sampling's rules)
-        TaskKind("sample", ("logits", "out", "vocab", "parts", "n_parts"), ("V",), "#9467bd"),
+        # the next token from the logits (runtime.sampling's rules): from the LM head's
+        # partials (C candidates each), or a pass over the logits where they do not settle it
+        TaskKind("sample", ("logits", "out", "vocab", "parts", "n_parts"), ("V", "C"), "#9467bd"),
     )
 }

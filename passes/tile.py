@@ -10,6 +10,7 @@ streams and writes, and its cost in bytes moved.
 from __future__ import annotations
 
 from tilert_compiler.ir.graph import Graph, OpKind, Storage, TensorDecl
+from tilert_compiler.ir.lm_parts import part_floats
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Counter, Region, Task, TileProgram, region
 
@@ -18,9 +19,9 @@ W_BYTES = 2  # bf16 weights
 # the split of a kv head that arrives last (counted on its ARRIVE counter) combines them.
 ARRIVE = "arrive:"
 ARRIVE_PART = "attn_part."
-# Per LM-head task: (largest logit of its rows, its index): greedy sampling reads these
-# instead of every logit.
-ARGMAX_PART = "lm_argmax"
+# Per LM-head task: its partial (ir/lm_parts.py: the largest logit and its index, which
+# greedy decoding reads instead of every logit, and the candidates a sampled draw merges).
+LM_PART = "lm_part"
 A_BYTES = 4  # f32 activations and cache
 
 
@@ -43,15 +44,21 @@ def _rows(name: str, lo: int, hi: int, k: int) -> Region:
     return region(name, (lo, hi), (0, k))
 
 
-def tile(graph: Graph, target: Target, *, context: int, splits: int | None) -> TileProgram:
+def tile(
+    graph: Graph, target: Target, *, context: int, splits: int | None, candidates: int
+) -> TileProgram:
     """`context`: the cache length the cost model assumes for attention; `splits`: the
-    split-KV factor (None: attention_splits)."""
+    split-KV factor (None: attention_splits); `candidates`: the logits each LM-head task
+    keeps for a sampled draw."""
+    if candidates < 1:
+        raise TileError(f"sample_candidates must be at least 1 (got {candidates})")
+    lm_part = part_floats(candidates)  # floats of one LM-head task's partial
     tasks: list[Task] = []
     counters: list[Counter] = []  # arrival counters of split attention (see ARRIVE)
     part_decls: list[TensorDecl] = []  # split-attention partials, one tensor per layer
     shape = {t.name: t.shape for t in graph.tensors}
     storage = {t.name: t.storage for t in graph.tensors}
-    lm_tasks: list[int] = []  # LM-head tasks, in argmax-partial order
+    lm_tasks: list[int] = []  # LM-head tasks, in partial order
 
     def add(kind, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
         if cost is None:
@@ -149,19 +156,19 @@ def tile(graph: Graph, target: Target, *, context: int, splits: int | None) -> T
                         _rows(op.inputs[3], lo, hi, k),
                     ]
                 writes = [_vec(out, lo, hi)]
-                if storage[out] == Storage.OUT:  # the LM head: each task's argmax too
+                if storage[out] == Storage.OUT:  # the LM head: each task's partial too
                     j = len(lm_tasks)
                     lm_tasks.append(len(tasks))
-                    writes.append(region(ARGMAX_PART, (j, j + 1), (0, 2)))
+                    writes.append(region(LM_PART, (j, j + 1), (0, lm_part)))
                 add(op.kind, op, reads, weights, writes, row0=lo, rows=hi - lo)
-        elif op.kind == OpKind.SAMPLE:  # one task: the LM head's argmax partials, and every
-            (logits,), (token,) = op.inputs, op.outputs  # logit when it samples
+        elif op.kind == OpKind.SAMPLE:  # one task: the LM head's partials, and logits
+            (logits,), (token,) = op.inputs, op.outputs  # when the partials do not settle it
             v, n = shape[logits][0], len(lm_tasks)
-            reads = [_vec(logits, 0, v), region(ARGMAX_PART, (0, n), (0, 2))]
-            # Costed as greedy decoding runs it (the partials); a sampled draw makes several
-            # passes over every logit, which the prediction leaves out.
+            reads = [_vec(logits, 0, v), region(LM_PART, (0, n), (0, lm_part))]
+            # Costed as greedy decoding runs it (the partials' maxima); a sampled draw merges
+            # the candidates, or passes over every logit, which the prediction leaves out.
             add(op.kind, op, reads, [], [_vec(token, 0, 1)], cost=2 * n * A_BYTES, vocab=v, parts=n)
-            part_decls.append(TensorDecl(ARGMAX_PART, (n, 2), Storage.ACT))
+            part_decls.append(TensorDecl(LM_PART, (n, lm_part), Storage.ACT))
         else:
             raise TileError(
                 f"op {op.name}: kind '{op.kind.value}' has no task kind; run fuse first"

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tilert_compiler.ir.lm_parts import part_floats
 from tilert_compiler.ir.target import KNOWN_ARCHS
 from tilert_compiler.ir.tasktable import (
     ARGS,
@@ -692,8 +693,13 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
         if v.kind == "sample":
             if a["vocab"] != m["config"]["vocab"] or not inside("act", a["logits"], a["vocab"]):
                 raise fail(f"task {i} (sample): reads {a['vocab']} logits, not config.vocab's")
-            if not inside("act", a["parts"], 2 * a["n_parts"]):
-                raise fail(f"task {i} (sample): its {a['n_parts']} argmax parts run past a tensor")
+            if not inside("act", a["parts"], part_floats(v.get("C")) * a["n_parts"]):
+                raise fail(
+                    f"task {i} (sample): its {a['n_parts']} LM-head partials run past a tensor"
+                )
+        if v.kind == "norm_linear" and v.get("CANDS"):
+            if not inside("act", a["part_out"], part_floats(v.get("CANDS"))):
+                raise fail(f"task {i} (norm_linear): its LM-head partial runs past a tensor")
         # Whole vectors the code reads or writes from an offset: the input of a GEMV (K),
         # the embedding's slice of the output row (rows).
         extents = {"x": dict(v.static).get("K"), "out": a["rows"] if v.kind == "embed" else None}

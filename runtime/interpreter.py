@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.lm_parts import AT, BEST, part_floats
 from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_NSTREAM,
@@ -26,7 +27,7 @@ from tilert_compiler.runtime.arena import act_arena, weights_arena
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.generate import generate_on
 from tilert_compiler.runtime.prefill import PrefillReference, check_prompt
-from tilert_compiler.runtime.sampling import Sampling, sample_token
+from tilert_compiler.runtime.sampling import Sampling, draw_from_parts, lm_head_part
 
 
 class InterpreterError(RuntimeError):
@@ -280,15 +281,22 @@ class Interpreter:
         y = self._stream_dot(K, 2 * rows, xn)  # gate rows, then up rows
         self._act(a["out"], rows)[:] = torch.nn.functional.silu(y[:rows]) * y[rows:]
 
+    def _draws(self) -> bool:
+        """This step draws a sampled token (not greedy, not logits only, not a prompt step
+        whose next token is given): the LM head writes its whole partials."""
+        m = self._mode
+        return m is not None and not m.greedy and self._step_i + 1 >= self._n_forced
+
     def _sample(self, a: dict, s: dict) -> None:
         if self._mode is None or self._step_i + 1 < self._n_forced:
             return  # logits only, or the prompt gives the next token
+        n = part_floats(s["C"])
+        parts = self._act(a["parts"], n * a["n_parts"]).view(-1, n)
         if self._mode.greedy:  # the LM head tasks' partials: the first of the largest
-            parts = self._act(a["parts"], 2 * a["n_parts"]).view(-1, 2)
-            best = parts[:, 0].max()
-            tok = int(parts[parts[:, 0] == best, 1].min())
+            best = parts[:, BEST].max()
+            tok = int(parts[parts[:, BEST] == best, AT].min())
         else:
-            tok = sample_token(self._act(a["logits"], a["vocab"]), self._mode, self.pos)
+            tok = draw_from_parts(parts, self._act(a["logits"], a["vocab"]), self._mode, self.pos)
         self._act(a["out"], 1)[0] = float(tok)
         self._sampled = tok
 
@@ -297,6 +305,10 @@ class Interpreter:
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
         y = self._stream_dot(K, rows, xn)
         self._act(a["out"], rows)[:] = y
-        if s["ARGMAX"]:  # (largest, its first index) of this task's rows
-            i = int(torch.argmax(y))
-            self._act(a["argmax_out"], 2)[:] = torch.tensor([float(y[i]), float(a["row0"] + i)])
+        if s["CANDS"]:  # the LM head: the task's partial (ir/lm_parts.py)
+            part = self._act(a["part_out"], part_floats(s["CANDS"]))
+            if self._draws():
+                part[:] = lm_head_part(y, a["row0"], self._mode.temperature, s["CANDS"])
+            else:  # the largest and its first index: what greedy reads
+                i = int(torch.argmax(y))
+                part[BEST], part[AT] = y[i], float(a["row0"] + i)

@@ -29,6 +29,19 @@ from dataclasses import dataclass
 
 import torch
 
+from tilert_compiler.ir.lm_parts import (
+    AT,
+    BEST,
+    BOUND,
+    COUNT,
+    LOW,
+    PART_HEADER,
+    ROW0,
+    ROWS,
+    SUMEXP,
+    part_floats,
+)
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -190,3 +203,103 @@ def sample_token(logits: torch.Tensor, s: Sampling, pos: int) -> int:
     if not bool(torch.isfinite(z[torch.isfinite(logits)]).all()):
         return int(torch.argmax(logits))  # logits / temperature overflowed: greedy
     return draw(z, keep_threshold(z, s.top_k, s.top_p), uniform(s.seed, pos))
+
+
+# ---------------------------------------------------------------- the LM head's partials
+# ir/lm_parts.py has their layout; the interpreter writes and merges them with these.
+
+
+def lm_head_part(y: torch.Tensor, row0: int, temperature: float, cands: int) -> torch.Tensor:
+    """The partial of the LM-head task whose rows [row0, row0 + len(y)) have logits y."""
+    y = y.float()
+    out = torch.zeros(part_floats(cands), dtype=torch.float32)
+    i = int(torch.argmax(y))
+    out[BEST], out[AT] = y[i], float(row0 + i)
+    out[ROW0], out[ROWS], out[LOW] = float(row0), float(y.numel()), y.min()
+    z = scaled(y, temperature)
+    out[SUMEXP] = float(torch.exp(z.double() - float(z[i])).sum())
+    if y.numel() <= cands:
+        bound, keep = float("-inf"), torch.arange(y.numel())
+    else:
+        bound = float(torch.sort(y, descending=True).values[cands])
+        keep = torch.nonzero(y > bound).flatten()
+    out[BOUND], out[COUNT] = bound, float(keep.numel())
+    pairs = out[PART_HEADER : PART_HEADER + 2 * keep.numel()].view(-1, 2)
+    pairs[:, 0], pairs[:, 1] = y[keep], (row0 + keep).float()
+    return out
+
+
+def draw_from_parts(parts: torch.Tensor, logits: torch.Tensor, s: Sampling, pos: int) -> int:
+    """sample_token's draw from the LM-head partials [tasks, part_floats(C)], reading the
+    logits themselves only where the partials do not settle it: what the sample task does.
+    The candidates settle it when the kept tokens are all above every task's BOUND
+    (fast_draw); otherwise the draw passes over the whole vocabulary, as sample_token."""
+    tok = fast_draw(parts, logits, s, pos)
+    return sample_token(logits, s, pos) if tok is None else tok
+
+
+def fast_draw(parts: torch.Tensor, logits: torch.Tensor, s: Sampling, pos: int) -> int | None:
+    """The draw from the partials, or None where they do not settle it. With the threshold
+    tau of top-k / top-p, the candidates hold every token with z > bound (bound = the largest
+    BOUND / T), so they settle the draw when tau > bound:
+    - temperature alone (no top-k, top-p 1): every token is kept; the SUMEXP partials say
+      which task's rows the draw falls in, and only those rows are read;
+    - top-k (0 < k < vocab): the k-th largest candidate z is tau when at least k candidates
+      are above bound; else None (k > C, or ties at a task's BOUND);
+    - top-p < 1: the kept mass is that of the top-k tokens, or with no top-k the whole
+      vocabulary's (from the SUMEXP partials, exact without a pass); tau is where the
+      candidates above bound, in descending order, first reach top_p of it; None when
+      they do not (the nucleus reaches past the candidates).
+    Non-finite scaled extremes (the greedy rule of sample_token) also give None."""
+    if s.greedy:
+        return None
+    vocab = logits.numel()
+    z_best, z_low = scaled(parts[:, BEST], s.temperature), scaled(parts[:, LOW], s.temperature)
+    if not (torch.isfinite(z_best).all() and torch.isfinite(z_low).all()):
+        return None
+    zmax = float(z_best.max())
+    bound = float(scaled(parts[:, BOUND].max(), s.temperature))
+    counts = parts[:, COUNT].long().tolist()
+    pairs = [parts[j, PART_HEADER : PART_HEADER + 2 * n].view(-1, 2) for j, n in enumerate(counts)]
+    cand = torch.cat(pairs)  # [n, 2]: logit, index
+    cz = scaled(cand[:, 0], s.temperature).double()
+    mass = torch.exp(cz - zmax)
+    top_k = s.top_k if 0 < s.top_k < vocab else 0
+    if not top_k and s.top_p >= 1:  # every token kept: the task, then its rows
+        tm = parts[:, SUMEXP].double() * torch.exp(z_best.double() - zmax)
+        run = torch.cumsum(tm, 0)
+        target = uniform(s.seed, pos) * float(run[-1])
+        j = min(int(torch.searchsorted(run, target, right=True)), len(counts) - 1)
+        lo, n = int(parts[j, ROW0]), int(parts[j, ROWS])
+        w = torch.exp(scaled(logits[lo : lo + n], s.temperature).double() - zmax)
+        inner = float(run[j - 1]) if j else 0.0
+        i = int(torch.searchsorted(inner + torch.cumsum(w, 0), target, right=True))
+        return lo + min(i, int(torch.nonzero(w).max()))
+    above = cz > bound
+    tau = float("-inf")
+    if top_k:
+        if int(above.sum()) < top_k:
+            return None
+        tau = float(torch.sort(cz, descending=True).values[top_k - 1])
+    if s.top_p < 1:
+        pool = cz >= tau if top_k else above
+        if top_k or bound == float("-inf"):
+            total = float(mass[pool].sum())
+        else:
+            total = float((parts[:, SUMEXP].double() * torch.exp(z_best.double() - zmax)).sum())
+        zs, order = torch.sort(cz[pool], descending=True)
+        incl = torch.cumsum(mass[pool][order], 0)
+        j = int(torch.searchsorted(incl, s.top_p * total))  # first j with incl >= target
+        if j >= zs.numel():
+            if top_k or bound == float("-inf"):  # rounding: every pooled candidate is kept
+                j = zs.numel() - 1
+            else:
+                return None  # the nucleus reaches past the candidates
+        tau = max(tau, float(zs[j]))
+    kept = torch.nonzero(cz >= tau).flatten()
+    kept = kept[torch.argsort(cand[kept, 1])]  # vocabulary order
+    run = torch.cumsum(mass[kept], 0)
+    i = int(torch.searchsorted(run, uniform(s.seed, pos) * float(run[-1]), right=True))
+    if i >= kept.numel():  # u * total rounded up to total: the last kept token of mass
+        i = int(torch.nonzero(mass[kept]).max())
+    return int(cand[kept[i], 1])

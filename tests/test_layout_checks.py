@@ -319,7 +319,7 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "record_sample_parts": (
         _record_arg("sample", "n_parts", 4096),
-        "(sample): its 4096 argmax parts run past a tensor",
+        "(sample): its 4096 LM-head partials run past a tensor",
     ),
     "stream_past_the_weights": (
         _stream_past_the_weights,
