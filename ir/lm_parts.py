@@ -23,6 +23,9 @@ BEST, AT, SUMEXP, BOUND, COUNT, ROW0, ROWS, LOW = range(PART_HEADER)
 FIELDS = ("BEST", "AT", "SUMEXP", "BOUND", "COUNT", "ROW0", "ROWS", "LOW")
 # The candidates each LM-head task keeps when no option says (Options.sample_candidates).
 CANDIDATES = 64
+# The sample task gathers at most this many candidates into shared memory (those that can
+# be kept); more, and it passes over the whole vocabulary instead.
+SAMPLE_LIST = 1024
 
 
 def part_floats(cands: int) -> int:

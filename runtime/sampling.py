@@ -38,6 +38,7 @@ from tilert_compiler.ir.lm_parts import (
     PART_HEADER,
     ROW0,
     ROWS,
+    SAMPLE_LIST,
     SUMEXP,
     part_floats,
 )
@@ -218,11 +219,10 @@ def lm_head_part(y: torch.Tensor, row0: int, temperature: float, cands: int) -> 
     out[ROW0], out[ROWS], out[LOW] = float(row0), float(y.numel()), y.min()
     z = scaled(y, temperature)
     out[SUMEXP] = float(torch.exp(z.double() - float(z[i])).sum())
-    if y.numel() <= cands:
-        bound, keep = float("-inf"), torch.arange(y.numel())
-    else:
+    bound = float("-inf")
+    if y.numel() > cands:
         bound = float(torch.sort(y, descending=True).values[cands])
-        keep = torch.nonzero(y > bound).flatten()
+    keep = torch.nonzero(y > bound).flatten()
     out[BOUND], out[COUNT] = bound, float(keep.numel())
     pairs = out[PART_HEADER : PART_HEADER + 2 * keep.numel()].view(-1, 2)
     pairs[:, 0], pairs[:, 1] = y[keep], (row0 + keep).float()
@@ -239,18 +239,22 @@ def draw_from_parts(parts: torch.Tensor, logits: torch.Tensor, s: Sampling, pos:
 
 
 def fast_draw(parts: torch.Tensor, logits: torch.Tensor, s: Sampling, pos: int) -> int | None:
-    """The draw from the partials, or None where they do not settle it. With the threshold
-    tau of top-k / top-p, the candidates hold every token with z > bound (bound = the largest
-    BOUND / T), so they settle the draw when tau > bound:
+    """The draw from the partials, or None where they do not settle it (then the sample task
+    passes over the whole vocabulary). With bound = the largest BOUND / T, the candidates
+    hold every token with z > bound, so they settle the draw when the kept tokens are all
+    above it:
     - temperature alone (no top-k, top-p 1): every token is kept; the SUMEXP partials say
       which task's rows the draw falls in, and only those rows are read;
-    - top-k (0 < k < vocab): the k-th largest candidate z is tau when at least k candidates
-      are above bound; else None (k > C, or ties at a task's BOUND);
-    - top-p < 1: the kept mass is that of the top-k tokens, or with no top-k the whole
-      vocabulary's (from the SUMEXP partials, exact without a pass); tau is where the
-      candidates above bound, in descending order, first reach top_p of it; None when
-      they do not (the nucleus reaches past the candidates).
-    Non-finite scaled extremes (the greedy rule of sample_token) also give None."""
+    - otherwise the candidates with z > bound are gathered, with top-k (0 < k < vocab)
+      only those at or above the k-th largest task maximum (k tokens reach it).
+      None when more than SAMPLE_LIST are gathered, or fewer than k;
+    - top-k: tau is the k-th largest gathered z;
+    - top-p < 1: the mass to reach is top_p of the kept mass: the top-k tokens', or with no
+      top-k the whole vocabulary's (the SUMEXP partials: exact without a pass); tau is
+      where the gathered tokens at or above the top-k tau, in descending order, first reach
+      it. None when they do not (the nucleus reaches past the candidates);
+    - the draw: sample_token's rule over the gathered tokens with z >= tau.
+    Non-finite scaled extremes (sample_token's greedy rule) also give None."""
     if s.greedy:
         return None
     vocab = logits.numel()
@@ -258,48 +262,49 @@ def fast_draw(parts: torch.Tensor, logits: torch.Tensor, s: Sampling, pos: int) 
     if not (torch.isfinite(z_best).all() and torch.isfinite(z_low).all()):
         return None
     zmax = float(z_best.max())
-    bound = float(scaled(parts[:, BOUND].max(), s.temperature))
-    counts = parts[:, COUNT].long().tolist()
-    pairs = [parts[j, PART_HEADER : PART_HEADER + 2 * n].view(-1, 2) for j, n in enumerate(counts)]
-    cand = torch.cat(pairs)  # [n, 2]: logit, index
-    cz = scaled(cand[:, 0], s.temperature).double()
-    mass = torch.exp(cz - zmax)
+    u = uniform(s.seed, pos)
+    part_mass = parts[:, SUMEXP].double() * torch.exp(z_best.double() - zmax)
     top_k = s.top_k if 0 < s.top_k < vocab else 0
     if not top_k and s.top_p >= 1:  # every token kept: the task, then its rows
-        tm = parts[:, SUMEXP].double() * torch.exp(z_best.double() - zmax)
-        run = torch.cumsum(tm, 0)
-        target = uniform(s.seed, pos) * float(run[-1])
-        j = min(int(torch.searchsorted(run, target, right=True)), len(counts) - 1)
+        run = torch.cumsum(part_mass, 0)
+        target = u * float(run[-1])
+        j = min(int(torch.searchsorted(run, target, right=True)), parts.shape[0] - 1)
         lo, n = int(parts[j, ROW0]), int(parts[j, ROWS])
         w = torch.exp(scaled(logits[lo : lo + n], s.temperature).double() - zmax)
         inner = float(run[j - 1]) if j else 0.0
         i = int(torch.searchsorted(inner + torch.cumsum(w, 0), target, right=True))
         return lo + min(i, int(torch.nonzero(w).max()))
-    above = cz > bound
-    tau = float("-inf")
-    if top_k:
-        if int(above.sum()) < top_k:
-            return None
-        tau = float(torch.sort(cz, descending=True).values[top_k - 1])
+    bound = float(scaled(parts[:, BOUND].max(), s.temperature))
+    lo = -math.inf
+    if top_k and top_k <= parts.shape[0]:
+        lo = float(torch.sort(z_best, descending=True).values[top_k - 1])
+    counts = parts[:, COUNT].long().tolist()
+    cand = torch.cat(
+        [parts[j, PART_HEADER : PART_HEADER + 2 * n].view(-1, 2) for j, n in enumerate(counts)]
+    )
+    cz = scaled(cand[:, 0], s.temperature).double()
+    gathered = (cz > bound) & (cz >= lo)
+    cand, cz = cand[gathered], cz[gathered]
+    if cz.numel() > SAMPLE_LIST or cz.numel() < top_k:
+        return None
+    mass = torch.exp(cz - zmax)
+    tau = float(torch.sort(cz, descending=True).values[top_k - 1]) if top_k else -math.inf
     if s.top_p < 1:
-        pool = cz >= tau if top_k else above
-        if top_k or bound == float("-inf"):
-            total = float(mass[pool].sum())
-        else:
-            total = float((parts[:, SUMEXP].double() * torch.exp(z_best.double() - zmax)).sum())
+        pool = cz >= tau
+        exact = top_k or bound == -math.inf  # the pool holds every kept token
+        total = float(mass[pool].sum()) if exact else float(part_mass.sum())
         zs, order = torch.sort(cz[pool], descending=True)
         incl = torch.cumsum(mass[pool][order], 0)
         j = int(torch.searchsorted(incl, s.top_p * total))  # first j with incl >= target
         if j >= zs.numel():
-            if top_k or bound == float("-inf"):  # rounding: every pooled candidate is kept
-                j = zs.numel() - 1
-            else:
+            if not exact:
                 return None  # the nucleus reaches past the candidates
+            j = zs.numel() - 1  # rounding: every pooled token is kept
         tau = max(tau, float(zs[j]))
     kept = torch.nonzero(cz >= tau).flatten()
     kept = kept[torch.argsort(cand[kept, 1])]  # vocabulary order
     run = torch.cumsum(mass[kept], 0)
-    i = int(torch.searchsorted(run, uniform(s.seed, pos) * float(run[-1]), right=True))
+    i = int(torch.searchsorted(run, u * float(run[-1]), right=True))
     if i >= kept.numel():  # u * total rounded up to total: the last kept token of mass
         i = int(torch.nonzero(mass[kept]).max())
     return int(cand[kept[i], 1])
