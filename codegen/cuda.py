@@ -11,6 +11,8 @@ import jinja2
 import numpy as np
 
 from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.lm_parts import FIELDS as PART_FIELDS
+from tilert_compiler.ir.lm_parts import PART_HEADER, SAMPLE_LIST
 from tilert_compiler.ir.plan import ATTN_BLOCK_ROWS, SAMPLE_BINS, KernelPlan
 from tilert_compiler.ir.tasktable import (
     ARGS,
@@ -192,6 +194,9 @@ def kernel_constants(
         fault_skip_task=fault_skip_task,
         flags=bool(consts.get("flags", 0)),
         sample_bins=SAMPLE_BINS,
+        part_header=PART_HEADER,
+        part_fields=", ".join(f"P_{name} = {i}" for i, name in enumerate(PART_FIELDS)),
+        sample_list=SAMPLE_LIST,
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,

@@ -71,7 +71,8 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
     if k == OpKind.EMBED:
         return Variant(k.value, (("D", D),))
     if k == OpKind.SAMPLE:
-        return Variant(k.value, (("V", t.arg("vocab")), ("C", _cands(t.reads[1]))))
+        static = (("V", t.arg("vocab")), ("C", _cands(t.reads[1])), ("P", t.arg("parts")))
+        return Variant(k.value, static)
     if k == OpKind.ATTENTION_DECODE:
         H, KV = consts["heads"], consts["kv_heads"]
         splits = o.splits[t.op]

@@ -105,6 +105,8 @@ KINDS: dict[str, TaskKind] = {
         ),
         # the next token from the logits (runtime.sampling's rules): from the LM head's
         # partials (C candidates each), or a pass over the logits where they do not settle it
-        TaskKind("sample", ("logits", "out", "vocab", "parts", "n_parts"), ("V", "C"), "#9467bd"),
+        TaskKind(
+            "sample", ("logits", "out", "vocab", "parts", "n_parts"), ("V", "C", "P"), "#9467bd"
+        ),
     )
 }

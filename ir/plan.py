@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from tilert_compiler.ir.lm_parts import SAMPLE_LIST
 from tilert_compiler.ir.tasktable import Variant
 
 STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
@@ -83,8 +84,13 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
     """Dynamic shared memory (in floats) a task kind needs besides the ring."""
     if v.kind == "embed":
         return 0
-    if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
-        return 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
+    if v.kind == "sample":
+        # a pass over the vocabulary: 64-bit radix histogram, then a 64-bit sum per consumer;
+        # the candidates' merge: SAMPLE_LIST gathered (z, index, 64-bit mass), per partial
+        # (z, count, a double), a double per consumer
+        passes = 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
+        merge = 4 * SAMPLE_LIST + 4 * v.get("P") + 2 * 32 * consumer_warps
+        return max(passes, merge)
     if v.kind == "attention_decode":
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
         chunk = min(-(-(v.get("S") - 1) // splits) + 1, ATTN_BLOCK_ROWS)
@@ -95,7 +101,9 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
     k = v.get("K")
     groups = rows_per_chunk(k, stage_bytes)  # an item of a warp is one row
     split = 1 if groups >= consumer_warps else consumer_warps // groups
-    return k + split * v.get("R")  # the input row + per-K-slice row results
+    # the input row + per-K-slice row results (+ the LM head's 32-bit radix histogram)
+    cands = v.kind == "norm_linear" and v.get("CANDS") > 0
+    return k + split * v.get("R") + (SAMPLE_BINS if cands else 0)
 
 
 def format_plan(plan: KernelPlan) -> list[str]:

@@ -33,13 +33,17 @@ __device__ __forceinline__ float uniform(unsigned long long seed, int pos) {
   return (float)(h >> 40) * 0x1p-24f;
 }
 
-// The smallest kept z: among tokens with z >= lo, in descending order, the one where the
-// running total (count, or fixed-point mass with MASS) first reaches `target`.
-template <int V, bool MASS>
-__device__ float select_threshold(const float* lg, float t, float zmax, float lo,
-                                  unsigned long long target, unsigned long long* hist) {
+// The smallest kept z: among the n values z_of(i) with z >= lo, in descending order, the one
+// where the running total (count, or fixed-point mass with MASS) first reaches `target`.
+// `reached`: whether they reach it at all (otherwise the smallest of them is returned).
+// Count: unsigned (counts only: native shared atomics) or unsigned long long.
+template <bool MASS, class Count, class Z>
+__device__ float select_threshold(int n, const Z& z_of, float zmax, float lo, Count target,
+                                  Count* hist, bool* reached = nullptr) {
+  static_assert(!MASS || sizeof(Count) == 8, "masses need 64-bit sums");
   __shared__ unsigned s_prefix;
-  __shared__ unsigned long long s_above;
+  __shared__ Count s_above;
+  __shared__ bool s_reached;
   if (threadIdx.x == 0) s_prefix = 0, s_above = 0;
   int known = 0;  // key bits fixed so far, from the top
   for (int r = 0; r < 3; ++r) {
@@ -47,32 +51,33 @@ __device__ float select_threshold(const float* lg, float t, float zmax, float lo
     for (int b = threadIdx.x; b < kBins; b += kConsumers) hist[b] = 0;
     sync_consumers();
     const unsigned prefix = s_prefix;
-    for (int i = threadIdx.x; i < V; i += kConsumers) {
-      const float z = ld_act(lg + i) / t;
+    for (int i = threadIdx.x; i < n; i += kConsumers) {
+      const float z = z_of(i);
       if (!(z >= lo)) continue;
       const unsigned k = order_key(z);
       if (known && (k >> (32 - known)) != prefix) continue;
-      atomicAdd(hist + ((k >> shift) & ((1u << bits) - 1)), MASS ? fixed_mass(z, zmax) : 1ull);
+      atomicAdd(hist + ((k >> shift) & ((1u << bits) - 1)), MASS ? (Count)fixed_mass(z, zmax) : (Count)1);
     }
     sync_consumers();
     if (threadIdx.x < 32) {  // warp 0: the bin where the total from the top reaches target
       const int lane = threadIdx.x, per = (1 << bits) / 32;
-      unsigned long long mine = 0;
+      Count mine = 0;
       for (int j = 0; j < per; ++j) mine += hist[lane * per + j];
-      unsigned long long incl = mine;  // this lane's bins and every higher lane's
+      Count incl = mine;  // this lane's bins and every higher lane's
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
-        const unsigned long long v = __shfl_down_sync(0xffffffffu, incl, o);
+        const Count v = __shfl_down_sync(0xffffffffu, incl, o);
         if (lane + o < 32) incl += v;
       }
-      const unsigned long long above = s_above, total = __shfl_sync(0xffffffffu, incl, 0);
+      const Count above = s_above, total = __shfl_sync(0xffffffffu, incl, 0);
+      if (r == 0 && lane == 0) s_reached = total >= target;
       // Rounding can leave the candidates short of target: then every candidate is kept.
-      const unsigned long long want = min(target, above + total);
+      const Count want = min(target, above + total);
       const unsigned hit = __ballot_sync(0xffffffffu, above + incl - mine < want &&
                                                           above + incl >= want && mine > 0);
       const int owner = 31 - __clz(hit);  // the highest such lane (lower ones have mine 0)
       if (lane == owner) {
-        unsigned long long acc = above + incl - mine;
+        Count acc = above + incl - mine;
         int b = lane * per + per - 1;
         for (; b > lane * per; --b) {
           if (acc + hist[b] >= want && hist[b] > 0) break;
@@ -85,7 +90,24 @@ __device__ float select_threshold(const float* lg, float t, float zmax, float lo
     sync_consumers();
     known += bits;
   }
+  if (reached) *reached = s_reached;
   return key_float(s_prefix);
+}
+
+// The k-th largest of z[0:n) in shared memory (1 <= k <= n; ties counted): each value's
+// rank by comparing it with all, n^2 / kConsumers reads of a broadcast word.
+__device__ float kth_largest(const float* z, int n, int k) {
+  __shared__ float s_kth;
+  for (int i = threadIdx.x; i < n; i += kConsumers) {
+    const float zi = z[i];
+    int gt = 0, ge = 0;
+    for (int j = 0; j < n; ++j) gt += z[j] > zi, ge += z[j] >= zi;
+    if (gt < k && k <= ge) s_kth = zi;  // every such i holds the same value
+  }
+  sync_consumers();
+  const float v = s_kth;
+  sync_consumers();
+  return v;
 }
 
 }  // namespace tilert
