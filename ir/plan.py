@@ -87,9 +87,9 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
     if v.kind == "sample":
         # a pass over the vocabulary: 64-bit radix histogram, then a 64-bit sum per consumer;
         # the candidates' merge: SAMPLE_LIST gathered (z, index, 64-bit mass), per partial
-        # (z, count, a double), a double per consumer
+        # (z, count, 64-bit mass)
         passes = 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
-        merge = 4 * SAMPLE_LIST + 4 * v.get("P") + 2 * 32 * consumer_warps
+        merge = 4 * SAMPLE_LIST + 4 * v.get("P")
         return max(passes, merge)
     if v.kind == "attention_decode":
         hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")

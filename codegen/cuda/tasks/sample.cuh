@@ -12,96 +12,104 @@
 
 namespace tilert {
 
-// Temperature alone: every token is kept. The partials' masses (SUMEXP scaled to the
-// largest z) say which task's rows hold the draw; only those rows are read. tm: [P] doubles,
-// sums: [kConsumers] doubles.
-template <int V, int C>
-__device__ int draw_rows(const float* parts, int n_parts, const float* lg, float t, float zmax,
-                         const float* zb, float u, double* tm, double* sums) {
-  constexpr int kStride = kPartHeader + 2 * C;
-  __shared__ int s_j, s_tok, s_last;
-  __shared__ double s_before, s_target;
-  for (int j = threadIdx.x; j < n_parts; j += kConsumers)
-    tm[j] = (double)ld_act(parts + j * kStride + P_SUMEXP) * (double)expf(zb[j] - zmax);
-  sync_consumers();
-  if (threadIdx.x < 32) {  // warp 0: the task whose running mass first exceeds u * total
-    const int lane = threadIdx.x, per = (n_parts + 31) / 32, lo = lane * per;
-    const int hi = min(n_parts, lo + per);
-    double mine = 0.0;
-    for (int j = lo; j < hi; ++j) mine += tm[j];
-    double incl = mine;  // this lane's tasks and every lower lane's
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const double v = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += v;
-    }
-    const double total = __shfl_sync(0xffffffffu, incl, 31), target = (double)u * total;
-    const unsigned hit = __ballot_sync(0xffffffffu, incl > target && mine > 0.0);
-    if (hit && lane == __ffs(hit) - 1) {
-      double run = incl - mine;
-      int j = hi - 1;
-      for (int q = lo; q < hi; ++q) {
-        if (run + tm[q] > target) {
-          j = q;
-          break;
-        }
-        run += tm[q];
-      }
-      s_j = j, s_before = run;
-    }
-    if (!hit && lane == 0) s_j = n_parts - 1, s_before = total - tm[n_parts - 1];  // rounding
-    if (lane == 0) s_target = target, s_tok = -1, s_last = -1;
-  }
-  sync_consumers();
-  const float* h = parts + s_j * kStride;
-  const int row0 = (int)ld_act(h + P_ROW0), rows = (int)ld_act(h + P_ROWS);
-  const double target = s_target;
-  // thread j owns rows [j * per, (j + 1) * per) of the task, summed in order
-  const int per = (rows + kConsumers - 1) / kConsumers;
-  const int lo = row0 + min(rows, (int)threadIdx.x * per), hi = min(row0 + rows, lo + per);
-  double mine = 0.0;
+// The loops here are kept rolled (#pragma unroll 1): this code is inlined into the one
+// kernel, and unrolled it tipped ptxas into spilling the dispatch loop's long-lived values
+// (qwen3-8b), though it runs once a step.
+
+// A draw over a range of the logits: tokens [lo, lo + n) with z >= tau, the first whose
+// running fixed-point mass (from `before`) exceeds `target` (given, or u times the range's
+// kept mass). Thread j owns tokens [j * per, (j + 1) * per), summed in order.
+struct RowDraw {
+  int lo, n;
+  float tau;
+  bool given;
+  unsigned long long before, target;
+};
+
+__device__ int draw_range(const float* lg, const RowDraw& d, float t, float zmax, float u,
+                          unsigned long long* sums) {
+  __shared__ int s_tok, s_last;
+  if (threadIdx.x == 0) s_tok = -1, s_last = -1;
+  const int per = (d.n + kConsumers - 1) / kConsumers;
+  const int lo = d.lo + min(d.n, (int)threadIdx.x * per), hi = min(d.lo + d.n, lo + per);
+  unsigned long long mine = 0;
   int last = -1;
+  #pragma unroll 1
   for (int i = lo; i < hi; ++i) {
-    const float m = expf(ld_act(lg + i) / t - zmax);
+    const float z = ld_act(lg + i) / t;
+    const unsigned long long m = z >= d.tau ? fixed_mass(z, zmax) : 0ull;
     mine += m;
-    if (m > 0.f) last = i;
+    if (m > 0) last = i;
   }
   sums[threadIdx.x] = mine;
-  if (last >= 0) atomicMax(&s_last, last);
   sync_consumers();
-  double before = s_before;
-  for (int j = 0; j < (int)threadIdx.x; ++j) before += sums[j];
-  if (before <= target && target < before + mine) {  // one thread, but for rounding
-    double run = before;
+  if (last >= 0) atomicMax(&s_last, last);
+  unsigned long long before = 0, total = 0;
+  #pragma unroll 1
+  for (int j = 0; j < kConsumers; ++j) {
+    if (j == (int)threadIdx.x) before = total;
+    total += sums[j];
+  }
+  const unsigned long long target =
+      d.given ? d.target : (unsigned long long)((double)u * (double)total);
+  before += d.before;
+  if (before <= target && target < before + mine) {  // one thread (but for rounding: none)
+    unsigned long long run = before;
+    #pragma unroll 1
     for (int i = lo; i < hi; ++i) {
-      run += expf(ld_act(lg + i) / t - zmax);
+      const float z = ld_act(lg + i) / t;
+      if (z < d.tau) continue;
+      run += fixed_mass(z, zmax);
       if (run > target) {
-        atomicMax(&s_tok, i);
+        s_tok = i;
         break;
       }
     }
   }
   sync_consumers();
-  return s_tok >= 0 ? s_tok : s_last;  // none: u * total rounded past the task's rows
+  return s_tok >= 0 ? s_tok : s_last;  // none: the target rounded past the range's mass
 }
 
-// The draw by passes over the whole vocabulary (where the partials do not settle it):
-// z = logits / T; the top-k and top-p thresholds by radix selects over every z, then an
-// inverse-CDF draw in vocabulary order. Every thread gets the token.
+// Temperature alone: every token is kept. The partials' masses (SUMEXP scaled to the
+// largest z, fixed point) say which task's rows hold the draw: the range to draw from.
+// tm: [P].
+template <int C>
+__device__ void rows_of_draw(const float* parts, int n_parts, float zmax, const float* zb,
+                             float u, unsigned long long* tm, RowDraw& d) {
+  constexpr int kStride = kPartHeader + 2 * C;
+  #pragma unroll 1
+  for (int j = threadIdx.x; j < n_parts; j += kConsumers)
+    tm[j] = (unsigned long long)((double)ld_act(parts + j * kStride + P_SUMEXP) *
+                                 (double)expf(zb[j] - zmax) * 4294967296.0);
+  sync_consumers();
+  if (threadIdx.x == 0) {  // the task whose running mass first exceeds u * total
+    unsigned long long total = 0, run = 0;
+    #pragma unroll 1
+    for (int j = 0; j < n_parts; ++j) total += tm[j];
+    const unsigned long long target = (unsigned long long)((double)u * (double)total);
+    int j = 0;
+    #pragma unroll 1
+    for (; j < n_parts - 1 && run + tm[j] <= target; ++j) run += tm[j];
+    const float* h = parts + j * kStride;
+    d = RowDraw{(int)ld_act(h + P_ROW0), (int)ld_act(h + P_ROWS), -INFINITY, true, run, target};
+  }
+  sync_consumers();
+}
+
+// The top-k and top-p thresholds by radix selects over every z = logit / T (where the
+// partials do not settle the draw); the draw then passes over the whole vocabulary.
 template <int V>
-__device__ int draw_pass(const Params& p, const Step& st, const float* lg, float best,
-                         float* smem) {
-  __shared__ int s_tok;
+__device__ float pass_threshold(const Params& p, const float* lg, float zmax, float* smem) {
   unsigned long long* hist = reinterpret_cast<unsigned long long*>(smem);  // [kBins]
-  unsigned long long* sums = hist + kBins;                                 // [kConsumers]
   static_assert(2 * kBins + 2 * kConsumers <= kScratchFloats, "codegen's scratch_floats");
-  const float t = p.temperature, zmax = best / t;
+  const float t = p.temperature;
   const auto z_of = [&](int i) { return ld_act(lg + i) / t; };
   float tau = -INFINITY;
   if (p.top_k > 0 && p.top_k < V)
     tau = select_threshold<false>(V, z_of, zmax, tau, (unsigned long long)p.top_k, hist);
   if (p.top_p < 1.f) {
     unsigned long long z_sum = 0;  // the kept mass so far, every thread's share
+    #pragma unroll 1
     for (int i = threadIdx.x; i < V; i += kConsumers) {
       const float z = z_of(i);
       if (z >= tau) z_sum += fixed_mass(z, zmax);
@@ -110,60 +118,26 @@ __device__ int draw_pass(const Params& p, const Step& st, const float* lg, float
     const unsigned long long target = (unsigned long long)((double)p.top_p * (double)total);
     tau = select_threshold<true>(V, z_of, zmax, tau, max(target, 1ull), hist);
   }
-  // The draw: thread j owns tokens [j * per, (j + 1) * per), summed in order.
-  constexpr int kPer = (V + kConsumers - 1) / kConsumers;
-  const int lo = threadIdx.x * kPer, hi = min(V, lo + kPer);
-  unsigned long long mine = 0;
-  for (int i = lo; i < hi; ++i) {
-    const float z = z_of(i);
-    if (z >= tau) mine += fixed_mass(z, zmax);
-  }
-  sums[threadIdx.x] = mine;
-  sync_consumers();
-  unsigned long long before = 0, total = 0;
-  for (int j = 0; j < kConsumers; ++j) {
-    if (j == (int)threadIdx.x) before = total;
-    total += sums[j];
-  }
-  const unsigned long long target =
-      (unsigned long long)((double)uniform(p.seed, st.pos) * (double)total);
-  if (before <= target && target < before + mine) {  // exactly one thread
-    unsigned long long run = before;
-    int tok = hi - 1;
-    for (int i = lo; i < hi; ++i) {
-      const float z = z_of(i);
-      if (z < tau) continue;
-      run += fixed_mass(z, zmax);
-      if (run > target) {
-        tok = i;
-        break;
-      }
-    }
-    s_tok = tok;
-  }
-  sync_consumers();
-  const int tok = s_tok;
-  sync_consumers();
-  return tok;
+  return tau;
 }
 
 // The draw from the LM head's partials (runtime/sampling.py fast_draw), or -1 where they do
-// not settle it. `best`: the largest logit. smem: the task's scratch (codegen's
+// not settle it; with temperature alone, -1 and `rows`: d is the task's rows to draw from. `best`: the largest logit. smem: the task's scratch (codegen's
 // scratch_floats: SAMPLE_LIST gathered candidates, then per-partial and per-consumer words).
 template <int V, int C, int P>
 __device__ int fast_draw(const Params& p, const Step& st, const float* parts, int n_parts,
-                         const float* lg, float best, float* smem, float* red) {
+                         float best, float* smem, float* red, RowDraw& d, bool& rows) {
   constexpr int kStride = kPartHeader + 2 * C, kL = kSampleList;
   unsigned long long* lm = reinterpret_cast<unsigned long long*>(smem);  // [kL] masses
-  double* sums = reinterpret_cast<double*>(lm + kL);                      // [kConsumers]
-  double* tm = sums + kConsumers;                                         // [P]
+  unsigned long long* tm = lm + kL;                                       // [P]
   float* lz = reinterpret_cast<float*>(tm + P);                           // [kL] z
   int* li = reinterpret_cast<int*>(lz + kL);                              // [kL] indices
   float* zb = reinterpret_cast<float*>(li + kL);                          // [P] task maxima z
   int* cnt = reinterpret_cast<int*>(zb + P);                              // [P] candidates
-  static_assert(4 * kL + 2 * kConsumers + 4 * P <= kScratchFloats, "codegen's scratch_floats");
+  static_assert(4 * kL + 4 * P <= kScratchFloats, "codegen's scratch_floats");
   const float t = p.temperature, zmax = best / t;
   float low = INFINITY, bmax = -INFINITY;
+  #pragma unroll 1
   for (int j = threadIdx.x; j < n_parts; j += kConsumers) {
     const float* h = parts + j * kStride;
     low = fminf(low, ld_act(h + P_LOW));
@@ -176,34 +150,29 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   if (!isfinite(zmax) || !isfinite(low / t)) return -1;  // sample_token's greedy rule
   const float u = uniform(p.seed, st.pos), bz = bmax / t;
   const bool k_on = p.top_k > 0 && p.top_k < V, p_on = p.top_p < 1.f;
-  if (!k_on && !p_on) return draw_rows<V, C>(parts, n_parts, lg, t, zmax, zb, u, tm, sums);
+  rows = !k_on && !p_on;
+  if (rows) {
+    rows_of_draw<C>(parts, n_parts, zmax, zb, u, tm, d);
+    return -1;
+  }
   // Gather the candidates with z > bz (the candidates hold every such token), with top-k
   // only those at or above the k-th largest task maximum (k tokens reach it).
   const float lo = k_on && p.top_k <= n_parts ? kth_largest(zb, n_parts, p.top_k) : -INFINITY;
   __shared__ int s_n;
   if (threadIdx.x == 0) s_n = 0;
   sync_consumers();
-  constexpr int kBatch = 8;  // loads in flight per thread
+  // One load at a time per thread: loads batched in registers tipped ptxas into spilling
+  // (llama-3.2-1b), as unrolled loops did.
   const int slots = n_parts * C;
-  for (int e0 = threadIdx.x; e0 < slots; e0 += kBatch * kConsumers) {
-    float v[kBatch];
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q) {
-      const int e = e0 + q * kConsumers, j = e / C, i = e - j * C;
-      v[q] = e < slots && i < cnt[j] ? ld_act(parts + j * kStride + kPartHeader + 2 * i) : NAN;
-    }
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q) {
-      const float z = v[q] / t;
-      if (z > bz && z >= lo) {
-        const int k = atomicAdd(&s_n, 1);
-        if (k < kL) {
-          const int e = e0 + q * kConsumers, j = e / C, i = e - j * C;
-          lz[k] = z;
-          li[k] = (int)ld_act(parts + j * kStride + kPartHeader + 2 * i + 1);
-          lm[k] = fixed_mass(z, zmax);
-        }
-      }
+  #pragma unroll 1
+  for (int e = threadIdx.x; e < slots; e += kConsumers) {
+    const int j = e / C, i = e - j * C;
+    if (i >= cnt[j]) continue;
+    const float* c = parts + j * kStride + kPartHeader + 2 * i;
+    const float z = ld_act(c) / t;
+    if (z > bz && z >= lo) {
+      const int k = atomicAdd(&s_n, 1);
+      if (k < kL) lz[k] = z, li[k] = (int)ld_act(c + 1), lm[k] = fixed_mass(z, zmax);
     }
   }
   sync_consumers();
@@ -217,23 +186,28 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
     unsigned long long total;
     if (exact) {
       unsigned long long mine = 0;
+      #pragma unroll 1
       for (int i = threadIdx.x; i < n; i += kConsumers)
         if (lz[i] >= tau) mine += lm[i];
       total = block_total(mine);
     } else {
-      double mine = 0.0;
+      unsigned long long mine = 0;  // fixed point, as rows_of_draw's
+      #pragma unroll 1
       for (int j = threadIdx.x; j < n_parts; j += kConsumers)
-        mine += (double)ld_act(parts + j * kStride + P_SUMEXP) * (double)expf(zb[j] - zmax);
-      total = (unsigned long long)(block_total(mine) * 4294967296.0);
+        mine += (unsigned long long)((double)ld_act(parts + j * kStride + P_SUMEXP) *
+                                     (double)expf(zb[j] - zmax) * 4294967296.0);
+      total = block_total(mine);
     }
     const unsigned long long target = (unsigned long long)((double)p.top_p * (double)total);
     // tau_p: the largest z whose mass at or above it reaches target
     float tp = -INFINITY, least = INFINITY;
+    #pragma unroll 1
     for (int i = threadIdx.x; i < n; i += kConsumers) {
       const float zi = lz[i];
       if (zi < tau) continue;
       least = fminf(least, zi);
       unsigned long long incl = 0;
+      #pragma unroll 1
       for (int j = 0; j < n; ++j)
         if (lz[j] >= zi && lz[j] >= tau) incl += lm[j];
       if (incl >= max(target, 1ull)) tp = fmaxf(tp, zi);
@@ -249,6 +223,7 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   // The draw: the first kept index, in vocabulary order, where the running mass exceeds
   // u * total; each kept candidate sums the kept mass of the lower indices.
   unsigned long long mine = 0;
+  #pragma unroll 1
   for (int i = threadIdx.x; i < n; i += kConsumers)
     if (lz[i] >= tau) mine += lm[i];
   const unsigned long long total = block_total(mine);
@@ -256,9 +231,11 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   __shared__ int s_tok;
   if (threadIdx.x == 0) s_tok = -1;
   sync_consumers();
+  #pragma unroll 1
   for (int i = threadIdx.x; i < n; i += kConsumers) {
     if (lz[i] < tau || lm[i] == 0) continue;
     unsigned long long before = 0;
+    #pragma unroll 1
     for (int j = 0; j < n; ++j)
       if (lz[j] >= tau && li[j] < li[i]) before += lm[j];
     if (before <= target && target < before + lm[i]) s_tok = li[i];  // exactly one
@@ -288,13 +265,22 @@ __device__ void task_sample(const Params& p, const Step& st, const SampleArgs& a
   if (p.mode == kGreedy) {
     if (threadIdx.x == 0) s_token = at;
   } else {
-    const int tok = fast_draw<V, C, P>(p, st, parts, (int)a.n_parts, lg, best, smem, red);
-    if (tok >= 0) {
-      if (threadIdx.x == 0) s_token = tok;
-    } else {  // the partials do not settle it: passes over the whole vocabulary
-      const int tok = draw_pass<V>(p, st, lg, best, smem);
-      if (threadIdx.x == 0) s_token = tok;
+    __shared__ RowDraw s_draw;
+    bool rows = false;
+    int tok = fast_draw<V, C, P>(p, st, parts, (int)a.n_parts, best, smem, red, s_draw, rows);
+    if (tok < 0) {
+      const float t = p.temperature, zmax = best / t;
+      if (!rows) {  // the partials do not settle it: passes over the whole vocabulary
+        const float tau = pass_threshold<V>(p, lg, zmax, smem);
+        if (threadIdx.x == 0) s_draw = RowDraw{0, V, tau, false, 0ull, 0ull};
+        sync_consumers();
+      }
+      const RowDraw d = s_draw;
+      // the per-consumer sums after the histogram (the pass) or the gathered masses
+      auto* sums = reinterpret_cast<unsigned long long*>(smem) + max(kBins, kSampleList);
+      tok = draw_range(lg, d, t, zmax, uniform(p.seed, st.pos), sums);
     }
+    if (threadIdx.x == 0) s_token = tok;
   }
   sync_consumers();
   if (threadIdx.x == 0) {
