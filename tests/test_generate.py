@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tilert_compiler as tc
+from tilert_compiler.ir import lm_parts as lm
 from tilert_compiler.models import random_weights
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.runtime.generate import GenerationError, generate
@@ -13,7 +14,10 @@ from tilert_compiler.runtime.interpreter import Interpreter
 from tilert_compiler.runtime.sampling import (
     Sampling,
     draw,
+    draw_from_parts,
+    fast_draw,
     keep_threshold,
+    lm_head_part,
     sample_token,
     scaled,
     uniform,
@@ -194,3 +198,92 @@ def test_the_gpu_model_and_the_interpreter_offer_the_decoder_surface():
     cm = tc.compile("tiny-llama", nvcc=False, prefill_chunk=0)
     it = Interpreter(cm.artifact, random_weights(cm.config, seed=0))
     assert (it.vocab, it.max_seq_len) == (cm.config.vocab, cm.config.max_seq_len)
+
+
+# ---------------------------------------------------------------- the LM head's partials
+def _parts(logits: torch.Tensor, rows: int, cands: int, t: float) -> torch.Tensor:
+    """The LM-head partials of `logits` cut into tasks of `rows` rows (the last shorter)."""
+    return torch.stack(
+        [lm_head_part(logits[r : r + rows], r, t, cands) for r in range(0, logits.numel(), rows)]
+    )
+
+
+def _logits(vocab: int, scale: float, ties: bool) -> torch.Tensor:
+    x = torch.randn(vocab) * scale
+    return torch.round(x) if ties else x  # rounded: many ties, at every task's bound too
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p",
+    [(0, 1.0), (50, 0.9), (64, 1.0), (1, 1.0), (0, 0.9), (0, 0.999999), (200, 0.95), (5, 0.5)],
+)
+def test_draws_from_the_partials_equal_sample_token_on_fresh_logits(top_k, top_p):
+    for trial in range(40):
+        vocab = int(torch.randint(300, 6000, ()))
+        rows = int(torch.randint(8, 400, ()))
+        cands = [4, 16, 64][trial % 3]
+        t = [1e-3, 0.6, 1.0, 40.0][trial % 4]  # tiny and large temperatures
+        logits = _logits(vocab, float(torch.empty(()).uniform_(0.3, 40.0)), trial % 5 == 0)
+        s = Sampling(t, top_k, top_p, int(torch.randint(0, 2**62, ())))
+        pos = int(torch.randint(0, 4096, ()))
+        parts = _parts(logits, rows, cands, t)
+        want = sample_token(logits, s, pos)
+        assert draw_from_parts(parts, logits, s, pos) == want, (vocab, rows, cands, t, s)
+
+
+def test_the_candidates_settle_top_k_and_temperature_alone():
+    # The fast path is what the issue asks for: top-k within the candidates, and
+    # temperature alone, are drawn without reading the logits but one task's rows.
+    for _ in range(20):
+        logits = torch.randn(8000) * float(torch.empty(()).uniform_(0.5, 40.0))
+        parts = _parts(logits, 1000, 64, 0.8)
+        seed = int(torch.randint(0, 2**62, ()))
+        for s in (
+            Sampling(0.8, 50, 0.9, seed),
+            Sampling(0.8, 64, 1.0, seed),
+            Sampling(0.8, 0, 1.0, seed),
+        ):
+            assert fast_draw(parts, logits, s, 7) == sample_token(logits, s, 7)
+
+
+def test_a_nucleus_past_the_candidates_passes_over_the_vocabulary():
+    logits = torch.randn(8000) * 0.1  # nearly flat: top-p 0.9 keeps most of the vocabulary
+    parts = _parts(logits, 1000, 64, 1.0)
+    s = Sampling(1.0, 0, 0.9, 3)
+    assert fast_draw(parts, logits, s, 0) is None
+    assert draw_from_parts(parts, logits, s, 0) == sample_token(logits, s, 0)
+
+
+def test_a_task_keeps_its_rows_above_the_next_largest():
+    y = torch.randn(300)
+    part = lm_head_part(y, 1000, 0.7, 16)
+    n = int(part[lm.COUNT])
+    got = part[lm.PART_HEADER : lm.PART_HEADER + 2 * n].view(-1, 2)
+    top = torch.sort(y, descending=True).values
+    assert n == 16 and float(part[lm.BOUND]) == float(top[16])
+    assert sorted(got[:, 1].long().tolist()) == sorted((1000 + torch.topk(y, 16).indices).tolist())
+    z = scaled(y, 0.7).double()
+    assert float(part[lm.SUMEXP]) == pytest.approx(float(torch.exp(z - z.max()).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("cands", [4, 64], ids=["4-candidates", "64-candidates"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+def test_the_interpreters_draws_equal_sample_token_on_its_own_logits(name, cands):
+    # 4 candidates per LM-head task (32 rows each): bounds, gathers and fallbacks all run.
+    cm = tc.compile(name, nvcc=False, sample_candidates=cands)
+    it = Interpreter(cm.artifact, random_weights(cm.config, seed=int(torch.randint(0, 2**31, ()))))
+    for s in (
+        Sampling(0.8, 50, 0.9, int(torch.randint(0, 2**62, ()))),
+        Sampling(1.3, 0, 1.0, int(torch.randint(0, 2**62, ()))),
+        Sampling(0.7, 0, 0.8, int(torch.randint(0, 2**62, ()))),
+        Sampling(1.0, 3, 1.0, int(torch.randint(0, 2**62, ()))),
+    ):
+        it.reset()
+        seen: list[tuple[int, int]] = []
+
+        def check(tok: int, s: Sampling = s, seen: list = seen) -> None:
+            logits = it.A[it.logits_at : it.logits_at + it.vocab]
+            seen.append((tok, sample_token(logits, s, it.pos)))
+
+        it.run([1, 2, 3], 0, 8, s, on_token=check)
+        assert len(seen) == 6 and all(a == b for a, b in seen), (s, seen)
