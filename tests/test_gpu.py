@@ -187,26 +187,79 @@ def test_one_launch_generates_what_one_launch_per_token_does(loaded):
     assert m.generate(prompt, 20, per_token=True) == one
 
 
-def test_kernel_sampling_follows_the_host_rules(loaded):
-    """The sample task's radix select and draw against runtime.sampling on the kernel's own
-    logits, over fresh seeds and settings (a draw within float32 rounding of a boundary may
-    differ: at most one of 48)."""
+def _sampling_differences(cm, m, n: int = 48) -> int:
+    """Draws of one sampled step against runtime.sampling on the kernel's own logits, over
+    fresh seeds and settings: temperature alone, top-k within and past the candidates,
+    top-p near 1."""
     from tilert_compiler.runtime.sampling import Sampling, sample_token
 
-    cm, m, _ = loaded
     differ = 0
-    for i in range(48):
+    for i in range(n):
         rules = Sampling(
             temperature=float(torch.empty(()).uniform_(0.5, 1.5)),
-            top_k=[0, 5, 40][i % 3],
-            top_p=[1.0, 0.9, 0.6, 0.99][i % 4],
+            top_k=[0, 5, 40, 100][i % 4],
+            top_p=[1.0, 0.9, 0.6, 0.99, 1.0, 0.999999][i % 6],
             seed=int(torch.randint(0, 2**62, ())),
         )
         m.reset()
         tok = int(torch.randint(0, cm.config.vocab, ()))
         (drawn,) = m.run([tok], 0, 1, rules)
         differ += drawn != sample_token(m.logits.cpu(), rules, 0)
-    assert differ <= 1
+    return differ
+
+
+def test_kernel_sampling_follows_the_host_rules(loaded):
+    """The sample task's merge of the LM head's partials (and its passes over the logits
+    where they do not settle the draw) against runtime.sampling on the kernel's own logits
+    (a draw within float32 rounding of a boundary may differ: at most one of 48)."""
+    cm, m, _ = loaded
+    assert _sampling_differences(cm, m) <= 1
+
+
+@pytest.fixture(scope="module", params=TINY)
+def few_candidates(request, tmp_path_factory):
+    """A tiny model whose LM-head tasks (32 rows) keep 4 candidates each: the kernel's top-C
+    select, the bounds and the passes past the candidates all run."""
+    from tilert_compiler.runtime.gpu import GpuModel
+
+    cm = tc.compile(request.param, prefill_chunk=0, sample_candidates=4)
+    out = cm.save(tmp_path_factory.mktemp(request.param))
+    return cm, GpuModel(out, weights=load_weights(cm.config))
+
+
+def test_kernel_sampling_with_few_candidates_follows_the_host_rules(few_candidates):
+    cm, m = few_candidates
+    assert _sampling_differences(cm, m) <= 1
+
+
+def _candidates(part: torch.Tensor) -> list[tuple[float, float]]:
+    """A partial's (logit, index) candidates, in index order (the kernel's are in none)."""
+    from tilert_compiler.ir import lm_parts as lm
+
+    n = int(part[lm.COUNT])
+    return sorted(map(tuple, part[lm.PART_HEADER : lm.PART_HEADER + 2 * n].view(-1, 2).tolist()))
+
+
+def test_the_lm_head_partials_are_the_host_rules_on_the_kernels_logits(few_candidates):
+    from tilert_compiler.ir import lm_parts as lm
+    from tilert_compiler.runtime.sampling import Sampling, lm_head_part
+
+    cm, m = few_candidates
+    m.reset()
+    rules = Sampling(0.7, 0, 1.0, 5)
+    m.run([3], 0, 1, rules)
+    spec = m.art.tensor("lm_part")
+    n, width = spec["shape"]
+    parts = m.act[spec["offset"] : spec["offset"] + n * width].view(n, width).cpu()
+    logits = m.logits.cpu()
+    for j in range(n):
+        row0, rows = int(parts[j, lm.ROW0]), int(parts[j, lm.ROWS])
+        want = lm_head_part(logits[row0 : row0 + rows], row0, 0.7, (width - lm.PART_HEADER) // 2)
+        got = parts[j]
+        fields = [lm.BEST, lm.AT, lm.BOUND, lm.COUNT, lm.ROW0, lm.ROWS, lm.LOW]
+        assert torch.equal(got[fields], want[fields]), (j, got[:8], want[:8])
+        assert float(got[lm.SUMEXP]) == pytest.approx(float(want[lm.SUMEXP]), rel=1e-5)
+        assert _candidates(got) == _candidates(want), j
 
 
 def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
