@@ -74,7 +74,7 @@ def main() -> None:
     ours_pt, st_pt = timed_generate(m, prompt, a.new, per_token=True)
     rate_one, rate_pt = decode_rate(st_one), decode_rate(st_pt)
     print(f"one launch: {rate_one:.1f} tok/s; one launch per token: {rate_pt:.1f} tok/s")
-    # Sampled decoding in one launch: the sample task's passes over every logit.
+    # Sampled decoding in one launch: the sample task merges the LM head's candidates.
     rates_sampled = {}
     for name, kw in (
         ("temperature", dict(temperature=0.8, seed=a.seed)),

@@ -34,7 +34,7 @@ __device__ int draw_range(const float* lg, const RowDraw& d, float t, float zmax
   const int lo = d.lo + min(d.n, (int)threadIdx.x * per), hi = min(d.lo + d.n, lo + per);
   unsigned long long mine = 0;
   int last = -1;
-  #pragma unroll 1
+#pragma unroll 1
   for (int i = lo; i < hi; ++i) {
     const float z = ld_act(lg + i) / t;
     const unsigned long long m = z >= d.tau ? fixed_mass(z, zmax) : 0ull;
@@ -45,7 +45,7 @@ __device__ int draw_range(const float* lg, const RowDraw& d, float t, float zmax
   sync_consumers();
   if (last >= 0) atomicMax(&s_last, last);
   unsigned long long before = 0, total = 0;
-  #pragma unroll 1
+#pragma unroll 1
   for (int j = 0; j < kConsumers; ++j) {
     if (j == (int)threadIdx.x) before = total;
     total += sums[j];
@@ -55,7 +55,7 @@ __device__ int draw_range(const float* lg, const RowDraw& d, float t, float zmax
   before += d.before;
   if (before <= target && target < before + mine) {  // one thread (but for rounding: none)
     unsigned long long run = before;
-    #pragma unroll 1
+#pragma unroll 1
     for (int i = lo; i < hi; ++i) {
       const float z = ld_act(lg + i) / t;
       if (z < d.tau) continue;
@@ -77,18 +77,18 @@ template <int C>
 __device__ void rows_of_draw(const float* parts, int n_parts, float zmax, const float* zb,
                              float u, unsigned long long* tm, RowDraw& d) {
   constexpr int kStride = kPartHeader + 2 * C;
-  #pragma unroll 1
+#pragma unroll 1
   for (int j = threadIdx.x; j < n_parts; j += kConsumers)
     tm[j] = (unsigned long long)((double)ld_act(parts + j * kStride + P_SUMEXP) *
                                  (double)expf(zb[j] - zmax) * 4294967296.0);
   sync_consumers();
   if (threadIdx.x == 0) {  // the task whose running mass first exceeds u * total
     unsigned long long total = 0, run = 0;
-    #pragma unroll 1
+#pragma unroll 1
     for (int j = 0; j < n_parts; ++j) total += tm[j];
     const unsigned long long target = (unsigned long long)((double)u * (double)total);
     int j = 0;
-    #pragma unroll 1
+#pragma unroll 1
     for (; j < n_parts - 1 && run + tm[j] <= target; ++j) run += tm[j];
     const float* h = parts + j * kStride;
     d = RowDraw{(int)ld_act(h + P_ROW0), (int)ld_act(h + P_ROWS), -INFINITY, true, run, target};
@@ -109,7 +109,7 @@ __device__ float pass_threshold(const Params& p, const float* lg, float zmax, fl
     tau = select_threshold<false>(V, z_of, zmax, tau, (unsigned long long)p.top_k, hist);
   if (p.top_p < 1.f) {
     unsigned long long z_sum = 0;  // the kept mass so far, every thread's share
-    #pragma unroll 1
+#pragma unroll 1
     for (int i = threadIdx.x; i < V; i += kConsumers) {
       const float z = z_of(i);
       if (z >= tau) z_sum += fixed_mass(z, zmax);
@@ -137,7 +137,7 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   static_assert(4 * kL + 4 * P <= kScratchFloats, "codegen's scratch_floats");
   const float t = p.temperature, zmax = best / t;
   float low = INFINITY, bmax = -INFINITY;
-  #pragma unroll 1
+#pragma unroll 1
   for (int j = threadIdx.x; j < n_parts; j += kConsumers) {
     const float* h = parts + j * kStride;
     low = fminf(low, ld_act(h + P_LOW));
@@ -164,7 +164,7 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   // One load at a time per thread: loads batched in registers tipped ptxas into spilling
   // (llama-3.2-1b), as unrolled loops did.
   const int slots = n_parts * C;
-  #pragma unroll 1
+#pragma unroll 1
   for (int e = threadIdx.x; e < slots; e += kConsumers) {
     const int j = e / C, i = e - j * C;
     if (i >= cnt[j]) continue;
@@ -186,13 +186,13 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
     unsigned long long total;
     if (exact) {
       unsigned long long mine = 0;
-      #pragma unroll 1
+#pragma unroll 1
       for (int i = threadIdx.x; i < n; i += kConsumers)
         if (lz[i] >= tau) mine += lm[i];
       total = block_total(mine);
     } else {
       unsigned long long mine = 0;  // fixed point, as rows_of_draw's
-      #pragma unroll 1
+#pragma unroll 1
       for (int j = threadIdx.x; j < n_parts; j += kConsumers)
         mine += (unsigned long long)((double)ld_act(parts + j * kStride + P_SUMEXP) *
                                      (double)expf(zb[j] - zmax) * 4294967296.0);
@@ -201,13 +201,13 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
     const unsigned long long target = (unsigned long long)((double)p.top_p * (double)total);
     // tau_p: the largest z whose mass at or above it reaches target
     float tp = -INFINITY, least = INFINITY;
-    #pragma unroll 1
+#pragma unroll 1
     for (int i = threadIdx.x; i < n; i += kConsumers) {
       const float zi = lz[i];
       if (zi < tau) continue;
       least = fminf(least, zi);
       unsigned long long incl = 0;
-      #pragma unroll 1
+#pragma unroll 1
       for (int j = 0; j < n; ++j)
         if (lz[j] >= zi && lz[j] >= tau) incl += lm[j];
       if (incl >= max(target, 1ull)) tp = fmaxf(tp, zi);
@@ -223,7 +223,7 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   // The draw: the first kept index, in vocabulary order, where the running mass exceeds
   // u * total; each kept candidate sums the kept mass of the lower indices.
   unsigned long long mine = 0;
-  #pragma unroll 1
+#pragma unroll 1
   for (int i = threadIdx.x; i < n; i += kConsumers)
     if (lz[i] >= tau) mine += lm[i];
   const unsigned long long total = block_total(mine);
@@ -231,11 +231,11 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   __shared__ int s_tok;
   if (threadIdx.x == 0) s_tok = -1;
   sync_consumers();
-  #pragma unroll 1
+#pragma unroll 1
   for (int i = threadIdx.x; i < n; i += kConsumers) {
     if (lz[i] < tau || lm[i] == 0) continue;
     unsigned long long before = 0;
-    #pragma unroll 1
+#pragma unroll 1
     for (int j = 0; j < n; ++j)
       if (lz[j] >= tau && li[j] < li[i]) before += lm[j];
     if (before <= target && target < before + lm[i]) s_tok = li[i];  // exactly one
