@@ -292,7 +292,11 @@ def test_an_edited_plan_is_the_plan_compiled(tiny, tmp_path):
         ("stages = 2", "stages = 100", "bytes of shared memory, the target allows"),
         ("stages = 2", "stages = 1", "a ring has 2 stages or more"),
         ("in_flight = 1", "in_flight = 3", "1 to stages copies in flight"),
-        ("scratch_floats = 4544", "scratch_floats = 100", "task kind sample_V256 needs 4544"),
+        (
+            "scratch_floats = 4544",
+            "scratch_floats = 100",
+            "task kind sample_V256_C64_P8 needs 4544",
+        ),
         ("consumers = 224", "consumers = 256", "one warp feeds the ring"),
         ("threads = 256", "threads = 512", "the target's blocks have 256"),
         ("stage_bytes = 32768", "stage_bytes = 100", "must be whole KiB"),
