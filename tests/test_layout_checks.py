@@ -315,7 +315,7 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "record_gemv_input_past_its_tensor": (
         _record_arg("linear_residual", "x", "token"),
-        "(linear_residual): x=10016 with 64 elements runs past its tensor",
+        "(linear_residual): x=11072 with 64 elements runs past its tensor",
     ),
     "record_sample_parts": (
         _record_arg("sample", "n_parts", 4096),
