@@ -161,18 +161,26 @@ __device__ int fast_draw(const Params& p, const Step& st, const float* parts, in
   __shared__ int s_n;
   if (threadIdx.x == 0) s_n = 0;
   sync_consumers();
-  // One load at a time per thread: loads batched in registers tipped ptxas into spilling
-  // (llama-3.2-1b), as unrolled loops did.
   const int slots = n_parts * C;
+  constexpr int kBatch = 4;  // loads in flight per thread (8 made ptxas spill on qwen3-8b)
 #pragma unroll 1
-  for (int e = threadIdx.x; e < slots; e += kConsumers) {
-    const int j = e / C, i = e - j * C;
-    if (i >= cnt[j]) continue;
-    const float* c = parts + j * kStride + kPartHeader + 2 * i;
-    const float z = ld_act(c) / t;
-    if (z > bz && z >= lo) {
-      const int k = atomicAdd(&s_n, 1);
-      if (k < kL) lz[k] = z, li[k] = (int)ld_act(c + 1), lm[k] = fixed_mass(z, zmax);
+  for (int e0 = threadIdx.x; e0 < slots; e0 += kBatch * kConsumers) {
+    float v[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int e = e0 + q * kConsumers, j = e / C, i = e - j * C;
+      v[q] = e < slots && i < cnt[j] ? ld_act(parts + j * kStride + kPartHeader + 2 * i) : NAN;
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const float z = v[q] / t;
+      if (z > bz && z >= lo) {
+        const int e = e0 + q * kConsumers, j = e / C, i = e - j * C;
+        const int k = atomicAdd(&s_n, 1);
+        if (k < kL)
+          lz[k] = z, li[k] = (int)ld_act(parts + j * kStride + kPartHeader + 2 * i + 1),
+          lm[k] = fixed_mass(z, zmax);
+      }
     }
   }
   sync_consumers();
