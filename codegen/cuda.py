@@ -107,6 +107,20 @@ def _check_stream_rows(table: TaskTable) -> None:
             )
 
 
+# The FP8 overloads of the GEMV kinds (a variant with the QBK static): included only then,
+# so a bf16 build's kernel.cu is what it was.
+FP8_HEADER = "tasks/fp8.cuh"
+
+
+def kernel_headers(table: TaskTable) -> list[str]:
+    """The task headers the build's variants need, in KINDS order (then FP8's)."""
+    used = {v.kind for v in table.variants}
+    headers = [k.header for k in KINDS.values() if k.name in used]
+    if any("QBK" in dict(v.static) for v in table.variants):
+        headers.append(FP8_HEADER)
+    return headers
+
+
 def emit_cuda(
     sched: Schedule,
     table: TaskTable,
@@ -133,9 +147,7 @@ def emit_cuda(
             version=version,
             model=sched.program.model,
             arch=arch,
-            headers=[
-                k.header for k in KINDS.values() if any(v.kind == k.name for v in table.variants)
-            ],
+            headers=kernel_headers(table),
             variants=[
                 {
                     "kind": v.kind,

@@ -6,6 +6,7 @@ import numpy as np
 
 from tilert_compiler.ir.graph import OpKind
 from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.precision import kernel_block
 from tilert_compiler.ir.tasktable import (
     F_ARG0,
     F_KIND,
@@ -46,21 +47,32 @@ class _Offsets:
                 self.splits[t.op] = max(self.splits.get(t.op, 0), t.arg("split") + 1)
                 if len(t.writes) == 4:
                     self.attn_out[t.op] = t.writes[3].tensor
-        self.shape = {t.name: t.shape for t in sched.program.tensors}
+        self.decl = {t.name: t for t in sched.program.tensors}
+
+    def strides(self, tensor: str) -> list[int]:
+        """Arena units per step of each dimension: an FP8 weight's rows are row_units apart
+        (its e4m3 bytes and scales, ir/precision.py)."""
+        d = self.decl[tensor]
+        return [d.row_units, 1] if d.fp8_block is not None else _strides(d.shape)
 
     def start(self, r: Region) -> int:
         """Element offset of the region's first element; symbolic bounds count as 0 (the
         kernel adds `pos` or `tok` times that dimension's stride)."""
         off = self.base[r.tensor]
-        for (lo, _), stride in zip(r.box, _strides(self.shape[r.tensor]), strict=True):
+        for (lo, _), stride in zip(r.box, self.strides(r.tensor), strict=True):
             if isinstance(lo, int):
                 off += lo * stride
         return off
 
+    def units(self, r: Region) -> int:
+        """Arena units of a region of whole rows (its elements but for FP8 rows)."""
+        d = self.decl[r.tensor]
+        return r.numel() // d.shape[-1] * d.row_units if d.fp8_block is not None else r.numel()
+
     def check_contiguous(self, t: Task, regions) -> None:
         """Row blocks of stacked weights must be one run in the arena (layout keeps them so)."""
         for a, b in zip(regions, regions[1:], strict=False):
-            if self.start(a) + a.numel() != self.start(b):
+            if self.start(a) + self.units(a) != self.start(b):
                 raise ValueError(f"task t{t.id}: {a} and {b} are not adjacent in the arena")
 
 
@@ -86,9 +98,17 @@ def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
                 ("QKN", int(consts["qk_norm"])),
             ),
         )
-    static = (("K", t.reads[0].numel()), ("R", o.rows[t.op]))
+    K = t.reads[0].numel()
+    static = (("K", K), ("R", o.rows[t.op]))
     if k == OpKind.NORM_LINEAR:  # the LM head also writes its argmax partial
         static += (("ARGMAX", int(len(t.writes) > 1)),)
+    # FP8 rows: the k-block their scales cover (left out for bf16: the template's default)
+    blocks = {o.decl[r.tensor].fp8_block for r in t.weights if len(r.box) == 2}
+    if len(blocks) != 1:
+        raise ValueError(f"task t{t.id}: its weight rows mix precisions {sorted(map(str, blocks))}")
+    (block,) = blocks
+    if block is not None:
+        static += (("QBK", kernel_block(K, block[1])),)
     return Variant(k.value, static)
 
 
@@ -165,7 +185,7 @@ def _stream_entries(t: Task, o: _Offsets) -> list[tuple[int, int, int]]:
     for r in t.weights:
         if len(r.box) != 2:  # norm gammas are read directly, not streamed
             continue
-        start, n, k = o.start(r), r.numel(), r.box[1][1]
+        start, n, k = o.start(r), o.units(r), o.decl[r.tensor].row_units
         if out and out[-1][0] + out[-1][1] == start and out[-1][2] == k:
             out[-1][1] += n
         else:
@@ -200,7 +220,7 @@ def serialize(sched: Schedule) -> TaskTable:
         stream += rows
         args = _args(t, o)
         assert tuple(args) == KINDS[v.kind].args, (v.kind, tuple(args))
-        assert tuple(n for n, _ in v.static) == KINDS[v.kind].statics, v
+        assert tuple(n for n, _ in v.static) == KINDS[v.kind].statics[: len(v.static)], v
         for j, val in enumerate(args.values()):
             rec[F_ARG0 + j] = val
     sm_start = np.zeros(len(sched.sm_lists) + 1, dtype=np.int32)

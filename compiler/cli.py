@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the layer whose schedule is zoomed into and whose dependency graph is drawn",
     )
     p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
+    p.add_argument(
+        "--quantize",
+        choices=["fp8"],
+        help="store the linear projections as FP8 e4m3, one scale per output channel"
+        " (weight-only: activations stay float32; embedding and LM head stay bf16; no"
+        " prefill program)",
+    )
     tune = p.add_argument_group("kernel tuning")
     ablate = p.add_argument_group(
         "ablation switches (each turns off a pass measured to pay: docs/performance.md)"
@@ -230,7 +237,8 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "flags": not args.no_flags,
         "profile": args.profile,
     }
-    for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk"):
+    names = ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk", "quantize")
+    for name in names:
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
     defaults = {
@@ -380,7 +388,8 @@ def _load_weights(cm, say):
     say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
     if torch.cuda.is_available() and cm.cubin is not None:
         return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16, "cuda")
-    return pack_weights(cm.artifact, stream_weights(cm.config), torch.float32)
+    dtype = torch.bfloat16 if cm.artifact.fp8 else torch.float32  # FP8: raw 2-byte units
+    return pack_weights(cm.artifact, stream_weights(cm.config), dtype)
 
 
 def _run_tokens(cm, out: Path, n: int, say, weights) -> int:

@@ -15,7 +15,7 @@ from tilert_compiler.ir.graph import Storage
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Schedule, Task
 from tilert_compiler.passes.schedule import ready_at, task_seconds
-from tilert_compiler.passes.tile import W_BYTES
+from tilert_compiler.passes.tile import W_BYTES, region_weight_bytes
 
 
 @dataclass
@@ -66,12 +66,15 @@ def _consistent(sched: Schedule) -> bool:
 
 
 def weight_bytes(sched: Schedule) -> int:
-    """Bytes of every weight tensor once (a tied embedding counts once): the floor's bytes."""
-    return sum(d.numel for d in sched.program.tensors if d.storage == Storage.WEIGHT) * W_BYTES
+    """Bytes of every weight tensor once (a tied embedding counts once): the floor's bytes.
+    FP8 weights count their e4m3 bytes and the scales streamed with each row."""
+    return (
+        sum(d.arena_units for d in sched.program.tensors if d.storage == Storage.WEIGHT) * W_BYTES
+    )
 
 
-def streamed_bytes(t: Task) -> int:
-    return sum(r.numel() for r in t.weights) * W_BYTES
+def streamed_bytes(t: Task, decls: dict) -> int:
+    return sum(region_weight_bytes(r, decls[r.tensor]) for r in t.weights)
 
 
 def sm_roles(sched: Schedule) -> list[str]:
@@ -101,12 +104,13 @@ def sm_roles(sched: Schedule) -> list[str]:
 def op_rows(sched: Schedule, target: Target) -> list[OpRow]:
     spans = durations(sched, target)
     sm_of = sched.sm_of()
+    decls = {d.name: d for d in sched.program.tensors}
     rows: dict[str, OpRow] = {}
     for t in sched.program.tasks:
         r = rows.setdefault(t.op, OpRow(t.op, t.kind.value, t.layer))
         start, end = spans[t.id]
         r.tasks += 1
-        r.weight_bytes += streamed_bytes(t)
+        r.weight_bytes += streamed_bytes(t, decls)
         r.moved_bytes += t.cost
         r.work_s += end - start
         r.start_s, r.end_s = min(r.start_s, start), max(r.end_s, end)

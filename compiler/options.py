@@ -45,6 +45,10 @@ class Options:
     # (None: 1024, at most max_seq_len rounded up to 128; 0: none, prompts run as decode
     # steps). Its GEMMs and attention are TileLang tile programs on tensor cores.
     prefill_chunk: int | None = None
+    # models/quant.py: "fp8" stores the linear projections as FP8 e4m3 with one scale per
+    # output channel (weight-only; a checkpoint's own FP8 quantization is kept as it is).
+    # FP8 builds have no prefill program (prompts run as decode steps).
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         # Every field against its annotation, so `stage_kb="32"` is one line here rather

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tilert_compiler.ir.precision import format_block, fp8_row_bytes
+
 
 class Storage(str, Enum):
-    WEIGHT = "weight"  # streamed from HBM once per step, bf16
+    WEIGHT = "weight"  # streamed from HBM once per step, bf16 or FP8 (TensorDecl.fp8_block)
     ACT = "act"  # per-step activation, f32, written once per step
     CACHE = "cache"  # KV cache, f32, one row written per step at `pos`
     OUT = "out"  # logits, f32
@@ -44,6 +46,8 @@ class TensorDecl:
     shape: tuple[int, ...]
     storage: Storage
     layer: int = -1  # -1: not per layer
+    # FP8 e4m3 weight with one scale per (bn, bk) block (ir/precision.py); None: bf16
+    fp8_block: tuple[int, int] | None = None
 
     @property
     def numel(self) -> int:
@@ -51,6 +55,22 @@ class TensorDecl:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def row_units(self) -> int:
+        """2-byte arena units of one row (last dimension): bf16 values, or an FP8 row."""
+        if self.fp8_block is None:
+            return self.shape[-1]
+        return fp8_row_bytes(self.shape[-1], self.fp8_block[1]) // 2
+
+    @property
+    def arena_units(self) -> int:
+        """2-byte units the tensor takes in the weights arena (elements elsewhere)."""
+        return self.numel // self.shape[-1] * self.row_units if self.fp8_block else self.numel
+
+    def precision(self) -> str:
+        """The text form's precision suffix: empty for bf16 (and every activation)."""
+        return f" {format_block(self.fp8_block)}" if self.fp8_block else ""
 
 
 @dataclass(frozen=True)
@@ -97,7 +117,7 @@ def format_graph(g: Graph) -> str:
         lines.append(f"  const {k} = {v!r}")
     for t in g.tensors:
         shape = "x".join(str(d) for d in t.shape)
-        lines.append(f"  tensor {t.name} [{shape}] {t.storage.value}")
+        lines.append(f"  tensor {t.name} [{shape}] {t.storage.value}{t.precision()}")
     for op in g.ops:
         a = " ".join(f"{k}={v!r}" for k, v in op.attrs)
         fz = f" fused=({','.join(op.fused)})" if op.fused else ""

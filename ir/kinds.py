@@ -7,7 +7,9 @@ one task-table record of int64 arguments. Its record says what the other layers 
   the kernel's `<Kind>Args` struct). w_* are weights-arena offsets, counts are counts,
   the rest act-arena offsets.
 - `statics`: the variant's static shapes, in order (the device function's template
-  parameters; codegen/serialize.py computes their values).
+  parameters; codegen/serialize.py computes their values). A GEMV's last, QBK, is its
+  weights' FP8 scale k-block (ir/precision.py); bf16 variants leave it out (the
+  template's default 0).
 - `polls`: with flags, the kind reads its activation inputs until they carry the step's
   parity and writes its outputs with it (passes.deps then gives it no counter waits).
 - `streams`: a GEMV, whose weight rows are its stream entries (the ring's producer copies
@@ -78,7 +80,7 @@ KINDS: dict[str, TaskKind] = {
         TaskKind(
             "linear_residual",
             ("x", "w", "residual", "out", "rows"),
-            ("K", "R"),
+            ("K", "R", "QBK"),
             "#2ca02c",
             polls=True,
             streams=True,
@@ -87,7 +89,7 @@ KINDS: dict[str, TaskKind] = {
         TaskKind(
             "gate_up_silu",
             ("x", "w_gamma", "w_gate", "w_up", "out", "rows"),
-            ("K", "R"),
+            ("K", "R", "QBK"),
             "#ff7f0e",
             polls=True,
             streams=True,
@@ -97,7 +99,7 @@ KINDS: dict[str, TaskKind] = {
         TaskKind(
             "norm_linear",
             ("x", "w_gamma", "w", "out", "rows", "argmax_out", "row0"),
-            ("K", "R", "ARGMAX"),
+            ("K", "R", "ARGMAX", "QBK"),
             "#1f77b4",
             polls=True,
             streams=True,

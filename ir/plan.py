@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from tilert_compiler.ir.precision import row_bytes
 from tilert_compiler.ir.tasktable import Variant
 
 STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
@@ -62,9 +63,15 @@ class KernelPlan:
         return self.stages * self.stage_bytes + 4 * self.scratch_floats
 
 
-def rows_per_chunk(k: int, stage_bytes: int) -> int:
-    """Weight rows of K columns (bf16) in one ring stage; at least one."""
-    return max(1, stage_bytes // (2 * k))
+def rows_per_chunk(k: int, stage_bytes: int, qbk: int = 0) -> int:
+    """Weight rows of K columns (bf16, or FP8 with scale k-blocks of qbk) in one ring
+    stage; at least one."""
+    return max(1, stage_bytes // row_bytes(k, qbk))
+
+
+def variant_row_bytes(v: Variant) -> int:
+    """Bytes of one weight row of a GEMV variant (bf16, or FP8 with its scales)."""
+    return row_bytes(v.get("K"), dict(v.static).get("QBK", 0))
 
 
 def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | None:
@@ -73,7 +80,7 @@ def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | No
     if "K" not in dict(v.static):
         return None
     k = v.get("K")
-    groups = rows_per_chunk(k, stage_bytes)  # an item of a warp is one row
+    groups = rows_per_chunk(k, stage_bytes, dict(v.static).get("QBK", 0))  # a row per item
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     groups_per_lane = -(-(k // 8) // split)  # 8-column groups of one K-slice
     return 8 * -(-groups_per_lane // 32)
@@ -93,7 +100,7 @@ def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
         scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
         return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
     k = v.get("K")
-    groups = rows_per_chunk(k, stage_bytes)  # an item of a warp is one row
+    groups = rows_per_chunk(k, stage_bytes, dict(v.static).get("QBK", 0))  # a row per item
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     return k + split * v.get("R")  # the input row + per-K-slice row results
 

@@ -250,7 +250,9 @@ def _program_lines(p: TileProgram) -> list[str]:
     lines = [f"  const {k} = {v!r}" for k, v in p.consts]
     for d in p.tensors:
         shape = "x".join(str(n) for n in d.shape)
-        lines.append(f"  tensor {d.name} [{shape}] {d.storage.value} layer={d.layer}")
+        lines.append(
+            f"  tensor {d.name} [{shape}] {d.storage.value} layer={d.layer}{d.precision()}"
+        )
     lines += [f"  field {k} = {v!r}" for k, v in extra_fields(p)]
     lines += [f"  counter c{i} {c.name} producers={c.producers}" for i, c in enumerate(p.counters)]
     return lines

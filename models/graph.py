@@ -17,8 +17,14 @@ def build_graph(cfg) -> Graph:
     tensors: list[TensorDecl] = []
     ops: list[Op] = []
 
+    quant = getattr(cfg, "quantization", None)
+
     def w(name: str, *shape: int, layer: int = -1) -> str:
-        tensors.append(TensorDecl(name, tuple(shape), Storage.WEIGHT, layer))
+        # FP8 projections carry their scale block (per output channel: (1, K))
+        block = None
+        if quant is not None and quant.quantizes(name):
+            block = quant.block or (1, shape[1])
+        tensors.append(TensorDecl(name, tuple(shape), Storage.WEIGHT, layer, block))
         return name
 
     def a(name: str, *shape: int, layer: int = -1, storage: Storage = Storage.ACT) -> str:

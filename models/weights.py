@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from tilert_compiler.models.quant import QuantWeight
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.text import (
     ConfigError,
@@ -284,7 +285,7 @@ def check_weights(cfg: ModelConfig, weights: Any) -> None:
         t = weights.get(name)
         if t is None:
             raise ConfigError(f"weights: tensor '{name}' {list(shape)} is missing")
-        if not isinstance(t, torch.Tensor):
+        if not isinstance(t, (torch.Tensor, QuantWeight)):
             raise ConfigTypeError(
                 f"weights: '{name}' must be a torch.Tensor (got {type(t).__name__})"
             )
@@ -293,6 +294,8 @@ def check_weights(cfg: ModelConfig, weights: Any) -> None:
                 f"weights: tensor '{name}' has shape {list(t.shape)}, the config needs "
                 f"{list(shape)}"
             )
+        if isinstance(t, QuantWeight):  # FP8: runtime.arena checks it as it packs it
+            continue
         if not t.is_floating_point():
             raise ConfigError(f"weights: tensor '{name}' is {t.dtype}; weights must be floats")
         _finite(name, t, "weights")

@@ -22,6 +22,7 @@ from tilert_compiler.ir.plan import (
     STATIC_SMEM_RESERVE,
     KernelPlan,
     scratch_floats,
+    variant_row_bytes,
     x_part_floats,
 )
 from tilert_compiler.ir.target import Target
@@ -73,13 +74,13 @@ def plan_kernel(
     llama-3.2-1b (0.9 MB) even at 5 and 6 (bench/NOTES.md runs S9-5, S9-6)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
-    ks = [v.get("K") for v in table.variants if "K" in dict(v.static)]
-    kmax = max(ks, default=8)
-    row_bytes = -(-2 * kmax // 1024) * 1024
+    rows = [(variant_row_bytes(v), v.get("K")) for v in table.variants if "K" in dict(v.static)]
+    widest, kmax = max(rows, default=(16, 8))
+    row_bytes = -(-widest // 1024) * 1024
     if stage_kb is not None and stage_kb * 1024 < row_bytes:
         raise PlanError(
             f"a ring stage of {stage_kb} KiB cannot hold a weight row of K = {kmax} "
-            f"({2 * kmax} bytes); use a stage of {row_bytes // 1024} KiB or more"
+            f"({widest} bytes); use a stage of {row_bytes // 1024} KiB or more"
         )
     stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
 

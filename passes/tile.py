@@ -13,7 +13,16 @@ from tilert_compiler.ir.graph import Graph, OpKind, Storage, TensorDecl
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tile import Counter, Region, Task, TileProgram, region
 
-W_BYTES = 2  # bf16 weights
+W_BYTES = 2  # bf16 weights; an FP8 weight's rows take TensorDecl.row_units of these
+
+
+def region_weight_bytes(r: Region, decl: TensorDecl) -> int:
+    """Bytes a weight region streams: its rows in the arena's form (FP8 rows with scales)."""
+    if decl.fp8_block is not None and len(r.box) == 2:
+        return r.numel() // decl.shape[-1] * decl.row_units * W_BYTES
+    return r.numel() * W_BYTES
+
+
 # Split attention: each (kv head, split) task writes a partial (o, max, sum) per q head;
 # the split of a kv head that arrives last (counted on its ARRIVE counter) combines them.
 ARRIVE = "arrive:"
@@ -51,11 +60,12 @@ def tile(graph: Graph, target: Target, *, context: int, splits: int | None) -> T
     part_decls: list[TensorDecl] = []  # split-attention partials, one tensor per layer
     shape = {t.name: t.shape for t in graph.tensors}
     storage = {t.name: t.storage for t in graph.tensors}
+    decls = {t.name: t for t in graph.tensors}
     lm_tasks: list[int] = []  # LM-head tasks, in argmax-partial order
 
     def add(kind, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
         if cost is None:
-            cost = sum(r.numel() for r in weights) * W_BYTES
+            cost = sum(region_weight_bytes(r, decls[r.tensor]) for r in weights)
             cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
         tasks.append(
             Task(

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tilert_compiler.ir.precision import FP8
 from tilert_compiler.ir.target import KNOWN_ARCHS
 from tilert_compiler.ir.tasktable import (
     ARGS,
@@ -49,7 +50,10 @@ from tilert_compiler.runtime.prefill import PrefillError, read_spec
 # 3: Params.n_rows.
 # 4: no L2 prefetch plan: the records lose n_prefetch and prefetch_at, tasks.npz its
 # prefetch table, Params its prefetch pointer and n_rows (Params: ir/tasktable.py PARAMS).
-FORMAT_VERSION = 4
+# 5: FP8 weights: a manifest tensor may say dtype fp8e4m3, its scale block, row_bytes and
+# its arena elements (2-byte units: e4m3 rows with their scales, ir/precision.py); GEMV
+# variants may have a QBK static.
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"
 SOURCE = "kernel.cu"
@@ -82,6 +86,21 @@ class Artifact:
             if t["name"] == name:
                 return t
         raise KeyError(name)
+
+    @property
+    def fp8(self) -> bool:
+        """Whether some weights are FP8 (the arena then holds raw 2-byte units)."""
+        return any(t.get("dtype") == FP8 for t in self.manifest["tensors"])
+
+
+def tensor_elements(t: dict) -> int:
+    """Units a manifest tensor takes in its arena: its elements, or an FP8 weight's rows."""
+    if "elements" in t:
+        return t["elements"]
+    n = 1
+    for d in t["shape"]:
+        n *= d
+    return n
 
 
 def variants_to_json(vs: list[Variant]) -> list[dict]:
@@ -608,9 +627,11 @@ def _check_manifest(mf: Path, m: dict) -> None:
             raise fail(f"tensor {name}: a {t['storage']} tensor in the {arena} arena")
         if not _is_count(off):
             raise fail(f"tensor {name}: 'offset' must be a count (got {off!r:.40})")
-        n = 1
-        for d in shape:
-            n *= d
+        if "dtype" in t and (t["dtype"] != FP8 or arena != "weights" or len(shape) != 2):
+            raise fail(f"tensor {name}: only 2-D weights may have a dtype, {FP8}")
+        n = tensor_elements(t)
+        if not _is_count(n):
+            raise fail(f"tensor {name}: 'elements' must be a count (got {n!r:.40})")
         if off + n > arenas[arena]:
             raise fail(
                 f"tensor {name} ({arena} @{off}, {n} elements) runs past the {arena} arena's "
@@ -664,10 +685,7 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
 
     spans: dict[str, list[tuple[int, int]]] = {a: [] for a in _ARENAS}
     for x in m["tensors"]:
-        n = 1
-        for d in x["shape"]:
-            n *= d
-        spans[x["arena"]].append((x["offset"], x["offset"] + n))
+        spans[x["arena"]].append((x["offset"], x["offset"] + tensor_elements(x)))
     starts = {a: sorted(ss) for a, ss in spans.items()}  # disjoint (_check_manifest)
 
     def inside(arena: str, off: int, n: int = 1) -> bool:

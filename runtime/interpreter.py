@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.precision import scale_cols
 from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_NSTREAM,
@@ -42,7 +43,14 @@ class Interpreter:
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        self.W = weights_arena(art, weights, torch.float32)  # a dict, pairs or an arena
+        # A dict, pairs or an arena. With FP8 weights the arena is packed raw (2-byte
+        # units): self.B its bytes, the FP8 rows decoded where a GEMV streams them.
+        self.B: torch.Tensor | None = None
+        if art.fp8:
+            raw = weights_arena(art, weights, torch.bfloat16)
+            self.W, self.B = raw.float(), raw.view(torch.uint8)
+        else:
+            self.W = weights_arena(art, weights, torch.float32)
         self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
@@ -254,15 +262,31 @@ class Interpreter:
         o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[:, None]
         self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
-    def _stream_dot(self, k: int, rows: int, x: torch.Tensor) -> torch.Tensor:
+    def _fp8_mat(self, at: int, units: int, row_units: int, k: int, qbk: int) -> torch.Tensor:
+        """FP8 rows at arena unit `at` (ir/precision.py: e4m3 values, then one float32
+        scale per k-block of qbk columns) dequantized as models.quant.dequantize does:
+        float(e4m3) * scale, in float32. [rows, k]."""
+        rows = self.B[2 * at : 2 * (at + units)].view(units // row_units, 2 * row_units)
+        g = scale_cols(k, qbk)
+        data = rows[:, :k].contiguous().view(torch.float8_e4m3fn).float()
+        scale = rows[:, k : k + 4 * g].contiguous().view(torch.float32)
+        return data * scale.repeat_interleave(qbk, 1)[:, :k]
+
+    def _stream_dot(self, k: int, rows: int, x: torch.Tensor, qbk: int = 0) -> torch.Tensor:
         """[rows] dot products of the task's weight rows with x, the rows taken as the kernel
-        gets them: its stream entries, in order (the ring producer copies exactly these)."""
+        gets them: its stream entries, in order (the ring producer copies exactly these).
+        qbk: FP8 rows with scales per k-block of qbk columns (0: bf16)."""
         at = int(self.table.records[self._task, F_STREAM])
         n = int(self.table.records[self._task, F_NSTREAM])
         y = torch.cat(
             [
-                self._mat(int(off), int(el) // k, k) @ x
-                for off, el, _ in self.table.stream[at : at + n]
+                (
+                    self._fp8_mat(int(off), int(el), int(ru), k, qbk)
+                    if qbk
+                    else self._mat(int(off), int(el) // k, k)
+                )
+                @ x
+                for off, el, ru in self.table.stream[at : at + n]
             ]
         )
         if y.numel() != rows:
@@ -271,13 +295,13 @@ class Interpreter:
 
     def _linear_residual(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
-        y = self._stream_dot(K, rows, self._act(a["x"], K))
+        y = self._stream_dot(K, rows, self._act(a["x"], K), s.get("QBK", 0))
         self._act(a["out"], rows)[:] = self._act(a["residual"], rows) + y
 
     def _gate_up_silu(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        y = self._stream_dot(K, 2 * rows, xn)  # gate rows, then up rows
+        y = self._stream_dot(K, 2 * rows, xn, s.get("QBK", 0))  # gate rows, then up rows
         self._act(a["out"], rows)[:] = torch.nn.functional.silu(y[:rows]) * y[rows:]
 
     def _sample(self, a: dict, s: dict) -> None:
@@ -295,7 +319,7 @@ class Interpreter:
     def _norm_linear(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        y = self._stream_dot(K, rows, xn)
+        y = self._stream_dot(K, rows, xn, s.get("QBK", 0))
         self._act(a["out"], rows)[:] = y
         if s["ARGMAX"]:  # (largest, its first index) of this task's rows
             i = int(torch.argmax(y))
