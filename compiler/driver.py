@@ -152,7 +152,9 @@ def _finish(cfg, opts, stages: dict, sched: Schedule, timings: dict, say) -> Com
     """What compile() and compile_from_ir() share after the stages: the decode kernel
     (codegen, nvcc), its manifest, the prefill program, and the dumps if asked for."""
     decode = build_decode(cfg, opts, sched, timings, say)
-    if cfg.quantization is not None:
+    # FP8 weights in the IR (a dump's config may not say so): no prefill program
+    if any(d.fp8_block is not None for d in sched.program.tensors):
+        opts = opts.with_(prefill_chunk=0)
         say(f"  {'prefill':<9} {NO_FP8_PREFILL}")
         if decode.resources is not None:
             choices = (*decode.resources.choices, NO_FP8_PREFILL)
