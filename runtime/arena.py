@@ -93,7 +93,8 @@ def fp8_rows(name: str, w: WeightValue, block: tuple[int, int], row_bytes: int) 
         )
     data = q.data.cpu().contiguous()
     scale = q.scale.cpu().float()
-    if bool(data.float().isnan().any()) or not bool(torch.isfinite(scale).all()):
+    nan = (data.view(torch.uint8) & 0x7F) == 0x7F  # e4m3fn's only non-finite codes
+    if bool(nan.any()) or not bool(torch.isfinite(scale).all()):
         raise ConfigError(f"weights: FP8 tensor '{name}' holds NaN or Inf; a damaged checkpoint?")
     cols = torch.arange(scale_cols(k, qbk)) * qbk // bk  # the q block of each kernel block
     per_row = scale[torch.arange(n) // bn][:, cols].contiguous()  # [N, G]

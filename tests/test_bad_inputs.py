@@ -217,7 +217,7 @@ def _truncate_cubin(a: Path) -> None:
 ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "format_version": (
         _edit_manifest(lambda m: m.update(format=99)),
-        "artifact format 99, this runtime reads format 4",
+        "artifact format 99, this runtime reads format 5",
     ),
     "built_for_another_arch": (
         _edit_manifest(lambda m: m.update(arch="sm_80")),

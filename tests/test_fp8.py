@@ -106,6 +106,22 @@ def test_coarser_checkpoint_scales_than_the_kernels_blocks_are_refused():
         pack_weights(cm.artifact, w, torch.bfloat16)
 
 
+def test_an_fp8_weight_holding_nan_is_refused_by_name():
+    from tilert_compiler.models.quant import QuantWeight
+    from tilert_compiler.models.text import ConfigError
+
+    cfg = fp8_config("tiny-llama")
+    cm = tc.compile(cfg, nvcc=False)
+    w = random_weights(cfg, seed=2)
+    name = "model.layers.1.self_attn.o_proj.weight"
+    q = quantize(w[name])
+    data = q.data.clone()
+    data.view(torch.uint8)[3, 5] = 0x7F  # e4m3fn NaN
+    w[name] = QuantWeight(data, q.scale, q.block)
+    with pytest.raises(ConfigError, match=f"'{name}' holds NaN"):
+        pack_weights(cm.artifact, w, torch.bfloat16)
+
+
 def test_the_ir_carries_each_weights_precision_and_parses_back():
     cm = tc.compile("tiny-qwen3", nvcc=False, quantize="fp8")
     text = cm.ir("layout")

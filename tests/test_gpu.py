@@ -222,12 +222,12 @@ def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
 # ---- FP8 weights (issue 21): the kernel dequantizes in registers what the interpreter
 # dequantizes in float32 (models.quant.dequantize); both against transformers in float32
 # running the weights the artifact holds (tests/test_fp8.py `held`). Builds: per output
-# channel; block-wise 128x128 on dims that are not multiples of 128; a wide MLP (K = 4096:
+# channel; block-wise 128x128 on dims that are not multiples of 128; a wide MLP (K = 8192:
 # K-split rows, x read from shared memory); per channel without the weight ring.
 FP8_BUILDS = {
     "llama-per-channel": ("tiny-llama", None, None, {}),
     "qwen3-block-uneven": ("tiny-qwen3", {"hidden": 192, "intermediate": 320}, (128, 128), {}),
-    "llama-block-wide": ("tiny-llama", {"intermediate": 4096}, (128, 128), {}),
+    "llama-block-wide": ("tiny-llama", {"intermediate": 8192}, (128, 128), {}),
     "qwen3-per-channel-no-ring": ("tiny-qwen3", None, None, {"weight_ring": False}),
 }
 
