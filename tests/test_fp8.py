@@ -151,6 +151,26 @@ def test_a_dump_of_an_fp8_build_compiles_to_the_same_table(tmp_path):
     assert again.tiles is None and again.artifact.fp8
 
 
+def test_an_ignore_list_that_splits_a_stacked_gemv_is_one_config_error():
+    from tilert_compiler.models.text import ConfigError
+
+    cfg = load_config("tiny-llama")
+    ignore = ("model.layers.1.self_attn.k_proj", "model.layers.0.mlp")
+    quant = Quantization(ignore=ignore, source="compressed-tensors")
+    with pytest.raises(ConfigError, match="q_proj.weight, .*k_proj.weight, .*v_proj.weight"):
+        tc.compile(replace(cfg, quantization=quant), nvcc=False)
+    # a whole module kept bf16 is fine: layer 0's MLP stays bf16, the rest is FP8
+    cm = tc.compile(replace(cfg, quantization=replace(quant, ignore=ignore[1:])), nvcc=False)
+    fp8 = {t["name"] for t in cm.manifest["tensors"] if t.get("dtype")}
+    assert "model.layers.0.mlp.up_proj.weight" not in fp8
+    assert "model.layers.1.mlp.up_proj.weight" in fp8
+    w = random_weights(cm.config, seed=int(torch.randint(0, 2**31 - 1, ())))
+    tokens = torch.randint(0, cm.config.vocab, (8,))
+    ours = cm.interpret(tokens.tolist(), weights=w)
+    ref = reference_logits(hf_model(cm.config, held(cm.config, w)), tokens)
+    assert ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max() <= 1e-4
+
+
 def test_fp8_builds_have_no_prefill_program():
     cm = tc.compile("tiny-llama", nvcc=False, quantize="fp8")
     assert cm.tiles is None and cm.options.prefill_chunk == 0
