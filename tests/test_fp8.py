@@ -36,10 +36,10 @@ CASES = {
 }
 
 
-def fp8_config(model: str, overrides=None, block=None):
+def fp8_config(model: str, overrides=None, block=None, ignore=()):
     cfg = load_config(model, overrides=overrides)
     source = "quantize" if block is None else "fp8"
-    return replace(cfg, quantization=Quantization(block=block, source=source))
+    return replace(cfg, quantization=Quantization(block=block, ignore=ignore, source=source))
 
 
 def held(cfg, weights: dict) -> dict:

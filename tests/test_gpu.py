@@ -223,12 +223,15 @@ def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
 # dequantizes in float32 (models.quant.dequantize); both against transformers in float32
 # running the weights the artifact holds (tests/test_fp8.py `held`). Builds: per output
 # channel; block-wise 128x128 on dims that are not multiples of 128; a wide MLP (K = 8192:
-# K-split rows, x read from shared memory); per channel without the weight ring.
+# K-split rows, x read from shared memory); per channel without the weight ring; a build
+# mixing bf16 and FP8 GEMVs.
 FP8_BUILDS = {
     "llama-per-channel": ("tiny-llama", None, None, {}),
     "qwen3-block-uneven": ("tiny-qwen3", {"hidden": 192, "intermediate": 320}, (128, 128), {}),
     "llama-block-wide": ("tiny-llama", {"intermediate": 8192}, (128, 128), {}),
     "qwen3-per-channel-no-ring": ("tiny-qwen3", None, None, {"weight_ring": False}),
+    # an ignore list: layer 0's MLP stays bf16 beside FP8 GEMVs (both overloads in one build)
+    "llama-mixed": ("tiny-llama", None, None, {}, ("model.layers.0.mlp",)),
 }
 
 
@@ -239,8 +242,8 @@ def fp8_loaded(request, tmp_path_factory):
     from tilert_compiler.models.weights import random_weights
     from tilert_compiler.runtime.gpu import GpuModel
 
-    model, overrides, block, opts = FP8_BUILDS[request.param]
-    cfg = fp8_config(model, overrides, block)
+    model, overrides, block, opts, *ignore = FP8_BUILDS[request.param]
+    cfg = fp8_config(model, overrides, block, *ignore)
     cm = tc.compile(cfg, **opts)
     w = random_weights(cfg, seed=int(torch.randint(0, 2**31 - 1, ())))
     return cm, GpuModel(cm.save(tmp_path_factory.mktemp(request.param)), weights=w), w
