@@ -42,7 +42,7 @@ def pack_weights(
             )
         seg = arena[t["offset"] : t["offset"] + w.numel()]
         seg.copy_(w.reshape(-1))  # converts to the arena's dtype (on the device, for bf16)
-        if not bool(torch.isfinite(seg).all()):
+        if not _finite(seg):
             raise ConfigError(
                 f"weights: tensor '{name}' holds NaN or Inf (as {str(dtype)[6:]}); "
                 "a damaged checkpoint?"
@@ -54,6 +54,12 @@ def pack_weights(
     if missing:
         raise ConfigError(f"weights: missing tensor '{missing[0]}'")
     return arena
+
+
+def _finite(seg: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """Whether every value of `seg` is finite, checked 16 M values at a time: on the CPU
+    `isfinite` of a whole 262 M-value embedding took 1.7 GB of temporaries."""
+    return all(bool(torch.isfinite(seg[i : i + chunk]).all()) for i in range(0, seg.numel(), chunk))
 
 
 def _progress(total: int, device: torch.device | str):

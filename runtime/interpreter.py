@@ -37,12 +37,16 @@ class Interpreter:
     """A Decoder (runtime/decoder.py) on the CPU: the artifact's task table run in float32."""
 
     def __init__(self, art: Artifact, weights: dict[str, torch.Tensor] | torch.Tensor):
+        """`weights`: a dict or (name, tensor) pairs, packed here into a float32 arena; or a
+        packed arena, float32 or bf16 (the kernel's own values at half the host memory:
+        each weight is read as float32 where a task uses it)."""
         self.art = art
         self.table: TaskTable = art.table
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        self.W = weights_arena(art, weights, torch.float32)  # a dict, pairs or an arena
+        bf16 = isinstance(weights, torch.Tensor) and weights.dtype == torch.bfloat16
+        self.W = weights_arena(art, weights, torch.bfloat16 if bf16 else torch.float32)
         self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
@@ -193,10 +197,10 @@ class Interpreter:
         return self.A[at : at + n]
 
     def _mat(self, at: int, rows: int, k: int) -> torch.Tensor:
-        return self.W[at : at + rows * k].view(rows, k)
+        return self.W[at : at + rows * k].view(rows, k).float()
 
     def _rmsnorm(self, x: torch.Tensor, gamma_at: int) -> torch.Tensor:
-        g = self.W[gamma_at : gamma_at + x.numel()]
+        g = self.W[gamma_at : gamma_at + x.numel()].float()
         return x * torch.rsqrt(x.pow(2).mean() + self.eps) * g
 
     def _rope(self, y: torch.Tensor, pos: int) -> torch.Tensor:
