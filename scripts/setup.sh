@@ -17,4 +17,3 @@ fi
 say "installing tilert-compiler with its dependencies (tilelang, transformers, ...)"
 pip install -q -e '.[gpu,serve,dev]'
 say "done"
-
