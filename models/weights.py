@@ -367,7 +367,7 @@ def _stream(cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor | QuantWeight,
                 t = shard(file).read(name)
                 if name in scales:
                     s = scales[name]
-                    t = _quant_weight(name, t, s, shard(where[s]).read(s), cfg)
+                    t = _quant_weight(name, t, shard(where[s]).read(s), s, cfg)
                 yield name, t, file.name
 
 
