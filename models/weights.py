@@ -22,6 +22,7 @@ import torch
 
 from tilert_compiler.models.quant import (
     ACTIVATION_SUFFIXES,
+    SCALE_SUFFIX,
     QuantWeight,
     dequantize,
     from_checkpoint,
@@ -565,8 +566,13 @@ def _ignored(name: str, cfg: ModelConfig) -> bool:
     return (
         (name == "lm_head.weight" and cfg.tie_embeddings)
         or name.endswith(_IGNORED_SUFFIXES)
-        or (bool(scale_names(cfg)) and name.endswith(ACTIVATION_SUFFIXES))
+        or (_fp8_stored(cfg) and name.endswith(ACTIVATION_SUFFIXES))
     )
+
+
+def _fp8_stored(cfg: ModelConfig) -> bool:
+    """Whether the checkpoint itself holds FP8 weights and their scales."""
+    return cfg.quantization is not None and cfg.quantization.source in SCALE_SUFFIX
 
 
 def _float32(t: torch.Tensor | QuantWeight) -> torch.Tensor:
