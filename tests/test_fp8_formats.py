@@ -494,3 +494,20 @@ def test_check_weights_refuses_fp8_handed_in_the_wrong_form(tmp_path):
     bad[K_PROJ] = q.data
     with pytest.raises(ConfigError, match="handed in as a QuantWeight"):
         check_weights(cfg, bad)
+
+
+def test_nan_in_fp8_values_or_scales_is_refused_when_loaded(tmp_path):
+    write_checkpoint(tmp_path, TINY_LLAMA | {"quantization_config": fp8_config((32, 32))})
+
+    def nan_byte(t):
+        bits = t[K_PROJ].view(torch.uint8).clone()
+        bits[1, 2] = 0x7F  # e4m3fn's NaN
+        t[K_PROJ] = bits.view(torch.float8_e4m3fn)
+
+    _rewrite(tmp_path, nan_byte)
+    with pytest.raises(ConfigError) as e:
+        load_weights(load_config(tmp_path))
+    assert f"tensor '{K_PROJ}' holds NaN (1 of 2048 FP8 values)" in one_line(e)
+    _rewrite(tmp_path, lambda t: t.update({_scale_key(K_PROJ): torch.full((1, 2), float("nan"))}))
+    with pytest.raises(ConfigError, match=r"its scales\)' holds NaN or Inf \(2 of 2 values\)"):
+        load_weights(load_config(tmp_path))
