@@ -5,6 +5,9 @@ A task's variant statics and argument values are its kind's (ir/kinds.py `static
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from tilert_compiler.ir.kinds import KINDS, NO_OFFSET
@@ -39,12 +42,16 @@ class _Offsets:
     def __init__(self, sched: Schedule):
         self.base = {n: off for n, _, off in sched.layout}
         self.shape = {t.name: t.shape for t in sched.program.tensors}
-        self._of_op: dict[str, list[Task]] = {}
+        self._tasks: dict[str, list[Task]] = {}
         for t in sched.program.tasks:
-            self._of_op.setdefault(t.op, []).append(t)
+            self._tasks.setdefault(t.op, []).append(t)
+        self._of_op: dict[tuple[str, Callable], object] = {}
 
-    def tasks_of(self, op: str) -> list[Task]:
-        return self._of_op[op]
+    def of_op(self, op: str, f: Callable[[list[Task]], Any]) -> Any:
+        """f of every task of `op`, computed once per op."""
+        if (op, f) not in self._of_op:
+            self._of_op[op, f] = f(self._tasks[op])
+        return self._of_op[op, f]
 
     def start(self, r: Region) -> int:
         """Element offset of the region's first element; symbolic bounds count as 0 (the

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tilert_compiler.ir.graph import Op, OpKind, Storage, TensorDecl, Uses, attrs
 from tilert_compiler.ir.plan import ATTN_BLOCK_ROWS, SAMPLE_BINS, rows_per_chunk
@@ -82,7 +82,7 @@ class Placed(Protocol):
 
     def start(self, r: Region) -> int: ...  # element offset of a region's first element
 
-    def tasks_of(self, op: str) -> list[Task]: ...  # every task of one op
+    def of_op(self, op: str, f: Callable[[list[Task]], Any]) -> Any: ...  # f(the op's tasks)
 
     def check_contiguous(self, t: Task, regions) -> None: ...
 
@@ -277,9 +277,18 @@ def _tile_attention(op: Op, b: Tiling) -> None:
     )
 
 
+def _splits(tasks: list[Task]) -> int:
+    return max(t.arg("split") for t in tasks) + 1
+
+
+def _attention_out(tasks: list[Task]) -> str:
+    """The op's output: its last splits write it."""
+    return next(t.writes[3].tensor for t in tasks if len(t.writes) == 4)
+
+
 def _attention_statics(t: Task, consts: dict, o: Placed) -> tuple[tuple[str, int], ...]:
     H, KV = consts["heads"], consts["kv_heads"]
-    splits = max(s.arg("split") for s in o.tasks_of(t.op)) + 1
+    splits = o.of_op(t.op, _splits)
     return (
         ("HD", consts["head_dim"]),
         ("G", H // KV),
@@ -292,10 +301,9 @@ def _attention_statics(t: Task, consts: dict, o: Placed) -> tuple[tuple[str, int
 
 
 def _attention_args(t: Task, o: Placed) -> dict[str, int]:
-    # Whole-tensor bases: the kernel indexes heads and splits from `head` and `split`;
-    # the op's output is written by its last splits.
+    # Whole-tensor bases: the kernel indexes heads and splits from `head` and `split`.
     R, W = t.reads, t.weights
-    out = next(s.writes[3].tensor for s in o.tasks_of(t.op) if len(s.writes) == 4)
+    out = o.of_op(t.op, _attention_out)
     return {
         "qkv": o.base[R[0].tensor],
         "w_q_gamma": o.start(W[0]) if W else NO_OFFSET,
@@ -381,12 +389,11 @@ def _tile_gemv(block: Callable[[Op, int, int, int, Tiling], tuple[list, list]]):
 
 def _gemv_statics(t: Task, consts: dict, o: Placed) -> tuple[tuple[str, int], ...]:
     """K: the input's length; R: the most rows one task of the op streams."""
-    streamed = max(_rows_streamed(s) for s in o.tasks_of(t.op))
-    return (("K", t.reads[0].numel()), ("R", streamed))
+    return (("K", t.reads[0].numel()), ("R", o.of_op(t.op, _most_rows)))
 
 
-def _rows_streamed(t: Task) -> int:
-    return sum(r.box[0][1] - r.box[0][0] for r in t.weights if len(r.box) == 2)
+def _most_rows(tasks: list[Task]) -> int:
+    return max(sum(r.box[0][1] - r.box[0][0] for r in t.weights if len(r.box) == 2) for t in tasks)
 
 
 def _gemv_scratch(v: Variant, warps: int, stage_bytes: int) -> int:
