@@ -21,7 +21,6 @@ from tilert_compiler.ir.tasktable import (
     F_STREAM,
     TaskTable,
 )
-from tilert_compiler.ir.tile import POLLING_KINDS
 from tilert_compiler.runtime.arena import act_arena, weights_arena
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.generate import generate_on
@@ -54,10 +53,9 @@ class Interpreter:
         # With flags the GEMV and attention tasks poll their inputs' data (passes.deps); the
         # task table does not say whose outputs those are, so such a task runs here once
         # every task before it in the global order has run: a valid order, the same values.
-        kinds = {k.value for k in POLLING_KINDS}
         flags = bool(m.get("options", {}).get("flags"))
         self._polls = [
-            flags and self.table.variants[int(k)].kind in kinds
+            flags and KINDS[self.table.variants[int(k)].kind].polls
             for k in self.table.records[:, F_KIND]
         ]
         self._next = 0  # this step: the lowest task id not run yet
