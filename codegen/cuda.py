@@ -13,7 +13,6 @@ import numpy as np
 from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import ATTN_BLOCK_ROWS, SAMPLE_BINS, KernelPlan
 from tilert_compiler.ir.tasktable import (
-    ARGS,
     ERR_BAD_KIND,
     ERR_INPUT_TIMEOUT,
     ERR_STREAM_TIMEOUT,
@@ -85,21 +84,21 @@ def params_fields() -> list[str]:
 
 
 def args_struct(kind: str) -> str:
-    """The C++ struct of a task kind's arguments (ARGS): attention_decode ->
+    """The C++ struct of a task kind's arguments (its record's args): attention_decode ->
     AttentionDecodeArgs."""
     return "".join(w.capitalize() for w in kind.split("_")) + "Args"
 
 
 def _check_stream_rows(table: TaskTable) -> None:
     """The kernel's GEMVs chunk a task's weights from its `rows` argument alone: its rows
-    (gate/up: twice, gate then up) split evenly over its stream entries (adjacent blocks
-    merge, so gate/up has one entry or two); with the ring only the producer reads the
-    stream table."""
+    of each matrix it streams (ir/kinds.py `streams`; gate/up: 2, gate then up) split
+    evenly over its stream entries (adjacent blocks merge, so gate/up has one entry or
+    two); with the ring only the producer reads the stream table."""
     for t, rec in enumerate(table.records):
         if rec[F_NSTREAM] <= 0:
             continue
         kind = table.variants[int(rec[F_KIND])].kind
-        total = rec[F_ARG0 + ARGS[kind].index("rows")] * (2 if kind == "gate_up_silu" else 1)
+        total = rec[F_ARG0 + KINDS[kind].args.index("rows")] * KINDS[kind].streams
         st = table.stream[rec[F_STREAM] : rec[F_STREAM] + rec[F_NSTREAM]]
         if (st[:, 1] // st[:, 2] * len(st) != total).any():
             raise CodegenError(
@@ -152,6 +151,7 @@ def emit_cuda(
                 {
                     "kind": v.kind,
                     "device": KINDS[v.kind].device,
+                    "cache_prefetch": KINDS[v.kind].cache_prefetch,
                     "template_args": template_args(v),
                     "index": i,
                     "args": args_struct(v.kind),

@@ -378,7 +378,8 @@ def _write(cm, cfg, out: Path, args, say) -> None:
 def _load_weights(cm, say):
     """The weights the run after compiling needs, read and checked (NaN, Inf) before
     anything is written, streamed a tensor at a time into the arena of what runs them: on
-    a GPU the kernel's bf16 arena there; else the CPU interpreter's float32 one."""
+    a GPU the kernel's bf16 arena there; else a bf16 arena the CPU interpreter reads as
+    float32 (the kernel's values, at half a float32 arena's host memory)."""
     import torch
 
     from tilert_compiler.models.weights import stream_weights
@@ -388,8 +389,7 @@ def _load_weights(cm, say):
     say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
     if torch.cuda.is_available() and cm.cubin is not None:
         return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16, "cuda")
-    dtype = torch.bfloat16 if cm.artifact.fp8 else torch.float32  # FP8: raw 2-byte units
-    return pack_weights(cm.artifact, stream_weights(cm.config), dtype)
+    return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16)
 
 
 def _run_tokens(cm, out: Path, n: int, say, weights) -> int:

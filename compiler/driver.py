@@ -93,8 +93,8 @@ class CompiledModel:
     def interpret(self, token_ids, weights=None):
         """Teacher-forced decode of `token_ids` from position 0 on the CPU interpreter.
         Returns float32 logits [len(token_ids), vocab]. `weights`: a dict of tensors, or
-        the weights arena packed already (`runtime.arena.pack_weights`, float32; with FP8
-        weights bfloat16, raw)."""
+        the weights arena packed already (`runtime.arena.pack_weights`: float32 or
+        bfloat16; with FP8 weights bfloat16, raw)."""
         import torch
 
         from tilert_compiler.models.weights import check_weights, stream_weights

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from tilert_compiler.ir.graph import Storage
 from tilert_compiler.ir.target import Target
-from tilert_compiler.ir.tile import Schedule, Task
+from tilert_compiler.ir.tile import W_BYTES, Schedule, Task, region_weight_bytes
 from tilert_compiler.passes.schedule import ready_at, task_seconds
-from tilert_compiler.passes.tile import W_BYTES, region_weight_bytes
 
 
 @dataclass
@@ -90,9 +89,7 @@ def sm_roles(sched: Schedule) -> list[str]:
             k = parent[k]
         return k
 
-    per_sm = [
-        sorted({tasks[i].kind.value for i in ids if tasks[i].layer >= 0}) for ids in sched.sm_lists
-    ]
+    per_sm = [sorted({tasks[i].kind for i in ids if tasks[i].layer >= 0}) for ids in sched.sm_lists]
     for ks in per_sm:
         for k in ks[1:]:
             parent[root(k)] = root(ks[0])
@@ -107,7 +104,7 @@ def op_rows(sched: Schedule, target: Target) -> list[OpRow]:
     decls = {d.name: d for d in sched.program.tensors}
     rows: dict[str, OpRow] = {}
     for t in sched.program.tasks:
-        r = rows.setdefault(t.op, OpRow(t.op, t.kind.value, t.layer))
+        r = rows.setdefault(t.op, OpRow(t.op, t.kind, t.layer))
         start, end = spans[t.id]
         r.tasks += 1
         r.weight_bytes += streamed_bytes(t, decls)
@@ -197,7 +194,7 @@ def _summary(sched, target: Target, rows: list[OpRow], roles: list[str], spans) 
         tasks = p.tasks
         for role in sorted(set(roles)):
             sms = [sm for sm, r in enumerate(roles) if r == role]
-            ks = sorted({tasks[i].kind.value for sm in sms for i in sched.sm_lists[sm]})
+            ks = sorted({tasks[i].kind for sm in sms for i in sched.sm_lists[sm]})
             lines.append(f"SM role {role:<7} {len(sms):4d} SMs run {', '.join(ks) or 'nothing'}")
     return lines
 

@@ -2,8 +2,9 @@
 
 `parse(format_program(p)) == p` and `parse(format_schedule(s)) == s`, exactly: a dump is
 data, so tests can be small hand-written IR files and a user can edit a dump and compile
-from it (`tilert-compile --from-ir FILE`). Task kinds are looked up by `OpKind` value and
-`args` are generic `name=int` pairs, so new kinds and arguments need no parser change.
+from it (`tilert-compile --from-ir FILE`). Task kinds are looked up by name in
+ir/kinds.py KINDS and `args` are generic `name=int` pairs, so new kinds and arguments need
+no parser change.
 
 Grammar, one statement per line (blank lines and `#` comments are skipped):
 
@@ -41,7 +42,8 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import TypeVar
 
-from tilert_compiler.ir.graph import OpKind, Storage, TensorDecl
+from tilert_compiler.ir.graph import Storage, TensorDecl
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import KernelPlan
 from tilert_compiler.ir.precision import FP8
 from tilert_compiler.ir.tile import SYMBOLS, Bound, Counter, Region, Schedule, Task, TileProgram
@@ -334,7 +336,9 @@ class _Parser:
             raise self.fail(
                 f"t{tid} out of order: expected t{len(self.tasks)} (ids are the global order)"
             )
-        kw: dict[str, object] = {"id": tid, "kind": self.enum(OpKind, m.group(2), "task kind")}
+        if m.group(2) not in KINDS:
+            raise self.fail(f"unknown task kind '{m.group(2)}' (known: {', '.join(KINDS)})")
+        kw: dict[str, object] = {"id": tid, "kind": m.group(2)}
         kw |= {"op": m.group(3), "reads": (), "weights": (), "writes": ()}
         notes: dict[str, object] = {}
         seen: set[str] = set()

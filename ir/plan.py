@@ -10,9 +10,12 @@ an (edited) plan against the task kinds and the target.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from tilert_compiler.ir.precision import row_bytes
-from tilert_compiler.ir.tasktable import Variant
+
+if TYPE_CHECKING:
+    from tilert_compiler.ir.tasktable import Variant
 
 STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
 STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
@@ -84,25 +87,6 @@ def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | No
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     groups_per_lane = -(-(k // 8) // split)  # 8-column groups of one K-slice
     return 8 * -(-groups_per_lane // 32)
-
-
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
-    """Dynamic shared memory (in floats) a task kind needs besides the ring."""
-    if v.kind == "embed":
-        return 0
-    if v.kind == "sample":  # 64-bit radix histogram, then one 64-bit sum per consumer
-        return 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
-    if v.kind == "attention_decode":
-        hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
-        chunk = min(-(-(v.get("S") - 1) // splits) + 1, ATTN_BLOCK_ROWS)
-        # a block of cache rows (k padded: conflict-free float4 reads), then the partials
-        rows = max(chunk * (hd + 4 + hd), splits * g * (hd + 2))
-        scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
-        return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
-    k = v.get("K")
-    groups = rows_per_chunk(k, stage_bytes, dict(v.static).get("QBK", 0))  # a row per item
-    split = 1 if groups >= consumer_warps else consumer_warps // groups
-    return k + split * v.get("R")  # the input row + per-K-slice row results
 
 
 def format_plan(plan: KernelPlan) -> list[str]:

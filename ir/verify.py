@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import Storage
-from tilert_compiler.ir.plan import STATIC_SMEM_RESERVE, scratch_floats, variant_row_bytes
+from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.plan import STATIC_SMEM_RESERVE, variant_row_bytes
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tasktable import Variant
-from tilert_compiler.ir.tile import POLLING_KINDS, Schedule, Task, TileProgram
+from tilert_compiler.ir.tile import Schedule, Task, TileProgram
 
 
 class VerifyError(ValueError):
@@ -75,7 +76,7 @@ def _contains(box, at, sym) -> bool:
 def _polled(p: TileProgram) -> list[tuple[int, ...]]:
     """Per task, the dependencies it orders by polling their data (passes.deps, flags)."""
     on = bool(dict(p.consts).get("flags", 0))
-    return [t.deps if on and t.kind in POLLING_KINDS else () for t in p.tasks]
+    return [t.deps if on and KINDS[t.kind].polls else () for t in p.tasks]
 
 
 def _happens_before(s: Schedule) -> list[int]:
@@ -415,8 +416,12 @@ def verify_plan(s: Schedule, variants: list[Variant], target: Target) -> None:
         raise bad(
             f"plan x_regs = {p.x_regs} must be 0 or more, part_batch = {p.part_batch} 1 or more"
         )
-    need = max(variants, key=lambda v: scratch_floats(v, consumers // 32, p.stage_bytes))
-    floats = scratch_floats(need, consumers // 32, p.stage_bytes)
+
+    def scratch(v: Variant) -> int:
+        return KINDS[v.kind].scratch(v, consumers // 32, p.stage_bytes)
+
+    need = max(variants, key=scratch)
+    floats = scratch(need)
     if p.scratch_floats < floats:
         raise bad(
             f"plan scratch_floats = {p.scratch_floats}, task kind {need.label} needs {floats}"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import (
     PART_BATCH_LEAST,
     PART_BATCH_ONE,
     STAGE_BYTES,
     STATIC_SMEM_RESERVE,
     KernelPlan,
-    scratch_floats,
     variant_row_bytes,
     x_part_floats,
 )
@@ -85,7 +85,7 @@ def plan_kernel(
     stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
 
     def need(v: Variant) -> int:
-        return scratch_floats(v, consumers // 32, stage)
+        return KINDS[v.kind].scratch(v, consumers // 32, stage)
 
     scratch = max(need(v) for v in table.variants)
     room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
@@ -133,10 +133,7 @@ def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, s
         return replace(plan, lean_dispatch=True), "task-list bounds held in shared memory"
     consumers = plan.consumers
     batched = [
-        v
-        for v in table.variants
-        if v.kind == "attention_decode"
-        and -(-v.get("NSPLIT") * v.get("G") * (v.get("HD") + 2) // consumers) > PART_BATCH_ONE
+        v for v in table.variants if -(-KINDS[v.kind].partials(v) // consumers) > PART_BATCH_ONE
     ]
     if batched and plan.part_batch > PART_BATCH_LEAST:
         batch = max(PART_BATCH_LEAST, plan.part_batch - 4)

@@ -63,7 +63,7 @@ def pack_weights(
                 w = dequantize(w)
             seg = arena[t["offset"] : t["offset"] + w.numel()]
             seg.copy_(w.reshape(-1))  # converts to the arena's dtype (on the device, for bf16)
-            if not bool(torch.isfinite(seg).all()):
+            if not _finite(seg):
                 raise ConfigError(
                     f"weights: tensor '{name}' holds NaN or Inf (as {str(dtype)[6:]}); "
                     "a damaged checkpoint?"
@@ -102,6 +102,12 @@ def fp8_rows(name: str, w: WeightValue, block: tuple[int, int], row_bytes: int) 
     rows[:, :k] = data.view(torch.uint8)
     rows[:, k : k + 4 * per_row.shape[1]] = per_row.view(torch.uint8)
     return rows
+
+
+def _finite(seg: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """Whether every value of `seg` is finite, checked 16 M values at a time: on the CPU
+    `isfinite` of a whole 262 M-value embedding took 1.7 GB of temporaries."""
+    return all(bool(torch.isfinite(seg[i : i + chunk]).all()) for i in range(0, seg.numel(), chunk))
 
 
 def _progress(total: int, device: torch.device | str):

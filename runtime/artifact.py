@@ -28,16 +28,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tilert_compiler.ir.kinds import KINDS, NO_OFFSET
 from tilert_compiler.ir.precision import FP8
 from tilert_compiler.ir.target import KNOWN_ARCHS
 from tilert_compiler.ir.tasktable import (
-    ARGS,
     F_ARG0,
     F_KIND,
     F_NWAIT,
     F_SIGNAL,
     F_WAIT,
-    NO_OFFSET,
     RECORD,
     TaskTable,
     Variant,
@@ -592,14 +591,14 @@ def _check_manifest(mf: Path, m: dict) -> None:
     variants = m["variants"]
     if not isinstance(variants, list) or not all(
         isinstance(v, dict)
-        and v.get("kind") in ARGS
+        and v.get("kind") in KINDS
         and isinstance(v.get("static"), dict)
         and all(isinstance(k, str) and _is_count(x) for k, x in v["static"].items())
         for v in variants
     ):
         raise fail(
             "'variants' must be a list of {kind, static} with kinds "
-            f"{', '.join(ARGS)} and integer statics"
+            f"{', '.join(KINDS)} and integer statics"
         )
     arenas = m["arenas"]
     if not isinstance(arenas, dict) or set(arenas) != set(_ARENAS):
@@ -659,12 +658,13 @@ def _check_manifest(mf: Path, m: dict) -> None:
                 f"'config.max_seq_len' is {steps}, but the KV cache tensor {t['name']} has "
                 f"shape {t['shape']} (rows in dimension 1)"
             )
-    for v in variants:
-        if v["kind"] == "attention_decode" and v["static"].get("S", steps) != steps:
-            raise fail(
-                f"'config.max_seq_len' is {steps}, but attention is compiled for "
-                f"S={v['static']['S']} cache rows"
-            )
+    for v in variants:  # statics bound to the config (attention's S: max_seq_len)
+        for name, key in KINDS[v["kind"]].config:
+            if name in v["static"] and v["static"][name] != cfg[key]:
+                raise fail(
+                    f"'config.{key}' is {cfg[key]}, but {v['kind']} is compiled for "
+                    f"{name}={v['static'][name]}"
+                )
     if shapes.get("logits") != (vocab,):
         raise fail(
             f"'config.vocab' is {vocab}, but the logits tensor has shape "
@@ -693,12 +693,12 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
         k = bisect.bisect_right(ss, (off, float("inf"))) - 1
         return k >= 0 and ss[k][0] <= off and off + n <= ss[k][1]
 
-    counts = {"rows", "head", "split", "arrive", "vocab", "parts", "n_parts", "row0"}
     for i in range(len(t.records)):
         v = t.variants[int(t.records[i, F_KIND])]
-        for j, name in enumerate(ARGS[v.kind]):
+        kind = KINDS[v.kind]
+        for j, name in enumerate(kind.args):
             value = int(t.records[i, F_ARG0 + j])
-            if name in counts:
+            if name in kind.counts:
                 ok = value >= 0
             else:
                 ok = value == NO_OFFSET or inside(
@@ -707,16 +707,13 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
             if not ok:
                 raise fail(f"task {i} ({v.kind}): argument {name}={value} is out of bounds")
         a = t.args(i)
-        if v.kind == "sample":
-            if a["vocab"] != m["config"]["vocab"] or not inside("act", a["logits"], a["vocab"]):
-                raise fail(f"task {i} (sample): reads {a['vocab']} logits, not config.vocab's")
-            if not inside("act", a["parts"], 2 * a["n_parts"]):
-                raise fail(f"task {i} (sample): its {a['n_parts']} argmax parts run past a tensor")
-        # Whole vectors the code reads or writes from an offset: the input of a GEMV (K),
-        # the embedding's slice of the output row (rows).
-        extents = {"x": dict(v.static).get("K"), "out": a["rows"] if v.kind == "embed" else None}
-        for name, n in extents.items():
-            if n is not None and name in a and not inside("act", a[name], n):
+        for name, key in kind.config:  # arguments bound to the config (sample's vocab)
+            if name in a and a[name] != m["config"][key]:
+                raise fail(f"task {i} ({v.kind}): {name}={a[name]}, not config.{key}'s")
+        # Whole vectors the code reads or writes from an offset (ir/kinds.py `extents`):
+        # the input of a GEMV (K), the embedding's slice of the output row, the logits.
+        for name, n in kind.extents(a, dict(v.static)).items():
+            if not inside("act", a[name], n):
                 raise fail(
                     f"task {i} ({v.kind}): {name}={a[name]} with {n} elements runs past its tensor"
                 )

@@ -22,7 +22,6 @@ from tilert_compiler.ir.tasktable import (
     F_STREAM,
     TaskTable,
 )
-from tilert_compiler.ir.tile import POLLING_KINDS
 from tilert_compiler.runtime.arena import act_arena, weights_arena
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.generate import generate_on
@@ -38,19 +37,20 @@ class Interpreter:
     """A Decoder (runtime/decoder.py) on the CPU: the artifact's task table run in float32."""
 
     def __init__(self, art: Artifact, weights: dict[str, torch.Tensor] | torch.Tensor):
+        """`weights`: a dict or (name, tensor) pairs, packed here into a float32 arena; or a
+        packed arena, float32 or bf16 (the kernel's own values at half the host memory:
+        each weight is read as float32 where a task uses it). An artifact with FP8 weights
+        always packs a bf16 arena (raw 2-byte units)."""
         self.art = art
         self.table: TaskTable = art.table
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        # A dict, pairs or an arena. With FP8 weights the arena is packed raw (2-byte
-        # units): self.B its bytes, the FP8 rows decoded where a GEMV streams them.
-        self.B: torch.Tensor | None = None
-        if art.fp8:
-            raw = weights_arena(art, weights, torch.bfloat16)
-            self.W, self.B = raw.float(), raw.view(torch.uint8)
-        else:
-            self.W = weights_arena(art, weights, torch.float32)
+        # With FP8 weights the arena is packed raw (2-byte units, bf16 where a weight is
+        # bf16): self.B its bytes, the FP8 rows decoded where a GEMV streams them.
+        bf16 = art.fp8 or (isinstance(weights, torch.Tensor) and weights.dtype == torch.bfloat16)
+        self.W = weights_arena(art, weights, torch.bfloat16 if bf16 else torch.float32)
+        self.B: torch.Tensor | None = self.W.view(torch.uint8) if art.fp8 else None
         self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
@@ -58,10 +58,9 @@ class Interpreter:
         # With flags the GEMV and attention tasks poll their inputs' data (passes.deps); the
         # task table does not say whose outputs those are, so such a task runs here once
         # every task before it in the global order has run: a valid order, the same values.
-        kinds = {k.value for k in POLLING_KINDS}
         flags = bool(m.get("options", {}).get("flags"))
         self._polls = [
-            flags and self.table.variants[int(k)].kind in kinds
+            flags and KINDS[self.table.variants[int(k)].kind].polls
             for k in self.table.records[:, F_KIND]
         ]
         self._next = 0  # this step: the lowest task id not run yet
@@ -201,10 +200,10 @@ class Interpreter:
         return self.A[at : at + n]
 
     def _mat(self, at: int, rows: int, k: int) -> torch.Tensor:
-        return self.W[at : at + rows * k].view(rows, k)
+        return self.W[at : at + rows * k].view(rows, k).float()
 
     def _rmsnorm(self, x: torch.Tensor, gamma_at: int) -> torch.Tensor:
-        g = self.W[gamma_at : gamma_at + x.numel()]
+        g = self.W[gamma_at : gamma_at + x.numel()].float()
         return x * torch.rsqrt(x.pow(2).mean() + self.eps) * g
 
     def _rope(self, y: torch.Tensor, pos: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ import tilert_compiler as tc
 from tilert_compiler.codegen.cuda import FP8_HEADER, HEADERS, args_struct, include_flags
 from tilert_compiler.codegen.nvcc import NvccError, compile_cubin, find_nvcc
 from tilert_compiler.ir.kinds import KINDS
-from tilert_compiler.ir.tasktable import ARGS
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
 
@@ -39,7 +38,7 @@ def fp8_source() -> str:
 def _fp8_calls(source: str) -> list[str]:
     """The dispatch's calls of the FP8 overloads: a GEMV kind with all its statics."""
     calls = []
-    for kind in ("norm_linear", "linear_residual", "gate_up_silu"):
+    for kind in [name for name, k in KINDS.items() if k.streams]:
         n = len(KINDS[kind].statics)
         for m in re.finditer(rf"task_{kind}<([^>]*)>\(p, st, args_of<\w+>", source):
             if len(m[1].split(", ")) == n:
@@ -113,11 +112,11 @@ def test_the_generated_part_is_constants_params_and_dispatch(source):
 
 
 def test_task_arguments_are_named_structs_of_the_task_tables_args(source):
-    """Each kind's arguments are a struct whose fields are ARGS[kind] in order, and the
+    """Each kind's arguments are a struct whose fields are its record's args in order, and the
     device code reads them by name, never as a[i]."""
-    for kind, names in ARGS.items():
+    for kind, k in KINDS.items():
         fields = re.search(rf"struct {args_struct(kind)} {{\n  long long ([^;]*);", source)
-        assert fields is not None and fields[1].split(", ") == list(names), kind
+        assert fields is not None and fields[1].split(", ") == list(k.args), kind
     for header in ALL:
         assert not re.search(r"\ba\[\d", (HEADERS / header).read_text()), header
 
