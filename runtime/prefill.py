@@ -170,7 +170,7 @@ class _Places:
         return t
 
 
-def fp8_rows(rows: torch.Tensor, k: int, qbk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_fp8_rows(rows: torch.Tensor, k: int, qbk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 rows (uint8 [N, row bytes], ir/precision.py) as float32 (e4m3 values [N, K],
     scales [N, ceil(K / qbk)])."""
     g = scale_cols(k, qbk)
@@ -262,7 +262,9 @@ class PrefillReference:
         K = st["K"]
         if "QBK" not in st:
             return A @ self._weight(place, rows, K).T
-        q, s = fp8_rows(self.places.raw(place, rows * st["RB"]).view(rows, st["RB"]), K, st["QBK"])
+        q, s = read_fp8_rows(
+            self.places.raw(place, rows * st["RB"]).view(rows, st["RB"]), K, st["QBK"]
+        )
         if st["QBK"] >= K:
             return (A @ q.T) * s[:, 0]
         return A @ self._r(q * s.repeat_interleave(st["QBK"], 1)[:, :K]).T
