@@ -78,30 +78,42 @@ def gemm_kernel(
     return Kernel(name, kind, st, ROW_TILE)
 
 
-def weight_format(decode: Schedule, layers: int, group: tuple[str, ...]) -> tuple[int, int] | None:
-    """How a GEMM's weight (the `group` of projections it reads as one matrix, every
-    layer) is stored: None for bf16, else (QBK, RB) of its FP8 rows. One kernel serves
-    every layer, so all of them must agree; an FP8 tile takes GEMM_BK columns a step, so
-    its k-blocks must hold whole steps."""
+def weight_formats(
+    decode: Schedule, layers: int, group: tuple[str, ...]
+) -> list[tuple[int, int] | None]:
+    """How a GEMM's weight (the `group` of projections it reads as one matrix) is stored,
+    layer by layer: None for bf16, else (QBK, RB) of its FP8 rows. The projections of one
+    layer's group must agree (one matrix); an FP8 tile takes GEMM_BK columns a step, so
+    its k-blocks must hold whole steps. Layers may differ (an ignore list that keeps a
+    whole module bf16): each format gets its own kernel."""
     decls = {t.name: t for t in decode.program.tensors}
-    names = [f"model.layers.{i}.{g}.weight" for i in range(layers) for g in group]
-    forms = {(decls[n].fp8_block, decls[n].row_units) for n in names}
-    if len(forms) > 1:
-        raise PrefillPlanError(
-            f"prefill: the weights {', '.join(group)} mix bf16 and FP8 or FP8 scale blocks "
-            "across layers; one GEMM kernel reads them all"
-        )
-    ((block, row_units),) = forms
-    if block is None:
-        return None
-    k = decls[names[0]].shape[-1]
-    qbk = kernel_block(k, block[1])
-    if qbk < k and qbk % GEMM_BK:
-        raise PrefillPlanError(
-            f"prefill: FP8 scale blocks of {qbk} columns ({group[0]}); the prefill GEMM "
-            f"needs multiples of {GEMM_BK} or one scale per row"
-        )
-    return qbk, 2 * row_units
+    out: list[tuple[int, int] | None] = []
+    for i in range(layers):
+        names = [f"model.layers.{i}.{g}.weight" for g in group]
+        forms = {(decls[n].fp8_block, decls[n].row_units) for n in names}
+        if len(forms) > 1:
+            raise PrefillPlanError(
+                f"prefill: layer {i}'s {', '.join(group)} mix bf16 and FP8 or FP8 scale "
+                "blocks; one GEMM reads them as one matrix"
+            )
+        ((block, row_units),) = forms
+        if block is None:
+            out.append(None)
+            continue
+        k = decls[names[0]].shape[-1]
+        qbk = kernel_block(k, block[1])
+        if qbk < k and qbk % GEMM_BK:
+            raise PrefillPlanError(
+                f"prefill: FP8 scale blocks of {qbk} columns ({group[0]}); the prefill GEMM "
+                f"needs multiples of {GEMM_BK} or one scale per row"
+            )
+        out.append((qbk, 2 * row_units))
+    return out
+
+
+def kernel_name(name: str, fp8: tuple[int, int] | None) -> str:
+    """A GEMM kernel's name: an FP8 weight's kernel (gemm_fp8) is the bf16 one's + _fp8."""
+    return name if fp8 is None else f"{name}_fp8"
 
 
 def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
@@ -135,16 +147,31 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         Buffer("mlp", "bf16", (C, F)),
     )
 
-    def gemm(name: str, n: int, k: int, group: tuple[str, ...]) -> Kernel:
-        return gemm_kernel(name, "gemm", C, n, k, sms, weight_format(decode, L, group))
+    # each GEMM's weight format by layer, and a kernel per format (bf16 builds: one each)
+    fmt = {
+        "gemm_qkv": weight_formats(
+            decode, L, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        ),
+        "gemm_o": weight_formats(decode, L, ("self_attn.o_proj",)),
+        "gemm_silu": weight_formats(decode, L, ("mlp.gate_proj", "mlp.up_proj")),
+        "gemm_down": weight_formats(decode, L, ("mlp.down_proj",)),
+    }
 
-    gate_up = weight_format(decode, L, ("mlp.gate_proj", "mlp.up_proj"))
+    def gemm(name: str, kind: str, n: int, k: int) -> list[Kernel]:
+        return [
+            gemm_kernel(kernel_name(name, f), kind, C, n, k, sms, f)
+            for f in dict.fromkeys(fmt[name])
+        ]
+
+    def at(name: str, i: int) -> str:
+        return kernel_name(name, fmt[name][i])
+
     kernels = (
         Kernel("embed", "embed", (("M", C), ("D", D), ("V", cfg.vocab)), ROW_TILE),
         Kernel(
             "add_norm", "add_norm", (("M", C), ("D", D), ("eps", float(cfg.norm_eps))), ROW_TILE
         ),
-        gemm("gemm_qkv", nqkv, D, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+        *gemm("gemm_qkv", "gemm", nqkv, D),
         Kernel(
             "qk_cache",
             "qk_cache",
@@ -174,9 +201,9 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
             ),
             ATTN_ROWS // pack,
         ),
-        gemm("gemm_o", D, H * hd, ("self_attn.o_proj",)),
-        gemm_kernel("gemm_silu", "gemm_silu", C, F, D, sms, gate_up),
-        gemm("gemm_down", D, F, ("mlp.down_proj",)),
+        *gemm("gemm_o", "gemm", D, H * hd),
+        *gemm("gemm_silu", "gemm_silu", F, D),
+        *gemm("gemm_down", "gemm", D, F),
     )
 
     def lw(i: int, name: str) -> str:
@@ -208,7 +235,9 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
     for i in range(L):
         la.append(
             Launch(
-                "gemm_qkv", i, (("A", "buf:xn"), ("B", lw(i, "self_attn.q_proj")), ("C", "buf:qkv"))
+                at("gemm_qkv", i),
+                i,
+                (("A", "buf:xn"), ("B", lw(i, "self_attn.q_proj")), ("C", "buf:qkv")),
             )
         )
         norms = (("qn", lw(i, "self_attn.q_norm")), ("kn", lw(i, "self_attn.k_norm")))
@@ -246,7 +275,9 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         )
         la.append(
             Launch(
-                "gemm_o", i, (("A", "buf:att"), ("B", lw(i, "self_attn.o_proj")), ("C", "buf:y"))
+                at("gemm_o", i),
+                i,
+                (("A", "buf:att"), ("B", lw(i, "self_attn.o_proj")), ("C", "buf:y")),
             )
         )
         la.append(
@@ -264,12 +295,16 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         )
         la.append(
             Launch(
-                "gemm_silu", i, (("A", "buf:xn"), ("B", lw(i, "mlp.gate_proj")), ("C", "buf:mlp"))
+                at("gemm_silu", i),
+                i,
+                (("A", "buf:xn"), ("B", lw(i, "mlp.gate_proj")), ("C", "buf:mlp")),
             )
         )
         la.append(
             Launch(
-                "gemm_down", i, (("A", "buf:mlp"), ("B", lw(i, "mlp.down_proj")), ("C", "buf:y"))
+                at("gemm_down", i),
+                i,
+                (("A", "buf:mlp"), ("B", lw(i, "mlp.down_proj")), ("C", "buf:y")),
             )
         )
         la.append(

@@ -142,3 +142,27 @@ def test_a_scale_block_narrower_than_a_gemm_step_is_refused_in_one_line():
 
     with pytest.raises(PrefillPlanError, match="scale blocks of 32 columns.*--prefill-chunk 0"):
         _compile((32, 32))
+
+
+def test_layers_that_keep_a_module_bf16_launch_the_bf16_gemm_there():
+    """An ignore list that keeps layer 0's MLP bf16: its gate/up and down GEMMs run the
+    bf16 kernels, every other layer's the FP8 ones, and the program still computes the
+    model (float32, against transformers)."""
+    # three layers: the last one's MLP feeds only the LM head, so layer 1 has the FP8 MLP
+    cfg = load_config("tiny-llama", overrides={"max_seq_len": 320, "layers": 3})
+    quant = Quantization(ignore=("model.layers.0.mlp",), source="compressed-tensors")
+    cm = tc.compile(dataclasses.replace(cfg, quantization=quant), nvcc=False, prefill_chunk=128)
+    by_layer = {(la.layer, la.kernel) for la in cm.tiles.program.launches}
+    assert {(0, "gemm_silu"), (0, "gemm_down"), (1, "gemm_silu_fp8")} <= by_layer
+    assert (0, "gemm_qkv_fp8") in by_layer and (0, "gemm_silu_fp8") not in by_layer
+    seed, given, held = _weights(cm, None)
+    n = 200
+    tokens = torch.randint(0, cm.config.vocab, (n,))
+    ref = reference_logits(hf_model(cm.config, held), tokens)
+    it = Interpreter(cm.artifact, given)
+    it._tiles = PrefillReference(
+        cm.manifest, cm.tiles.spec, it.B.view(torch.bfloat16), it.A, bf16=False
+    )
+    it.prefill(tokens[:-1].tolist(), 0)
+    err = float(_rel(it.step(int(tokens[-1]), n - 1), ref[-1]))
+    assert err <= 1e-4, f"seed {seed}: relative L2 {err}"
