@@ -98,8 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=["fp8"],
         help="store the linear projections as FP8 e4m3, one scale per output channel"
-        " (weight-only: activations stay float32; embedding and LM head stay bf16; no"
-        " prefill program)",
+        " (weight-only: activations stay float32, bf16 in the prefill GEMMs; embedding and"
+        " LM head stay bf16)",
     )
     tune = p.add_argument_group("kernel tuning")
     ablate = p.add_argument_group(

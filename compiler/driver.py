@@ -152,13 +152,6 @@ def _finish(cfg, opts, stages: dict, sched: Schedule, timings: dict, say) -> Com
     """What compile() and compile_from_ir() share after the stages: the decode kernel
     (codegen, nvcc), its manifest, the prefill program, and the dumps if asked for."""
     decode = build_decode(cfg, opts, sched, timings, say)
-    # FP8 weights in the IR (a dump's config may not say so): no prefill program
-    if any(d.fp8_block is not None for d in sched.program.tensors):
-        opts = opts.with_(prefill_chunk=0)
-        say(f"  {'prefill':<9} {NO_FP8_PREFILL}")
-        if decode.resources is not None:
-            choices = (*decode.resources.choices, NO_FP8_PREFILL)
-            decode = replace(decode, resources=replace(decode.resources, choices=choices))
     sched = replace(sched, plan=decode.plan)  # as built: with any register relief
     manifest = _manifest(cfg, opts, sched, decode)
     cm = CompiledModel(
@@ -259,18 +252,12 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option quantize must be fp8 or None (got {opts.quantize!r:.40})")
 
 
-# FP8 builds run prompts through decode steps: the prefill tile programs read bf16 weights.
-NO_FP8_PREFILL = "FP8 weights: no prefill program (prompts run as decode steps)"
-
-
 def quantized(cfg: ModelConfig, opts: Options) -> tuple[ModelConfig, Options]:
     """The config and options of a build with `opts.quantize`: "fp8" gives a config without
-    quantization one FP8 scale per output channel (models/quant.py); a config with FP8
-    weights (asked for, or a checkpoint's) builds no prefill program."""
+    quantization one FP8 scale per output channel (models/quant.py). The prefill program
+    reads FP8 weights as they are (codegen/tile_programs.py gemm_fp8)."""
     if opts.quantize == "fp8" and cfg.quantization is None:
         cfg = replace(cfg, quantization=Quantization(source="quantize"))
-    if cfg.quantization is not None and opts.prefill_chunk != 0:
-        opts = opts.with_(prefill_chunk=0)
     return cfg, opts
 
 

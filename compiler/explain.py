@@ -221,7 +221,8 @@ def prefill_launch_cost(kernel, n: int, pos: int, target: Target) -> tuple[float
     if kernel.kind in ("gemm", "gemm_silu"):
         width = st["N"] * (2 if kernel.kind == "gemm_silu" else 1)
         flops = 2.0 * n * width * st["K"]
-        moved = 2.0 * (n * st["K"] + width * st["K"]) + n * st["N"] * 4
+        b_bytes = width * st["RB"] if "QBK" in st else 2.0 * width * st["K"]  # FP8 rows
+        moved = 2.0 * n * st["K"] + b_bytes + n * st["N"] * 4
         rate *= GEMM_OF_PEAK * TILE_EFFICIENCY[st["block_n"]]
     elif kernel.kind == "attention":
         flops = 4.0 * st["H"] * st["HD"] * (n * pos + n * (n + 1) / 2)
@@ -252,11 +253,12 @@ def explain_prefill(program, target: Target, n: int | None = None) -> str:
         r[3] += s
     total = sum(r[3] for r in rows.values())
     flops = sum(r[1] for r in rows.values())
+    w = max(11, *(len(name) for name in rows))  # gemm_silu_fp8 and the like
     lines = [
         f"prefill program: chunks of {program.chunk} tokens; one chunk of {n} tokens at "
         f"position 0, predicted at {target.tensor_flops_per_s / 1e12:.0f} TFLOP/s and "
         f"{target.hbm_bytes_per_s / 1e12:.1f} TB/s:",
-        f"  {'kernel':<11} {'kind':<10} {'tile':<22} {'launches':>8} {'GFLOP':>9} "
+        f"  {'kernel':<{w}} {'kind':<10} {'tile':<22} {'launches':>8} {'GFLOP':>9} "
         f"{'moved':>11} {'predicted':>10} {'share':>6}",
     ]
     for name, (count, f, b, s) in rows.items():
@@ -266,7 +268,7 @@ def explain_prefill(program, target: Target, n: int | None = None) -> str:
         if k.kind == "attention":
             tile += f", {st['pack']} heads"
         lines.append(
-            f"  {name:<11} {k.kind:<10} {tile:<22} {int(count):>8} {f / 1e9:>9.1f} "
+            f"  {name:<{w}} {k.kind:<10} {tile:<22} {int(count):>8} {f / 1e9:>9.1f} "
             f"{_size(b):>11} {s * 1e3:>8.3f} ms {s / total:>6.1%}"
         )
     lines.append(

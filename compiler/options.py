@@ -47,7 +47,7 @@ class Options:
     prefill_chunk: int | None = None
     # models/quant.py: "fp8" stores the linear projections as FP8 e4m3 with one scale per
     # output channel (weight-only; a checkpoint's own FP8 quantization is kept as it is).
-    # FP8 builds have no prefill program (prompts run as decode steps).
+    # The prefill program's GEMMs read the FP8 rows too (tile_programs.gemm_fp8).
     quantize: str | None = None
 
     def __post_init__(self) -> None:

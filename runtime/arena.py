@@ -148,3 +148,17 @@ def weights_arena(
 def act_arena(art: Artifact, device: torch.device | str = "cpu") -> torch.Tensor:
     """The act arena [manifest arenas.act], float32, all NaN."""
     return torch.full((art.manifest["arenas"]["act"],), float("nan"), device=device)
+
+
+def held_values(manifest: dict, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights as an artifact's arena holds them, for a float32 reference to run on:
+    each FP8 tensor of the manifest quantized with its scale block and dequantized
+    (models.quant, as pack_weights quantizes it), float32; the others as given. Replaces
+    the FP8 tensors in `weights` itself (a large model's float32 weights fit the host
+    once) and returns it."""
+    for t in manifest["tensors"]:
+        if t.get("dtype") == FP8 and t["name"] in weights:
+            w = weights[t["name"]]
+            q = w if isinstance(w, QuantWeight) else quantize(w.float(), tuple(t["block"]))
+            weights[t["name"]] = dequantize(q)
+    return weights

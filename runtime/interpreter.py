@@ -69,8 +69,9 @@ class Interpreter:
         # The prefill program's reference (runtime/prefill.py), rounding where its kernels
         # round; tiles_bf16=False keeps it float32 (a check of the program itself).
         self._tiles = None
-        if art.tiles is not None:
-            self._tiles = PrefillReference(m, art.tiles[0], self.W, self.A)
+        if art.tiles is not None:  # FP8 GEMMs read the raw arena's rows
+            w = self.W if self.B is None else self.B.view(torch.bfloat16)
+            self._tiles = PrefillReference(m, art.tiles[0], w, self.A)
         self.trace: list[int] = []  # task ids in execution order, last step
         self._mode: Sampling | None = None  # the sample task's rules (None: logits only)
         self._n_forced, self._step_i, self._sampled = 1, 0, -1

@@ -6,7 +6,6 @@ keeps bf16 (embedding, norms, LM head)."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 
@@ -18,6 +17,7 @@ from tilert_compiler.codegen.nvcc import find_nvcc
 from tilert_compiler.driver import compile_from_ir
 from tilert_compiler.explain import weight_bytes
 from tilert_compiler.ir.parse import parse
+from tilert_compiler.ir.prefill import format_prefill
 from tilert_compiler.ir.tile import format_schedule
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.quant import Quantization, dequantize, quantize
@@ -143,12 +143,14 @@ def test_the_ir_carries_each_weights_precision_and_parses_back():
 
 def test_a_dump_of_an_fp8_build_compiles_to_the_same_table(tmp_path):
     """The tile dump alone says which weights are FP8 (its config line may not: a
-    checkpoint's block-wise quantization), and the build from it has no prefill program."""
+    checkpoint's block-wise quantization), and the build from it has the same prefill
+    program (its GEMMs read the FP8 rows)."""
     cm = tc.compile(fp8_config("tiny-llama", None, (128, 128)), nvcc=False, dump_ir=str(tmp_path))
     again = compile_from_ir(tmp_path / "02-tile.tir", nvcc=False)
     assert again.table.variants == cm.table.variants
     assert (again.table.stream == cm.table.stream).all()
-    assert again.tiles is None and again.artifact.fp8
+    assert again.artifact.fp8
+    assert format_prefill(again.tiles.program) == format_prefill(cm.tiles.program)
 
 
 def test_an_ignore_list_that_splits_a_stacked_gemv_is_one_config_error():
@@ -171,9 +173,10 @@ def test_an_ignore_list_that_splits_a_stacked_gemv_is_one_config_error():
     assert ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max() <= 1e-4
 
 
-def test_fp8_builds_have_no_prefill_program():
+def test_fp8_builds_have_a_prefill_program_whose_gemms_read_fp8_rows():
     cm = tc.compile("tiny-llama", nvcc=False, quantize="fp8")
-    assert cm.tiles is None and cm.options.prefill_chunk == 0
+    gemms = [k for k in cm.tiles.program.kernels if k.kind in ("gemm", "gemm_silu")]
+    assert gemms and all(k.name.endswith("_fp8") and "QBK" in dict(k.statics) for k in gemms)
     assert cm.artifact.fp8 and not tc.compile("tiny-llama", nvcc=False).artifact.fp8
 
 
@@ -201,4 +204,5 @@ def test_fp8_kernels_compile_without_warnings_or_spills(block):
     cfg = fp8_config("tiny-qwen3", {"hidden": 192, "intermediate": 320}, block)
     cm = tc.compile(cfg)  # a warning or a spill left is a CodegenError
     assert cm.resources.spill_stores == 0 and cm.resources.spill_loads == 0
-    assert "FP8 weights: no prefill program" in json.dumps(cm.manifest["resources"])
+    for name, r in cm.tiles.resources.items():  # the prefill program's kernels too
+        assert r.get("spill_stores", 0) == 0 and r.get("spill_loads", 0) == 0, name
