@@ -2,6 +2,9 @@
 
     python bench/decode.py build/llama-3.2-1b --context 512 --out bench/results/x.json
 
+An FP8 artifact (`tilert-compile MODEL --quantize fp8`) is timed the same way; its floor
+counts the bytes it stores (the baselines stay bf16).
+
 Times, in this order and on the same card: the copy bandwidth (the floor's denominator),
 our persistent kernel at `context`, Hugging Face generate with a static cache (which
 transformers compiles), and a plain-PyTorch static-cache decode step (fused QKV and
@@ -26,7 +29,7 @@ from tilert_compiler.models.reference import hf_model
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.models.schema import ModelConfig
 from tilert_compiler.models.weights import load_weights
-from tilert_compiler.runtime.artifact import load_artifact
+from tilert_compiler.runtime.artifact import load_artifact, tensor_elements
 from tilert_compiler.runtime.gpu import GpuModel
 
 
@@ -156,9 +159,14 @@ def main() -> None:
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--only", choices=["torch", "hf"], help="run just one baseline")
     a = ap.parse_args()
-    cfg = load_config(load_artifact(a.artifact).manifest["config"])
+    art = load_artifact(a.artifact)
+    cfg = load_config(art.manifest["config"])
     weights = load_weights(cfg)
-    weight_bytes = sum(t.numel() for t in weights.values()) * 2
+    # The floor's bytes: every weight tensor as the artifact stores it (FP8 projections:
+    # e4m3 bytes and the scales of each row; bf16 elsewhere). The baselines run bf16.
+    weight_bytes = 2 * sum(
+        tensor_elements(t) for t in art.manifest["tensors"] if t["arena"] == "weights"
+    )
     bw = copy_bandwidth()
     floor = weight_bytes / bw * 1e3
     ours = time_ours(a.artifact, weights, cfg.vocab, a.context, a.iters)
@@ -167,6 +175,7 @@ def main() -> None:
         **provenance(),
         "context": a.context,
         "copy_bw_TBps": bw / 1e12,
+        "weights": "fp8" if art.fp8 else "bf16",
         "weight_GB": weight_bytes / 1e9,
         "floor_ms": floor,
         "ours_ms": ours,
@@ -174,7 +183,8 @@ def main() -> None:
         "fraction_of_floor": floor / ours,
     }
     print(
-        f"{cfg.name}: ours {ours:.3f} ms ({1e3 / ours:.0f} tok/s), floor {floor:.3f} ms "
+        f"{cfg.name} ({res['weights']}): ours {ours:.3f} ms ({1e3 / ours:.0f} tok/s), "
+        f"floor {floor:.3f} ms "
         f"({floor / ours:.0%})",
         flush=True,
     )

@@ -14,6 +14,8 @@
 3. Prefill of `--prefill` tokens: ours through the prefill program (median of 5), and
    through decode steps in one launch (the path without it); transformers (bf16, eager)
    runs one forward over the whole prompt (median of 10).
+`--rates-only` stops after 1 and 2's one-launch rates (greedy, then sampled, in the same
+run: issue 20's sampled / greedy ratio), weights streamed, no transformers.
 Writes JSON with card, date and commit when --out is given.
 """
 
@@ -29,7 +31,7 @@ from measure import provenance, rel_l2
 
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model
-from tilert_compiler.models.weights import load_weights
+from tilert_compiler.models.weights import load_weights, stream_weights
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
 from tilert_compiler.runtime.sampling import Sampling
@@ -60,11 +62,12 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--seed", type=int, default=4321)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rates-only", action="store_true", help="greedy and sampled rates only")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     cfg = load_config(load_artifact(a.artifact).manifest["config"])
-    weights = load_weights(cfg)
+    weights = stream_weights(cfg) if a.rates_only else load_weights(cfg)
     g = torch.Generator().manual_seed(a.seed)
     prompt = torch.randint(0, cfg.vocab, (a.prompt,), generator=g).tolist()
     m = GpuModel(a.artifact, weights=weights)
@@ -83,6 +86,25 @@ def main() -> None:
         _, st = timed_generate(m, prompt, a.new, per_token=False, **kw)
         rates_sampled[name] = decode_rate(st)
     print(f"one launch, sampled: {rates_sampled}")
+    if a.rates_only:
+        ratios = {k: v / rate_one for k, v in rates_sampled.items()}
+        result = {
+            "model": cfg.name,
+            **provenance(),
+            "prompt": a.prompt,
+            "new_tokens": a.new,
+            "tok_s_one_launch": rate_one,
+            "tok_s_one_launch_sampled": rates_sampled,
+            "sampled_over_greedy": ratios,
+        }
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=1)
+        print(
+            f"RESULT {cfg.name}: {a.new} new tokens in one launch, greedy {rate_one:.0f} tok/s; "
+            + ", ".join(f"{k} {rates_sampled[k]:.0f} ({ratios[k]:.3f}x)" for k in ratios)
+        )
+        return
 
     long_prompt = torch.randint(0, cfg.vocab, (a.prefill,), generator=g).tolist()
     m.reset()

@@ -1,6 +1,7 @@
 """The prefill program on the GPU: parity and time against transformers, one model per call.
 
     python bench/prefill.py ART --prompts 1,7,64,512 --time 512 --request 1000,200 --out r.json
+    python bench/prefill.py ART-FP8 --against ART-BF16 --time 512,4096 --out r.json
 
 1. Parity: for each prompt length L, a seeded random prompt goes through the prefill
    program (all but its last token), then the last prompt token and `steps` more go
@@ -13,6 +14,11 @@
    dense bf16 peak (a torch.matmul of 8192^3), all in this run.
 3. A whole request: `generate` with a P-token prompt and N greedy new tokens against
    transformers `generate` with a static cache, wall time of each.
+4. `--against ART2`: another build of the same model (an FP8 build's bf16 one, say), its
+   prefill and GEMMs timed on the same prompts in the same run; ours / its.
+
+An FP8 build (issue 21) is judged against transformers on its dequantized weights (the
+values its arena holds: runtime.arena.held_values).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from measure import events_median, provenance, rel_l2
 from tilert_compiler.models.config import load_config
 from tilert_compiler.models.reference import hf_model
 from tilert_compiler.models.weights import load_weights
+from tilert_compiler.runtime.arena import held_values
 from tilert_compiler.runtime.artifact import load_artifact
 from tilert_compiler.runtime.gpu import GpuModel
 
@@ -55,6 +62,37 @@ def peak_tflops() -> float:
     return 2 * 8192**3 / (ms / 1e3) / 1e12
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def against(a, weights: dict, timed: dict, res: dict, say) -> None:
+    """The prefill of a.against (another build of the model) on the same prompts: its
+    time and its GEMMs' beside ours, and ours / its."""
+    other = GpuModel(a.against, weights=weights)
+    if other._tiles is None:
+        raise SystemExit(f"{a.against}: no prefill program to time against")
+    res["against"] = {"artifact": a.against, "fp8": other.art.fp8}
+    t = other._tiles
+    for T, toks in timed.items():
+        other.reset()
+        other.prefill(toks, 0)  # warm-up
+        ms = events_median(lambda toks=toks, t=t: t.run(toks, 0), a.iters)
+        gemm_ms = events_median(
+            lambda toks=toks, t=t: t.run(toks, 0, only=("gemm", "gemm_silu")), a.iters
+        )
+        r = res["prefill"][T]
+        r |= {"against_ms": ms, "against_gemm_ms": gemm_ms, "vs_against": r["ours_ms"] / ms}
+        r["gemm_vs_against"] = r["gemm_ms"] / gemm_ms
+        say(
+            f"against {a.against}: prefill {T} tokens {ms:.2f} ms (GEMMs {gemm_ms:.2f}); "
+            f"ours / its {r['vs_against']:.3f} (GEMMs {r['gemm_vs_against']:.3f})"
+        )
+    del other, t
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
@@ -64,6 +102,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--request", default="", help="P,N: a generate call of P + N tokens")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument(
+        "--against", default=None, help="another build of the model: its prefill timed too"
+    )
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -72,7 +113,8 @@ def main() -> None:
     def say(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
-    cfg = load_config(load_artifact(a.artifact).manifest["config"])
+    art = load_artifact(a.artifact)
+    cfg = load_config(art.manifest["config"])
     weights = load_weights(cfg)
     g = torch.Generator().manual_seed(a.seed)
     prompts = [int(x) for x in a.prompts.split(",") if x]
@@ -92,8 +134,9 @@ def main() -> None:
         say(f"ours: prompt {L}")
 
     res: dict = {"model": cfg.name, **provenance(), "chunk": m.prefill_chunk, "prefill": {}}
-    for T in [int(x) for x in a.time.split(",") if x]:
-        toks = torch.randint(0, cfg.vocab, (T,), generator=g).tolist()
+    res["fp8"] = art.fp8
+    timed = {T: torch.randint(0, cfg.vocab, (T,), generator=g).tolist() for T in _ints(a.time)}
+    for T, toks in timed.items():
         m.reset()
         m.prefill(toks, 0)  # warm-up
         ms = events_median(lambda toks=toks: tiles.run(toks, 0), a.iters)
@@ -131,6 +174,9 @@ def main() -> None:
     del m
     gc.collect()
     torch.cuda.empty_cache()
+    if a.against:
+        against(a, weights, timed, res, say)
+    held_values(art.manifest, weights)  # an FP8 build's values, for transformers
 
     # transformers bf16: forward time, generate with a static cache, parity reference
     model = hf_model(cfg, weights, dtype=torch.bfloat16, device="cuda")

@@ -15,7 +15,6 @@ from tilert_compiler.ir.lm_parts import FIELDS as PART_FIELDS
 from tilert_compiler.ir.lm_parts import PART_HEADER, SAMPLE_LIST
 from tilert_compiler.ir.plan import ATTN_BLOCK_ROWS, SAMPLE_BINS, KernelPlan
 from tilert_compiler.ir.tasktable import (
-    ARGS,
     ERR_BAD_KIND,
     ERR_INPUT_TIMEOUT,
     ERR_STREAM_TIMEOUT,
@@ -87,26 +86,40 @@ def params_fields() -> list[str]:
 
 
 def args_struct(kind: str) -> str:
-    """The C++ struct of a task kind's arguments (ARGS): attention_decode ->
+    """The C++ struct of a task kind's arguments (its record's args): attention_decode ->
     AttentionDecodeArgs."""
     return "".join(w.capitalize() for w in kind.split("_")) + "Args"
 
 
 def _check_stream_rows(table: TaskTable) -> None:
     """The kernel's GEMVs chunk a task's weights from its `rows` argument alone: its rows
-    (gate/up: twice, gate then up) split evenly over its stream entries (adjacent blocks
-    merge, so gate/up has one entry or two); with the ring only the producer reads the
-    stream table."""
+    of each matrix it streams (ir/kinds.py `streams`; gate/up: 2, gate then up) split
+    evenly over its stream entries (adjacent blocks merge, so gate/up has one entry or
+    two); with the ring only the producer reads the stream table."""
     for t, rec in enumerate(table.records):
         if rec[F_NSTREAM] <= 0:
             continue
         kind = table.variants[int(rec[F_KIND])].kind
-        total = rec[F_ARG0 + ARGS[kind].index("rows")] * (2 if kind == "gate_up_silu" else 1)
+        total = rec[F_ARG0 + KINDS[kind].args.index("rows")] * KINDS[kind].streams
         st = table.stream[rec[F_STREAM] : rec[F_STREAM] + rec[F_NSTREAM]]
         if (st[:, 1] // st[:, 2] * len(st) != total).any():
             raise CodegenError(
                 f"task {t} ({kind}): its weight stream entries do not split its {total} rows evenly"
             )
+
+
+# The FP8 overloads of the GEMV kinds (a variant with the QBK static): included only then,
+# so a bf16 build's kernel.cu is what it was.
+FP8_HEADER = "tasks/fp8.cuh"
+
+
+def kernel_headers(table: TaskTable) -> list[str]:
+    """The task headers the build's variants need, in KINDS order (then FP8's)."""
+    used = {v.kind for v in table.variants}
+    headers = [k.header for k in KINDS.values() if k.name in used]
+    if any("QBK" in dict(v.static) for v in table.variants):
+        headers.append(FP8_HEADER)
+    return headers
 
 
 def emit_cuda(
@@ -135,13 +148,12 @@ def emit_cuda(
             version=version,
             model=sched.program.model,
             arch=arch,
-            headers=[
-                k.header for k in KINDS.values() if any(v.kind == k.name for v in table.variants)
-            ],
+            headers=kernel_headers(table),
             variants=[
                 {
                     "kind": v.kind,
                     "device": KINDS[v.kind].device,
+                    "cache_prefetch": KINDS[v.kind].cache_prefetch,
                     "template_args": template_args(v),
                     "index": i,
                     "args": args_struct(v.kind),

@@ -114,14 +114,19 @@ def _tile_kernel(k: Kernel, arch: str) -> tuple[str, list[str], dict, str]:
     if more:
         raise PrefillCodegenError(f"{k.name}: TileLang made {1 + len(more)} kernels, expected 1")
     symbol = str(gv.name_hint)
-    descs = {}
-    for var, spec in art.host_mod[k.name].attrs.get("tma_descriptor_args", {}).items():
-        descs[str(var.name)] = _tma_spec(k.name, [*spec])
+    # The descriptors in the order the host passes them; two views of one tensor (an FP8
+    # weight's values and scales) give two descriptors of the same name, in parameter order.
+    descs: list[tuple[str, dict]] = [
+        (str(var.name), _tma_spec(k.name, [*spec]))
+        for var, spec in art.host_mod[k.name].attrs.get("tma_descriptor_args", {}).items()
+    ]
     params = []
     for p in dev.params:
         name = str(p.name)
-        if name in descs:
-            params.append({"name": descs[name]["tensor"], "kind": "tmap", "tmap": descs[name]})
+        at = next((i for i, (n, _) in enumerate(descs) if n == name), None)
+        if at is not None:
+            desc = descs.pop(at)[1]
+            params.append({"name": desc["tensor"], "kind": "tmap", "tmap": desc})
         elif isinstance(p.type_annotation, tvm.ir.PointerType) or "handle" in str(p.dtype):
             params.append({"name": name, "kind": "ptr"})
         else:

@@ -1,12 +1,16 @@
-"""Schedule -> TaskTable: each task's regions become element offsets into the arenas."""
+"""Schedule -> TaskTable: each task's regions become element offsets into the arenas.
+
+A task's variant statics and argument values are its kind's (ir/kinds.py `statics_of`,
+`args_of`); here: the records, waits, weight stream and SM lists around them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from tilert_compiler.ir.graph import OpKind
-from tilert_compiler.ir.kinds import KINDS
-from tilert_compiler.ir.lm_parts import PART_HEADER
+from tilert_compiler.ir.kinds import KINDS, NO_OFFSET
 from tilert_compiler.ir.tasktable import (
     F_ARG0,
     F_KIND,
@@ -16,7 +20,6 @@ from tilert_compiler.ir.tasktable import (
     F_SIGNAL,
     F_STREAM,
     F_WAIT,
-    NO_OFFSET,
     RECORD,
     TaskTable,
     Variant,
@@ -33,155 +36,64 @@ def _strides(shape: tuple[int, ...]) -> list[int]:
 
 
 class _Offsets:
+    """Where a laid-out schedule put things (ir/kinds.py `Placed`): what the kinds'
+    `statics_of` and `args_of` read."""
+
     def __init__(self, sched: Schedule):
         self.base = {n: off for n, _, off in sched.layout}
-        self.rows: dict[str, int] = {}  # GEMV op -> most rows one of its tasks produces
+        self.decl = {t.name: t for t in sched.program.tensors}
+        self._tasks: dict[str, list[Task]] = {}
         for t in sched.program.tasks:
-            if t.kind in GEMV_KINDS:
-                self.rows[t.op] = max(self.rows.get(t.op, 0), _rows_per_task(t))
-        # attention op -> its output and its split count (the last split holds the output)
-        self.attn_out: dict[str, str] = {}
-        self.splits: dict[str, int] = {}
-        for t in sched.program.tasks:
-            if t.kind == OpKind.ATTENTION_DECODE:
-                self.splits[t.op] = max(self.splits.get(t.op, 0), t.arg("split") + 1)
-                if len(t.writes) == 4:
-                    self.attn_out[t.op] = t.writes[3].tensor
-        self.shape = {t.name: t.shape for t in sched.program.tensors}
+            self._tasks.setdefault(t.op, []).append(t)
+        self._of_op: dict[tuple[str, Callable], object] = {}
+
+    def of_op(self, op: str, f: Callable[[list[Task]], Any]) -> Any:
+        """f of every task of `op`, computed once per op."""
+        if (op, f) not in self._of_op:
+            self._of_op[op, f] = f(self._tasks[op])
+        return self._of_op[op, f]
+
+    def strides(self, tensor: str) -> list[int]:
+        """Arena units per step of each dimension: an FP8 weight's rows are row_units apart
+        (its e4m3 bytes and scales, ir/precision.py)."""
+        d = self.decl[tensor]
+        return [d.row_units, 1] if d.fp8_block is not None else _strides(d.shape)
 
     def start(self, r: Region) -> int:
         """Element offset of the region's first element; symbolic bounds count as 0 (the
         kernel adds `pos` or `tok` times that dimension's stride)."""
         off = self.base[r.tensor]
-        for (lo, _), stride in zip(r.box, _strides(self.shape[r.tensor]), strict=True):
+        for (lo, _), stride in zip(r.box, self.strides(r.tensor), strict=True):
             if isinstance(lo, int):
                 off += lo * stride
         return off
 
+    def units(self, r: Region) -> int:
+        """Arena units of a region of whole rows (its elements but for FP8 rows)."""
+        d = self.decl[r.tensor]
+        return r.numel() // d.shape[-1] * d.row_units if d.fp8_block is not None else r.numel()
+
     def check_contiguous(self, t: Task, regions) -> None:
         """Row blocks of stacked weights must be one run in the arena (layout keeps them so)."""
         for a, b in zip(regions, regions[1:], strict=False):
-            if self.start(a) + a.numel() != self.start(b):
+            if self.start(a) + self.units(a) != self.start(b):
                 raise ValueError(f"task t{t.id}: {a} and {b} are not adjacent in the arena")
-
-
-def variant_of(t: Task, consts: dict, o: _Offsets) -> Variant:
-    D, hd = consts["hidden"], consts["head_dim"]
-    k = t.kind
-    if k == OpKind.EMBED:
-        return Variant(k.value, (("D", D),))
-    if k == OpKind.SAMPLE:
-        static = (("V", t.arg("vocab")), ("C", _cands(t.reads[1])), ("P", t.arg("parts")))
-        return Variant(k.value, static)
-    if k == OpKind.ATTENTION_DECODE:
-        H, KV = consts["heads"], consts["kv_heads"]
-        splits = o.splits[t.op]
-        return Variant(
-            k.value,
-            (
-                ("HD", hd),
-                ("G", H // KV),
-                ("H", H),
-                ("KV", KV),
-                ("S", consts["max_seq_len"]),
-                ("NSPLIT", splits),
-                ("QKN", int(consts["qk_norm"])),
-            ),
-        )
-    static = (("K", t.reads[0].numel()), ("R", o.rows[t.op]))
-    if k == OpKind.NORM_LINEAR:  # the LM head also writes its partial
-        static += (("CANDS", _cands(t.writes[1]) if len(t.writes) > 1 else 0),)
-    return Variant(k.value, static)
-
-
-def _cands(part: Region) -> int:
-    """The candidates an LM-head partial region holds (ir/lm_parts.py)."""
-    return (part.box[-1][1] - part.box[-1][0] - PART_HEADER) // 2
-
-
-def _args(t: Task, o: _Offsets) -> dict[str, int]:
-    k = t.kind
-    R, W, Out = t.reads, t.weights, t.writes
-    if k == OpKind.EMBED:
-        return {"w_table": o.start(W[0]), "out": o.start(Out[0]), "rows": Out[0].numel()}
-    if k == OpKind.SAMPLE:
-        return {
-            "logits": o.start(R[0]),
-            "out": o.start(Out[0]),
-            "vocab": t.arg("vocab"),
-            "parts": o.start(R[1]),
-            "n_parts": t.arg("parts"),
-        }
-    if k == OpKind.ATTENTION_DECODE:
-        # Whole-tensor bases: the kernel indexes heads and splits from `head` and `split`.
-        qkv, kc, vc = R[0].tensor, R[3].tensor, R[4].tensor
-        part = Out[0].tensor
-        out = o.attn_out[t.op]
-        return {
-            "qkv": o.base[qkv],
-            "w_q_gamma": o.start(W[0]) if W else NO_OFFSET,
-            "w_k_gamma": o.start(W[1]) if W else NO_OFFSET,
-            "k_cache": o.base[kc],
-            "v_cache": o.base[vc],
-            "part": o.base[part],
-            "out": o.base[out],
-            "head": t.arg("head"),
-            "split": t.arg("split"),
-            "arrive": t.arg("arrive"),
-        }
-    rows = t.arg("rows")
-    if k == OpKind.LINEAR_RESIDUAL:
-        return {
-            "x": o.start(R[0]),
-            "w": o.start(W[0]),
-            "residual": o.start(R[1]),
-            "out": o.start(Out[0]),
-            "rows": rows,
-        }
-    if k == OpKind.GATE_UP_SILU:
-        return {
-            "x": o.start(R[0]),
-            "w_gamma": o.start(W[0]),
-            "w_gate": o.start(W[1]),
-            "w_up": o.start(W[2]),
-            "out": o.start(Out[0]),
-            "rows": rows,
-        }
-    if k == OpKind.NORM_LINEAR:
-        o.check_contiguous(t, W[1:])
-        return {
-            "x": o.start(R[0]),
-            "w_gamma": o.start(W[0]),
-            "w": o.start(W[1]),
-            "out": o.start(Out[0]),
-            "rows": rows,
-            "part_out": o.start(Out[1]) if len(Out) > 1 else NO_OFFSET,
-            "row0": t.arg("row0"),
-        }
-    raise ValueError(f"task t{t.id}: no serialisation for kind {k.value}")
-
-
-GEMV_KINDS = tuple(OpKind(k.name) for k in KINDS.values() if k.streams)
 
 
 def _stream_entries(t: Task, o: _Offsets) -> list[tuple[int, int, int]]:
     """The weight row blocks a GEMV task consumes, in order; adjacent blocks merge."""
-    if t.kind not in GEMV_KINDS:
+    if not KINDS[t.kind].streams:
         return []
     out: list[list[int]] = []
     for r in t.weights:
         if len(r.box) != 2:  # norm gammas are read directly, not streamed
             continue
-        start, n, k = o.start(r), r.numel(), r.box[1][1]
+        start, n, k = o.start(r), o.units(r), o.decl[r.tensor].row_units
         if out and out[-1][0] + out[-1][1] == start and out[-1][2] == k:
             out[-1][1] += n
         else:
             out.append([start, n, k])
     return [tuple(e) for e in out]
-
-
-def _rows_per_task(t: Task) -> int:
-    return sum(r.box[0][1] - r.box[0][0] for r in t.weights if len(r.box) == 2)
 
 
 def serialize(sched: Schedule) -> TaskTable:
@@ -194,7 +106,8 @@ def serialize(sched: Schedule) -> TaskTable:
     waits: list[tuple[int, int]] = []
     stream: list[tuple[int, int, int]] = []
     for t in prog.tasks:
-        v = variant_of(t, consts, o)
+        kind = KINDS[t.kind]
+        v = Variant(kind.name, kind.statics_of(t, consts, o))
         if v not in index:
             index[v] = len(variants)
             variants.append(v)
@@ -205,9 +118,10 @@ def serialize(sched: Schedule) -> TaskTable:
         rows = _stream_entries(t, o)
         rec[F_NSTREAM], rec[F_STREAM] = len(rows), len(stream)
         stream += rows
-        args = _args(t, o)
-        assert tuple(args) == KINDS[v.kind].args, (v.kind, tuple(args))
-        assert tuple(n for n, _ in v.static) == KINDS[v.kind].statics, v
+        args = kind.args_of(t, o)
+        assert tuple(args) == kind.args, (v.kind, tuple(args))
+        # a bf16 GEMV leaves out QBK, its last static (the template's default)
+        assert tuple(n for n, _ in v.static) == kind.statics[: len(v.static)], v
         for j, val in enumerate(args.values()):
             rec[F_ARG0 + j] = val
     sm_start = np.zeros(len(sched.sm_lists) + 1, dtype=np.int32)

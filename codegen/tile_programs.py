@@ -24,9 +24,14 @@ def gemm(
     block_k: int = 64,
     stages: int = 3,
     swizzle: int = 0,
+    QBK: int = 0,
+    RB: int = 0,
 ):
     """c[M, N] f32 = a[M, K] @ b[N, K].T, a and b bf16. `swizzle`: blocks visit the
-    output in panels this many row blocks tall (L2 reuse of B); 0: row after row."""
+    output in panels this many row blocks tall (L2 reuse of B); 0: row after row.
+    QBK > 0: b is FP8 rows of RB bytes (gemm_fp8)."""
+    if QBK:
+        return gemm_fp8(M, N, K, block_n, QBK, RB, block_m, block_k, stages, swizzle)
     import tilelang.language as T
 
     bm, bn, bk = block_m, block_n, block_k
@@ -61,9 +66,14 @@ def gemm_silu(
     block_k: int = 64,
     stages: int = 3,
     swizzle: int = 0,
+    QBK: int = 0,
+    RB: int = 0,
 ):
     """out[M, N] bf16 = silu(a @ b[:N].T) * (a @ b[N:].T): gate and up rows of one
-    [2N, K] weight, two accumulators per block, SiLU·mul in the epilogue."""
+    [2N, K] weight, two accumulators per block, SiLU·mul in the epilogue.
+    QBK > 0: b is FP8 rows of RB bytes (gemm_fp8)."""
+    if QBK:
+        return gemm_fp8(M, N, K, block_n, QBK, RB, block_m, block_k, stages, swizzle, silu=True)
     import tilelang.language as T
 
     bm, bn, bk = block_m, block_n, block_k
@@ -92,6 +102,94 @@ def gemm_silu(
             for i, j in T.Parallel(bm, bn):
                 g[i, j] = g[i, j] / (1.0 + T.exp(-g[i, j])) * u[i, j]
             T.copy(g, C[by * bm, bx * bn])
+
+    return main
+
+
+def gemm_fp8(
+    M: int,
+    N: int,
+    K: int,
+    block_n: int,
+    QBK: int,
+    RB: int,
+    block_m: int = 128,
+    block_k: int = 64,
+    stages: int = 3,
+    swizzle: int = 0,
+    silu: bool = False,
+):
+    """gemm (or gemm_silu with `silu`) with an FP8 B: its rows as the weights arena holds
+    them (ir/precision.py), RB bytes each: K e4m3 values, then float32 scales, one per
+    k-block of QBK columns (QBK >= K: one per row). b's rows: N, or 2N (gate, up) with silu.
+
+    Weight-only: each B tile comes by TMA as e4m3 ([bn, bk], half a bf16 tile's bytes),
+    is widened in registers to a bf16 tile in shared memory, and multiplies on the same
+    wgmma as the bf16 GEMM. With one scale per row (QBK >= K) the tile is the e4m3 values
+    themselves (exact in bf16) and the scale multiplies the accumulator column in the
+    epilogue: c[m, n] = (a @ float(q).T)[m, n] * s[n]. With k-blocks (QBK a multiple of
+    bk) the tile is bf16(float(q) * s[n, k // QBK]); the row's scales for a tile come by
+    TMA too, 4 of them (16 bytes, the least a TMA box takes), beside the values."""
+    import tilelang.language as T
+
+    bm, bn, bk = block_m, block_n, block_k
+    rows = 2 * N if silu else N
+    per_row = QBK >= K
+    s_at = K // 4  # the row's first scale, in float32 units
+    assert per_row or QBK % bk == 0, (QBK, bk)
+    out_dtype = "bfloat16" if silu else "float32"
+    halves = 2 if silu else 1  # B tiles a stage: gate and up, or the one
+
+    @T.prim_func
+    def main(
+        A: T.Tensor((M, K), "bfloat16"),
+        B: T.Tensor((rows, RB), "uint8"),
+        C: T.Tensor((M, N), out_dtype),
+    ):
+        with T.Kernel(T.ceildiv(N, bn), T.ceildiv(M, bm), threads=256) as (bx, by):
+            # two views of the same rows: as float32 words, the scales at words K / 4 ..,
+            # and the e4m3 values [rows, K], RB bytes apart (the last view made names the
+            # kernel's parameter: B, as the bf16 GEMM's)
+            Bs = T.Tensor((rows, RB // 4), "float32", B.data)
+            B = T.StridedTensor((rows, K), (RB, 1), "float8_e4m3fn", data=B.data)
+            a_s = T.alloc_shared((bm, bk), "bfloat16")
+            # per B tile of a stage (gate and up, or the one): e4m3 tile, its bf16 form,
+            # its rows' scales, the accumulator
+            q_s = [T.alloc_shared((bn, bk), "float8_e4m3fn") for _ in range(halves)]
+            w_s = [T.alloc_shared((bn, bk), "bfloat16") for _ in range(halves)]
+            s_s = [T.alloc_shared((bn, 4), "float32") for _ in range(halves)]
+            q_f = [T.alloc_fragment((bn, bk), "float8_e4m3fn") for _ in range(halves)]
+            acc = [T.alloc_fragment((bm, bn), "float32") for _ in range(halves)]
+            T.use_swizzle(swizzle, enable=swizzle > 0)
+            tiles = list(zip(q_s, w_s, s_s, q_f, acc, [0, N][:halves], strict=True))
+            for t in tiles:
+                T.clear(t[4])
+            for k in T.Pipelined(T.ceildiv(K, bk), num_stages=stages):
+                T.copy(A[by * bm, k * bk], a_s)
+                g = k * bk // QBK  # this tile's k-block (when it has its own scales)
+                for q, _, sc, _, _, r0 in tiles:
+                    T.copy(B[r0 + bx * bn, k * bk], q)
+                    if not per_row:
+                        T.copy(Bs[r0 + bx * bn, s_at + g // 4 * 4], sc)
+                for q, w, sc, qf, _, _ in tiles:
+                    T.copy(q, qf)
+                    if per_row:
+                        for i, j in T.Parallel(bn, bk):
+                            w[i, j] = T.cast(qf[i, j], "bfloat16")
+                    else:
+                        for i, j in T.Parallel(bn, bk):
+                            w[i, j] = T.cast(T.cast(qf[i, j], "float32") * sc[i, g % 4], "bfloat16")
+                for _, w, _, _, c, _ in tiles:
+                    T.gemm(a_s, w, c, transpose_B=True)
+            if per_row:
+                for _, _, _, _, c, r0 in tiles:
+                    for i, j in T.Parallel(bm, bn):
+                        c[i, j] = c[i, j] * Bs[r0 + bx * bn + j, s_at]
+            if silu:
+                gate, up = acc
+                for i, j in T.Parallel(bm, bn):
+                    gate[i, j] = gate[i, j] / (1.0 + T.exp(-gate[i, j])) * up[i, j]
+            T.copy(acc[0], C[by * bm, bx * bn])
 
     return main
 

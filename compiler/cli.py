@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the layer whose schedule is zoomed into and whose dependency graph is drawn",
     )
     p.add_argument("--no-nvcc", action="store_true", help="emit CUDA source only, no cubin")
+    p.add_argument(
+        "--quantize",
+        choices=["fp8"],
+        help="store the linear projections as FP8 e4m3, one scale per output channel"
+        " (weight-only: activations stay float32, bf16 in the prefill GEMMs; embedding and"
+        " LM head stay bf16)",
+    )
     tune = p.add_argument_group("kernel tuning")
     ablate = p.add_argument_group(
         "ablation switches (each turns off a pass measured to pay: docs/performance.md)"
@@ -230,7 +237,8 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "flags": not args.no_flags,
         "profile": args.profile,
     }
-    for name in ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk"):
+    names = ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk", "quantize")
+    for name in names:
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
     defaults = {
@@ -370,7 +378,8 @@ def _write(cm, cfg, out: Path, args, say) -> None:
 def _load_weights(cm, say):
     """The weights the run after compiling needs, read and checked (NaN, Inf) before
     anything is written, streamed a tensor at a time into the arena of what runs them: on
-    a GPU the kernel's bf16 arena there; else the CPU interpreter's float32 one."""
+    a GPU the kernel's bf16 arena there; else a bf16 arena the CPU interpreter reads as
+    float32 (the kernel's values, at half a float32 arena's host memory)."""
     import torch
 
     from tilert_compiler.models.weights import stream_weights
@@ -380,7 +389,7 @@ def _load_weights(cm, say):
     say(f"loading weights ({f'random, seed {ws.seed}' if ws.seed is not None else ws.path})")
     if torch.cuda.is_available() and cm.cubin is not None:
         return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16, "cuda")
-    return pack_weights(cm.artifact, stream_weights(cm.config), torch.float32)
+    return pack_weights(cm.artifact, stream_weights(cm.config), torch.bfloat16)
 
 
 def _run_tokens(cm, out: Path, n: int, say, weights) -> int:

@@ -15,11 +15,14 @@ from tilert_compiler.codegen.cuda import KERNEL_NAME, CodegenError, emit_cuda
 from tilert_compiler.codegen.nvcc import Resources, compile_cubin, find_nvcc, nvcc_version
 from tilert_compiler.codegen.prefill import kernel_resources, lower_prefill, nvcc_flags
 from tilert_compiler.codegen.serialize import serialize
+from tilert_compiler.ir.graph import TensorDecl
 from tilert_compiler.ir.plan import KernelPlan
+from tilert_compiler.ir.precision import FP8
 from tilert_compiler.ir.prefill import PrefillProgram, format_prefill
 from tilert_compiler.ir.tasktable import TaskTable
 from tilert_compiler.ir.tile import Schedule
 from tilert_compiler.models.config import ConfigError, ConfigTypeError, ModelConfig, load_config
+from tilert_compiler.models.quant import Quantization
 from tilert_compiler.models.rope import rope_inv_freq
 from tilert_compiler.options import Options, from_env
 from tilert_compiler.passes.plan import relieve_registers
@@ -90,7 +93,8 @@ class CompiledModel:
     def interpret(self, token_ids, weights=None):
         """Teacher-forced decode of `token_ids` from position 0 on the CPU interpreter.
         Returns float32 logits [len(token_ids), vocab]. `weights`: a dict of tensors, or
-        the weights arena packed already (`runtime.arena.pack_weights`, float32)."""
+        the weights arena packed already (`runtime.arena.pack_weights`: float32 or
+        bfloat16; with FP8 weights bfloat16, raw)."""
         import torch
 
         from tilert_compiler.models.weights import check_weights, stream_weights
@@ -127,6 +131,7 @@ def compile(  # noqa: A001 - the verb users expect
     if option_kw:
         opts = opts.with_(**option_kw)
     _check_options(opts)
+    cfg, opts = quantized(cfg, opts)
     timings: dict[str, float] = {}
     stages: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -243,6 +248,17 @@ def _check_options(opts: Options) -> None:
         )
     if opts.in_flight_kb is not None and opts.in_flight_kb < 0:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
+    if opts.quantize not in (None, "fp8"):
+        raise ConfigError(f"option quantize must be fp8 or None (got {opts.quantize!r:.40})")
+
+
+def quantized(cfg: ModelConfig, opts: Options) -> tuple[ModelConfig, Options]:
+    """The config and options of a build with `opts.quantize`: "fp8" gives a config without
+    quantization one FP8 scale per output channel (models/quant.py). The prefill program
+    reads FP8 weights as they are (codegen/tile_programs.py gemm_fp8)."""
+    if opts.quantize == "fp8" and cfg.quantization is None:
+        cfg = replace(cfg, quantization=Quantization(source="quantize"))
+    return cfg, opts
 
 
 @dataclass(frozen=True)
@@ -348,16 +364,7 @@ def _manifest(cfg, opts, sched: Schedule, decode: DecodeBuild) -> dict:
         "kernel": KERNEL_NAME,
         "variants": variants_to_json(decode.table.variants),
         "arenas": dict(sched.arena_sizes),
-        "tensors": [
-            {
-                "name": n,
-                "arena": a,
-                "offset": off,
-                "shape": list(decls[n].shape),
-                "storage": decls[n].storage.value,
-            }
-            for n, a, off in sched.layout
-        ],
+        "tensors": [_tensor_entry(decls[n], a, off) for n, a, off in sched.layout],
         "counters": len(sched.program.counters),
         "predicted_step_us": max((e for _, e in sched.predicted), default=0.0) * 1e6,
         "tasks": len(sched.program.tasks),
@@ -368,6 +375,27 @@ def _manifest(cfg, opts, sched: Schedule, decode: DecodeBuild) -> dict:
         "toolkit": decode.toolkit,
         "resources": resources.to_dict() if resources else None,
     }
+
+
+def _tensor_entry(d: TensorDecl, arena: str, offset: int) -> dict:
+    """A tensor of the manifest; an FP8 weight also says its format, scale block, the
+    bytes of one arena row (e4m3 values, then scales, ir/precision.py) and its arena
+    units."""
+    entry = {
+        "name": d.name,
+        "arena": arena,
+        "offset": offset,
+        "shape": list(d.shape),
+        "storage": d.storage.value,
+    }
+    if d.fp8_block is not None:
+        entry |= {
+            "dtype": FP8,
+            "block": list(d.fp8_block),
+            "row_bytes": 2 * d.row_units,
+            "elements": d.arena_units,
+        }
+    return entry
 
 
 __all__ = ["STAGES", "CompiledModel", "compile"]
@@ -392,6 +420,7 @@ def compile_from_ir(
     d = read_dump(path, source, overrides, given=option_kw)
     cfg, opts = d.config, from_env(Options(**d.options)).with_(**option_kw)
     _check_options(opts)
+    cfg, opts = quantized(cfg, opts)
     stages: dict[str, Any] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

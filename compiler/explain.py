@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from tilert_compiler.ir.graph import Storage
 from tilert_compiler.ir.target import Target
-from tilert_compiler.ir.tile import Schedule, Task
+from tilert_compiler.ir.tile import W_BYTES, Schedule, Task, region_weight_bytes
 from tilert_compiler.passes.schedule import ready_at, task_seconds
-from tilert_compiler.passes.tile import W_BYTES
 
 
 @dataclass
@@ -66,12 +65,15 @@ def _consistent(sched: Schedule) -> bool:
 
 
 def weight_bytes(sched: Schedule) -> int:
-    """Bytes of every weight tensor once (a tied embedding counts once): the floor's bytes."""
-    return sum(d.numel for d in sched.program.tensors if d.storage == Storage.WEIGHT) * W_BYTES
+    """Bytes of every weight tensor once (a tied embedding counts once): the floor's bytes.
+    FP8 weights count their e4m3 bytes and the scales streamed with each row."""
+    return (
+        sum(d.arena_units for d in sched.program.tensors if d.storage == Storage.WEIGHT) * W_BYTES
+    )
 
 
-def streamed_bytes(t: Task) -> int:
-    return sum(r.numel() for r in t.weights) * W_BYTES
+def streamed_bytes(t: Task, decls: dict) -> int:
+    return sum(region_weight_bytes(r, decls[r.tensor]) for r in t.weights)
 
 
 def sm_roles(sched: Schedule) -> list[str]:
@@ -87,9 +89,7 @@ def sm_roles(sched: Schedule) -> list[str]:
             k = parent[k]
         return k
 
-    per_sm = [
-        sorted({tasks[i].kind.value for i in ids if tasks[i].layer >= 0}) for ids in sched.sm_lists
-    ]
+    per_sm = [sorted({tasks[i].kind for i in ids if tasks[i].layer >= 0}) for ids in sched.sm_lists]
     for ks in per_sm:
         for k in ks[1:]:
             parent[root(k)] = root(ks[0])
@@ -101,12 +101,13 @@ def sm_roles(sched: Schedule) -> list[str]:
 def op_rows(sched: Schedule, target: Target) -> list[OpRow]:
     spans = durations(sched, target)
     sm_of = sched.sm_of()
+    decls = {d.name: d for d in sched.program.tensors}
     rows: dict[str, OpRow] = {}
     for t in sched.program.tasks:
-        r = rows.setdefault(t.op, OpRow(t.op, t.kind.value, t.layer))
+        r = rows.setdefault(t.op, OpRow(t.op, t.kind, t.layer))
         start, end = spans[t.id]
         r.tasks += 1
-        r.weight_bytes += streamed_bytes(t)
+        r.weight_bytes += streamed_bytes(t, decls)
         r.moved_bytes += t.cost
         r.work_s += end - start
         r.start_s, r.end_s = min(r.start_s, start), max(r.end_s, end)
@@ -193,7 +194,7 @@ def _summary(sched, target: Target, rows: list[OpRow], roles: list[str], spans) 
         tasks = p.tasks
         for role in sorted(set(roles)):
             sms = [sm for sm, r in enumerate(roles) if r == role]
-            ks = sorted({tasks[i].kind.value for sm in sms for i in sched.sm_lists[sm]})
+            ks = sorted({tasks[i].kind for sm in sms for i in sched.sm_lists[sm]})
             lines.append(f"SM role {role:<7} {len(sms):4d} SMs run {', '.join(ks) or 'nothing'}")
     return lines
 
@@ -220,7 +221,8 @@ def prefill_launch_cost(kernel, n: int, pos: int, target: Target) -> tuple[float
     if kernel.kind in ("gemm", "gemm_silu"):
         width = st["N"] * (2 if kernel.kind == "gemm_silu" else 1)
         flops = 2.0 * n * width * st["K"]
-        moved = 2.0 * (n * st["K"] + width * st["K"]) + n * st["N"] * 4
+        b_bytes = width * st["RB"] if "QBK" in st else 2.0 * width * st["K"]  # FP8 rows
+        moved = 2.0 * n * st["K"] + b_bytes + n * st["N"] * 4
         rate *= GEMM_OF_PEAK * TILE_EFFICIENCY[st["block_n"]]
     elif kernel.kind == "attention":
         flops = 4.0 * st["H"] * st["HD"] * (n * pos + n * (n + 1) / 2)
@@ -251,11 +253,12 @@ def explain_prefill(program, target: Target, n: int | None = None) -> str:
         r[3] += s
     total = sum(r[3] for r in rows.values())
     flops = sum(r[1] for r in rows.values())
+    w = max(11, *(len(name) for name in rows))  # gemm_silu_fp8 and the like
     lines = [
         f"prefill program: chunks of {program.chunk} tokens; one chunk of {n} tokens at "
         f"position 0, predicted at {target.tensor_flops_per_s / 1e12:.0f} TFLOP/s and "
         f"{target.hbm_bytes_per_s / 1e12:.1f} TB/s:",
-        f"  {'kernel':<11} {'kind':<10} {'tile':<22} {'launches':>8} {'GFLOP':>9} "
+        f"  {'kernel':<{w}} {'kind':<10} {'tile':<22} {'launches':>8} {'GFLOP':>9} "
         f"{'moved':>11} {'predicted':>10} {'share':>6}",
     ]
     for name, (count, f, b, s) in rows.items():
@@ -265,7 +268,7 @@ def explain_prefill(program, target: Target, n: int | None = None) -> str:
         if k.kind == "attention":
             tile += f", {st['pack']} heads"
         lines.append(
-            f"  {name:<11} {k.kind:<10} {tile:<22} {int(count):>8} {f / 1e9:>9.1f} "
+            f"  {name:<{w}} {k.kind:<10} {tile:<22} {int(count):>8} {f / 1e9:>9.1f} "
             f"{_size(b):>11} {s * 1e3:>8.3f} ms {s / total:>6.1%}"
         )
     lines.append(

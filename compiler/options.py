@@ -50,6 +50,10 @@ class Options:
     # (ir/lm_parts.py); the sample task passes over the whole vocabulary only when the
     # kept tokens reach past them. At least 1.
     sample_candidates: int = CANDIDATES
+    # models/quant.py: "fp8" stores the linear projections as FP8 e4m3 with one scale per
+    # output channel (weight-only; a checkpoint's own FP8 quantization is kept as it is).
+    # The prefill program's GEMMs read the FP8 rows too (tile_programs.gemm_fp8).
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         # Every field against its annotation, so `stage_kb="32"` is one line here rather

@@ -88,7 +88,7 @@ def gantt(
 
     tasks = sched.program.tasks
     spans = _spans(sched, target)
-    kinds = list(dict.fromkeys(t.kind.value for t in tasks))
+    kinds = list(dict.fromkeys(t.kind for t in tasks))
     colour = kind_colours(kinds)
     sms = len(sched.sm_lists)
     lo, hi = window or (0.0, max((e for _, e in spans), default=0.0))
@@ -104,7 +104,7 @@ def gantt(
                               (s * us, sm + 0.42)])  # fmt: skip
                 t = tasks[i]
                 faces.append(
-                    _lighten(colour[t.kind.value], 0.45 if t.layer >= 0 and t.layer % 2 else 0.0)
+                    _lighten(colour[t.kind], 0.45 if t.layer >= 0 and t.layer % 2 else 0.0)
                 )
                 if s > free + 1e-12 and s >= lo:  # a wait: the SM is free, its inputs are not
                     gaps.append([(max(free, lo) * us, sm), (s * us, sm)])
@@ -175,7 +175,7 @@ def layer_dot(sched: Schedule, layer: int) -> str:
     """Graphviz DOT: tasks as boxes clustered by op, counters as diamonds between them."""
     tasks, counters, inputs = layer_graph(sched, layer)
     allt = sched.program.tasks
-    colour = kind_colours(list(dict.fromkeys(t.kind.value for t in allt)))
+    colour = kind_colours(list(dict.fromkeys(t.kind for t in allt)))
     names = sched.program.counters
     lines = [
         f'digraph "layer {layer}" {{',
@@ -186,7 +186,7 @@ def layer_dot(sched: Schedule, layer: int) -> str:
     for t in tasks:
         by_op[t.op].append(t)
     for n, (op, ts) in enumerate(by_op.items()):
-        kind = ts[0].kind.value
+        kind = ts[0].kind
         lines.append(f"  subgraph cluster_{n} {{")
         lines.append(f'    label="{op} ({kind}, {len(ts)} tasks)"; color="#bbbbbb";')
         for t in ts:
@@ -232,7 +232,7 @@ def _draw_layer_graph(sched: Schedule, layer: int, stem: Path) -> list[Path]:
 
     tasks, counters, inputs = layer_graph(sched, layer)
     allt = sched.program.tasks
-    colour = kind_colours(list(dict.fromkeys(t.kind.value for t in allt)))
+    colour = kind_colours(list(dict.fromkeys(t.kind for t in allt)))
     names = sched.program.counters
     ops = list(dict.fromkeys(t.op for t in tasks))
     row = {op: i for i, op in enumerate(ops)}
@@ -263,7 +263,7 @@ def _draw_layer_graph(sched: Schedule, layer: int, stem: Path) -> list[Path]:
     for op in ops:
         ts = [t for t in tasks if t.op == op]
         xy = [pos[f"t{t.id}"] for t in ts]
-        kind = ts[0].kind.value
+        kind = ts[0].kind
         ax.scatter([x for x, _ in xy], [y for _, y in xy], marker="s", s=_size(len(ts)),
                    color=colour[kind], zorder=3)  # fmt: skip
         ax.text(-0.01, xy[0][1], f"{op}\n{kind} x{len(ts)}", ha="right", va="center", fontsize=8)

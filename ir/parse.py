@@ -2,8 +2,9 @@
 
 `parse(format_program(p)) == p` and `parse(format_schedule(s)) == s`, exactly: a dump is
 data, so tests can be small hand-written IR files and a user can edit a dump and compile
-from it (`tilert-compile --from-ir FILE`). Task kinds are looked up by `OpKind` value and
-`args` are generic `name=int` pairs, so new kinds and arguments need no parser change.
+from it (`tilert-compile --from-ir FILE`). Task kinds are looked up by name in
+ir/kinds.py KINDS and `args` are generic `name=int` pairs, so new kinds and arguments need
+no parser change.
 
 Grammar, one statement per line (blank lines and `#` comments are skipped):
 
@@ -12,7 +13,7 @@ Grammar, one statement per line (blank lines and `#` comments are skipped):
       plan NAME = LITERAL                   schedule: a field of the kernel plan (ir/plan.py)
       schedule-field NAME = LITERAL         schedule: a field without its own syntax
       const NAME = LITERAL                  model scalars
-      tensor NAME [D0xD1..] STORAGE layer=L
+      tensor NAME [D0xD1..] STORAGE layer=L [fp8e4m3=BNxBK]   FP8 weights: scale block
       field NAME = LITERAL                  program: a field without its own syntax
       counter cI NAME producers=N           I counts 0, 1, 2, ...
       arena NAME elements=N                 schedule, after layout
@@ -41,8 +42,10 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import TypeVar
 
-from tilert_compiler.ir.graph import OpKind, Storage, TensorDecl
+from tilert_compiler.ir.graph import Storage, TensorDecl
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import KernelPlan
+from tilert_compiler.ir.precision import FP8
 from tilert_compiler.ir.tile import SYMBOLS, Bound, Counter, Region, Schedule, Task, TileProgram
 
 E = TypeVar("E", bound=Enum)
@@ -249,13 +252,20 @@ class _Parser:
                 raise self.fail(f"'{word} {name}' is not a field of this level")
             return None
         if word == "tensor":
-            m = re.fullmatch(r"tensor (\S+) \[([\dx]*)\] (\S+)(?: layer=(-?\d+))?", s)
+            m = re.fullmatch(
+                rf"tensor (\S+) \[([\dx]*)\] (\S+)(?: layer=(-?\d+))?(?: {FP8}=(\d+)x(\d+))?", s
+            )
             if not m:
-                raise self.fail(f"expected 'tensor NAME [AxB] STORAGE layer=L', got '{s[:60]}'")
+                raise self.fail(
+                    f"expected 'tensor NAME [AxB] STORAGE layer=L [{FP8}=BNxBK]', got '{s[:60]}'"
+                )
             shape = tuple(int(d) for d in m.group(2).split("x")) if m.group(2) else ()
             storage = self.enum(Storage, m.group(3), "storage")
             layer = int(m.group(4)) if m.group(4) is not None else -1
-            self.tensors.append(TensorDecl(m.group(1), shape, storage, layer))
+            block = (int(m.group(5)), int(m.group(6))) if m.group(5) else None
+            if block is not None and (storage != Storage.WEIGHT or len(shape) != 2):
+                raise self.fail(f"only a 2-D weight tensor can be {FP8}, got '{s[:60]}'")
+            self.tensors.append(TensorDecl(m.group(1), shape, storage, layer, block))
             return None
         if word == "counter":
             m = re.fullmatch(r"counter c(\d+) (\S+) producers=(\d+)", s)
@@ -326,7 +336,9 @@ class _Parser:
             raise self.fail(
                 f"t{tid} out of order: expected t{len(self.tasks)} (ids are the global order)"
             )
-        kw: dict[str, object] = {"id": tid, "kind": self.enum(OpKind, m.group(2), "task kind")}
+        if m.group(2) not in KINDS:
+            raise self.fail(f"unknown task kind '{m.group(2)}' (known: {', '.join(KINDS)})")
+        kw: dict[str, object] = {"id": tid, "kind": m.group(2)}
         kw |= {"op": m.group(3), "reads": (), "weights": (), "writes": ()}
         notes: dict[str, object] = {}
         seen: set[str] = set()

@@ -10,9 +10,12 @@ an (edited) plan against the task kinds and the target.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-from tilert_compiler.ir.lm_parts import SAMPLE_LIST
-from tilert_compiler.ir.tasktable import Variant
+from tilert_compiler.ir.precision import row_bytes
+
+if TYPE_CHECKING:
+    from tilert_compiler.ir.tasktable import Variant
 
 STAGE_BYTES = 32 * 1024  # one ring stage: a chunk of whole weight rows
 STATIC_SMEM_RESERVE = 2048  # the kernel's static shared memory (barriers, reductions)
@@ -63,9 +66,15 @@ class KernelPlan:
         return self.stages * self.stage_bytes + 4 * self.scratch_floats
 
 
-def rows_per_chunk(k: int, stage_bytes: int) -> int:
-    """Weight rows of K columns (bf16) in one ring stage; at least one."""
-    return max(1, stage_bytes // (2 * k))
+def rows_per_chunk(k: int, stage_bytes: int, qbk: int = 0) -> int:
+    """Weight rows of K columns (bf16, or FP8 with scale k-blocks of qbk) in one ring
+    stage; at least one."""
+    return max(1, stage_bytes // row_bytes(k, qbk))
+
+
+def variant_row_bytes(v: Variant) -> int:
+    """Bytes of one weight row of a GEMV variant (bf16, or FP8 with its scales)."""
+    return row_bytes(v.get("K"), dict(v.static).get("QBK", 0))
 
 
 def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | None:
@@ -74,36 +83,10 @@ def x_part_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int | No
     if "K" not in dict(v.static):
         return None
     k = v.get("K")
-    groups = rows_per_chunk(k, stage_bytes)  # an item of a warp is one row
+    groups = rows_per_chunk(k, stage_bytes, dict(v.static).get("QBK", 0))  # a row per item
     split = 1 if groups >= consumer_warps else consumer_warps // groups
     groups_per_lane = -(-(k // 8) // split)  # 8-column groups of one K-slice
     return 8 * -(-groups_per_lane // 32)
-
-
-def scratch_floats(v: Variant, consumer_warps: int, stage_bytes: int) -> int:
-    """Dynamic shared memory (in floats) a task kind needs besides the ring."""
-    if v.kind == "embed":
-        return 0
-    if v.kind == "sample":
-        # a pass over the vocabulary: 64-bit radix histogram, then a 64-bit sum per consumer;
-        # the candidates' merge: SAMPLE_LIST gathered (z, index, 64-bit mass), per partial
-        # (z, count, 64-bit mass)
-        passes = 2 * SAMPLE_BINS + 2 * 32 * consumer_warps
-        merge = 4 * SAMPLE_LIST + 4 * v.get("P")
-        return max(passes, merge)
-    if v.kind == "attention_decode":
-        hd, g, splits = v.get("HD"), v.get("G"), v.get("NSPLIT")
-        chunk = min(-(-(v.get("S") - 1) // splits) + 1, ATTN_BLOCK_ROWS)
-        # a block of cache rows (k padded: conflict-free float4 reads), then the partials
-        rows = max(chunk * (hd + 4 + hd), splits * g * (hd + 2))
-        scores = max(g * chunk, splits * g)  # scores, then the combine's split weights
-        return g * hd + 4 * hd + -(-scores // 4) * 4 + rows
-    k = v.get("K")
-    groups = rows_per_chunk(k, stage_bytes)  # an item of a warp is one row
-    split = 1 if groups >= consumer_warps else consumer_warps // groups
-    # the input row + per-K-slice row results (+ the LM head's 32-bit radix histogram)
-    cands = v.kind == "norm_linear" and v.get("CANDS") > 0
-    return k + split * v.get("R") + (SAMPLE_BINS if cands else 0)
 
 
 def format_plan(plan: KernelPlan) -> list[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 KINDS = {
     "embed": "x[r] = float(embed[tokens[r]])",
     "add_norm": "x[r] += y[r] (when bound); out[r] = bf16(x[r] / rms(x[r]) * w)",
-    "gemm": "c = a @ b.T, float32 accumulation (a, b bf16)",
+    "gemm": "c = a @ b.T, float32 accumulation (a bf16; b bf16, or FP8 rows: statics QBK, RB)",
     "gemm_silu": "out = bf16(silu(a @ b[:F].T) * (a @ b[F:].T))",
     "qk_cache": "head norm (qwen3), RoPE at pos + r; q -> bf16; k, v -> cache rows pos + r",
     "attention": "causal GQA softmax(q k^T / sqrt(hd)) v over cache rows 0 .. pos + r",

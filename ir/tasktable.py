@@ -2,7 +2,7 @@
 
 Tasks are data, task kinds are code. Every task is one record of `RECORD` int64 fields;
 `kind` indexes the artifact's variant list (a task kind specialised on static shapes).
-The per-kind argument slots are named in `ARGS`, the one place that defines them:
+The per-kind argument slots are named by each kind's record (ir/kinds.py `args`):
 
   record: kind layer n_waits wait_at signal n_stream stream_at a0..a10
   waits:    int64 pairs (counter, producers per step)
@@ -27,7 +27,6 @@ RECORD_FIELDS = ("KIND", "LAYER", "NWAIT", "WAIT", "SIGNAL", "NSTREAM", "STREAM"
 F_KIND, F_LAYER, F_NWAIT, F_WAIT, F_SIGNAL, F_NSTREAM, F_STREAM = range(len(RECORD_FIELDS))
 F_ARG0 = len(RECORD_FIELDS)
 RECORD = F_ARG0 + 11
-NO_OFFSET = -1
 # Profiled builds: int64 words per task in the profile buffer (wait start, run start, end
 # in global-timer ns; ns spent waiting for weights in the ring; when the inputs were
 # loaded, or 0 for kinds without an input phase; when the task's own work was done: a
@@ -100,9 +99,7 @@ PARAMS = (
     Param("seed", "u64", "the sample task's draws: uniform(seed, pos)"),
 )
 
-# Argument slots per task kind, in order from F_ARG0: each kind's record (ir/kinds.py).
-ARGS: dict[str, tuple[str, ...]] = {name: k.args for name, k in KINDS.items()}
-assert all(len(a) <= RECORD - F_ARG0 for a in ARGS.values())
+assert all(len(k.args) <= RECORD - F_ARG0 for k in KINDS.values())
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ class TaskTable:
 
     def args(self, i: int) -> dict[str, int]:
         v = self.variants[int(self.records[i, F_KIND])]
-        names = ARGS[v.kind]
+        names = KINDS[v.kind].args
         return {n: int(self.records[i, F_ARG0 + j]) for j, n in enumerate(names)}
 
     def waits_of(self, i: int) -> list[tuple[int, int]]:

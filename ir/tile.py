@@ -12,9 +12,10 @@ import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal
 
-from tilert_compiler.ir.graph import OpKind
-from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.graph import Storage, TensorDecl
+from tilert_compiler.ir.lm_parts import CANDIDATES
 from tilert_compiler.ir.plan import KernelPlan, format_plan
+from tilert_compiler.ir.target import Target
 
 # A bound is an int, or (symbol, offset) for `symbol + offset`.
 Bound = int | tuple[str, int]
@@ -93,7 +94,7 @@ def region(tensor: str, *dims: tuple[Bound, Bound]) -> Region:
 @dataclass(frozen=True)
 class Task:
     id: int
-    kind: OpKind
+    kind: str  # the name of its task kind (ir/kinds.py KINDS)
     op: str  # the fused op this task is a tile of
     layer: int
     reads: tuple[Region, ...]  # activations and cache rows (produced this step or earlier)
@@ -107,13 +108,6 @@ class Task:
 
     def arg(self, key: str) -> int:
         return dict(self.args)[key]
-
-
-# Task kinds whose kernel code reads every activation input until it carries this step's
-# parity (codegen/cuda/flags.cuh, `fresh` loads), and writes its activation outputs with
-# it (the LM head's logits excepted: the sample task waits on a counter); ir/kinds.py
-# `polls`. Embed writes with it too.
-POLLING_KINDS = frozenset(OpKind(k.name) for k in KINDS.values() if k.polls)
 
 
 @dataclass(frozen=True)
@@ -135,6 +129,79 @@ class TileProgram:
 
     def const(self, key: str) -> object:
         return dict(self.consts)[key]
+
+
+W_BYTES = 2  # bf16 weights; an FP8 weight's rows take TensorDecl.row_units of these
+A_BYTES = 4  # f32 activations and cache
+
+
+def region_weight_bytes(r: Region, decl: TensorDecl) -> int:
+    """Bytes a weight region streams: its rows in the arena's form (FP8 rows with scales)."""
+    if decl.fp8_block is not None and len(r.box) == 2:
+        return r.numel() // decl.shape[-1] * decl.row_units * W_BYTES
+    return r.numel() * W_BYTES
+
+
+class Tiling:
+    """A tile program being built (passes/tile.py): the tasks, counters and tensors the
+    task kinds' tiling rules (ir/kinds.py `tile`) added so far, and what the rules read.
+    `context`: the cache length the cost model assumes for attention; `splits`: the
+    split-KV factor (None: attention's own choice); `candidates`: the logits each LM-head
+    task keeps for a sampled draw (ir/lm_parts.py)."""
+
+    def __init__(
+        self,
+        tensors,
+        target: Target,
+        *,
+        context: int,
+        splits: int | None,
+        candidates: int = CANDIDATES,
+    ):
+        self.target, self.context, self.splits = target, context, splits
+        self.candidates = candidates
+        self.shape = {t.name: t.shape for t in tensors}
+        self.storage: dict[str, Storage] = {t.name: t.storage for t in tensors}
+        self.decls: dict[str, TensorDecl] = {t.name: t for t in tensors}
+        self.tasks: list[Task] = []
+        self.counters: list[Counter] = []  # e.g. the arrival counters of split attention
+        self.tensors: list[TensorDecl] = []  # tensors the tasks introduce (partials)
+
+    def add(self, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
+        """A task of `op` (its kind is the op's). Its cost: the bytes of its regions (bf16
+        or FP8 weights, f32 the rest) plus `cost_extra`, unless `cost` is given."""
+        if cost is None:
+            cost = sum(region_weight_bytes(r, self.decls[r.tensor]) for r in weights)
+            cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
+        self.tasks.append(
+            Task(
+                len(self.tasks),
+                str(op.kind),
+                op.name,
+                op.layer,
+                tuple(reads),
+                tuple(weights),
+                tuple(writes),
+                tuple(args.items()),
+                cost,
+            )
+        )
+
+    def row_blocks(self, n: int, align: int = 8) -> list[tuple[int, int]]:
+        """Split [0, n) into at most one block per SM, each a multiple of `align` rows."""
+        per = -(-n // self.target.sms)
+        per = -(-per // align) * align
+        return [(r, min(r + per, n)) for r in range(0, n, per)]
+
+
+def vec(name: str, lo: int, hi: int) -> Region:
+    """Elements [lo, hi) of a vector."""
+    return region(name, (lo, hi))
+
+
+def rows(name: str, lo: int, hi: int, k: int) -> Region:
+    """Rows [lo, hi) of a matrix of k columns."""
+    return region(name, (lo, hi), (0, k))
 
 
 @dataclass(frozen=True)
@@ -200,7 +267,7 @@ def format_task(
     span: tuple[float, float] | None = None,
 ) -> str:
     parts = [
-        f"t{t.id} = {t.kind.value} {t.op} layer={t.layer}",
+        f"t{t.id} = {t.kind} {t.op} layer={t.layer}",
         f"reads={format_regions(t.reads)}",
         f"weights={format_regions(t.weights)}",
         f"writes={format_regions(t.writes)}",
@@ -250,7 +317,9 @@ def _program_lines(p: TileProgram) -> list[str]:
     lines = [f"  const {k} = {v!r}" for k, v in p.consts]
     for d in p.tensors:
         shape = "x".join(str(n) for n in d.shape)
-        lines.append(f"  tensor {d.name} [{shape}] {d.storage.value} layer={d.layer}")
+        lines.append(
+            f"  tensor {d.name} [{shape}] {d.storage.value} layer={d.layer}{d.precision()}"
+        )
     lines += [f"  field {k} = {v!r}" for k, v in extra_fields(p)]
     lines += [f"  counter c{i} {c.name} producers={c.producers}" for i, c in enumerate(p.counters)]
     return lines

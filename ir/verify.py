@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from tilert_compiler.ir.graph import Storage
-from tilert_compiler.ir.plan import STATIC_SMEM_RESERVE, scratch_floats
+from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.plan import STATIC_SMEM_RESERVE, variant_row_bytes
 from tilert_compiler.ir.target import Target
 from tilert_compiler.ir.tasktable import Variant
-from tilert_compiler.ir.tile import POLLING_KINDS, Schedule, Task, TileProgram
+from tilert_compiler.ir.tile import Schedule, Task, TileProgram
 
 
 class VerifyError(ValueError):
@@ -75,7 +76,7 @@ def _contains(box, at, sym) -> bool:
 def _polled(p: TileProgram) -> list[tuple[int, ...]]:
     """Per task, the dependencies it orders by polling their data (passes.deps, flags)."""
     on = bool(dict(p.consts).get("flags", 0))
-    return [t.deps if on and t.kind in POLLING_KINDS else () for t in p.tasks]
+    return [t.deps if on and KINDS[t.kind].polls else () for t in p.tasks]
 
 
 def _happens_before(s: Schedule) -> list[int]:
@@ -289,21 +290,21 @@ def _verify_placement(s: Schedule, decls: dict) -> None:
             raise VerifyError(
                 f"buffer {name} @{off}: offsets in arena {arena} must be multiples of {align}"
             )
-        if off + decl.numel > sizes[arena]:
+        if off + decl.arena_units > sizes[arena]:
             raise VerifyError(
-                f"buffer {name} ({arena} @{off}, {decl.numel} elements) ends at "
-                f"{off + decl.numel}, past arena {arena}'s {sizes[arena]} elements"
+                f"buffer {name} ({arena} @{off}, {decl.arena_units} elements) ends at "
+                f"{off + decl.arena_units}, past arena {arena}'s {sizes[arena]} elements"
             )
         placed[name] = (arena, off)
     for arena in sizes:
         spans = sorted(
-            (off, off + decls[n].numel, n) for n, (a, off) in placed.items() if a == arena
+            (off, off + decls[n].arena_units, n) for n, (a, off) in placed.items() if a == arena
         )
         for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
             if start < end:
                 raise VerifyError(
                     f"buffers {a} and {b} overlap in arena {arena} "
-                    f"(elements {start}..{min(end, start + decls[b].numel)})"
+                    f"(elements {start}..{min(end, start + decls[b].arena_units)})"
                 )
     used = dict.fromkeys(r.tensor for t in s.program.tasks for r in t.reads + t.weights + t.writes)
     for name in used:
@@ -395,11 +396,14 @@ def verify_plan(s: Schedule, variants: list[Variant], target: Target) -> None:
     if p.consumers != consumers:
         role = "one warp feeds the ring, the rest" if p.ring else "without the ring all threads"
         raise bad(f"plan consumers = {p.consumers}: {role} run tasks, {consumers}")
-    kmax = max((v.get("K") for v in variants if "K" in dict(v.static)), default=0)
-    if p.stage_bytes % 1024 or p.stage_bytes < 2 * kmax:
+    widest, kmax = max(
+        ((variant_row_bytes(v), v.get("K")) for v in variants if "K" in dict(v.static)),
+        default=(0, 0),
+    )
+    if p.stage_bytes % 1024 or p.stage_bytes < widest:
         raise bad(
             f"plan stage_bytes = {p.stage_bytes} must be whole KiB holding a weight row of "
-            f"K = {kmax} ({2 * kmax} bytes)"
+            f"K = {kmax} ({widest} bytes)"
         )
     if p.ring and (p.stages < 2 or not 1 <= p.in_flight <= p.stages):
         raise bad(
@@ -412,8 +416,12 @@ def verify_plan(s: Schedule, variants: list[Variant], target: Target) -> None:
         raise bad(
             f"plan x_regs = {p.x_regs} must be 0 or more, part_batch = {p.part_batch} 1 or more"
         )
-    need = max(variants, key=lambda v: scratch_floats(v, consumers // 32, p.stage_bytes))
-    floats = scratch_floats(need, consumers // 32, p.stage_bytes)
+
+    def scratch(v: Variant) -> int:
+        return KINDS[v.kind].scratch(v, consumers // 32, p.stage_bytes)
+
+    need = max(variants, key=scratch)
+    floats = scratch(need)
     if p.scratch_floats < floats:
         raise bad(
             f"plan scratch_floats = {p.scratch_floats}, task kind {need.label} needs {floats}"

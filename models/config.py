@@ -79,16 +79,22 @@ def bundled_names() -> list[str]:
 
 
 def describe(cfg: ModelConfig) -> str:
-    """One line: shapes, rope, size in parameters and bf16 bytes, target."""
+    """One line: shapes, rope, size in parameters and bf16 bytes, FP8 weights, target."""
     n = num_params(cfg)
     rope = f"rope {cfg.rope_theta:g}"
     if cfg.rope_scaling is not None:
         rope += f" {cfg.rope_scaling.kind} x{cfg.rope_scaling.factor:g}"
+    fp8, q = "", cfg.quantization
+    if q is not None:
+        scales = (
+            "scale per row or tensor" if q.block is None else f"{q.block[0]}x{q.block[1]} blocks"
+        )
+        fp8 = f", {q.method} {q.fmt} weights ({scales}, from {q.source})"
     return (
         f"{cfg.name}: {cfg.family}, {cfg.layers} layers, hidden {cfg.hidden}, "
         f"heads {cfg.heads}/{cfg.kv_heads}x{cfg.head_dim}, mlp {cfg.intermediate}, "
         f"vocab {cfg.vocab}, {'tied' if cfg.tie_embeddings else 'untied'}, {rope}"
-        f"{', qk-norm' if cfg.qk_norm else ''}, {_si(n)} params ({_si(2 * n)}B {cfg.dtype}), "
+        f"{', qk-norm' if cfg.qk_norm else ''}, {_si(n)} params ({_si(2 * n)}B {cfg.dtype}){fp8}, "
         f"max_seq_len {cfg.max_seq_len}, {cfg.target.arch} x{cfg.target.sms} SMs"
     )
 

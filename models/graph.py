@@ -9,6 +9,7 @@ straight onto a checkpoint.
 from __future__ import annotations
 
 from tilert_compiler.ir.graph import Graph, Op, OpKind, Storage, TensorDecl, attrs
+from tilert_compiler.models.text import ConfigError
 
 
 def build_graph(cfg) -> Graph:
@@ -17,8 +18,14 @@ def build_graph(cfg) -> Graph:
     tensors: list[TensorDecl] = []
     ops: list[Op] = []
 
+    quant = getattr(cfg, "quantization", None)
+
     def w(name: str, *shape: int, layer: int = -1) -> str:
-        tensors.append(TensorDecl(name, tuple(shape), Storage.WEIGHT, layer))
+        # FP8 projections carry their scale block (per output channel: (1, K))
+        block = None
+        if quant is not None and quant.quantizes(name):
+            block = quant.block or (1, shape[1])
+        tensors.append(TensorDecl(name, tuple(shape), Storage.WEIGHT, layer, block))
         return name
 
     def a(name: str, *shape: int, layer: int = -1, storage: Storage = Storage.ACT) -> str:
@@ -84,6 +91,7 @@ def build_graph(cfg) -> Graph:
         op(L + "mlp_residual", OpKind.ADD, [h, dn], [x_next], i)
         x = x_next
 
+    _check_stacked_precisions(tensors)
     norm = w("model.norm.weight", D)
     lm = embed if cfg.tie_embeddings else w("lm_head.weight", V, D)
     xf = a("xf", D)
@@ -106,3 +114,19 @@ def build_graph(cfg) -> Graph:
         qk_norm=bool(cfg.qk_norm),
     )
     return Graph(cfg.name, tuple(tensors), tuple(ops), consts)
+
+
+def _check_stacked_precisions(tensors: list[TensorDecl]) -> None:
+    """q, k and v (one stacked GEMV) and gate and up (one task) stream through one kernel
+    loop: a quantization's `ignore` list must keep or quantize them together."""
+    block = {t.name: t.fp8_block for t in tensors}
+    for name in block:
+        for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+            if f".{group[0]}." not in name:
+                continue
+            names = [name.replace(group[0], g) for g in group]
+            if len({block[n] for n in names}) > 1:
+                raise ConfigError(
+                    f"quantization: {', '.join(names)} must all be FP8 or all stay bf16 "
+                    "(they stream as one GEMV); list all of them in `ignore`, or none"
+                )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tilert_compiler.models.schema import FAMILIES
-from tilert_compiler.models.text import ConfigError, show_value
+from tilert_compiler.models.text import ConfigError, shorten, show_value
 from tilert_compiler.models.weights import found_weights
 
 # Our field -> the HF config.json key it came from, so errors name what the user wrote.
@@ -26,6 +26,8 @@ HF_NAMES = {
     "norm_eps": "rms_norm_eps",
     "max_seq_len": "max_position_embeddings",
     "rope.theta": "rope_theta",
+    "quantization": "quantization_config",
+    "quantization.block": "quantization_config.weight_block_size",
 }
 _HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 # Defaults of transformers' LlamaConfig / Qwen3Config for keys a config.json may omit.
@@ -102,7 +104,7 @@ def from_hf(hf: dict[str, Any], origin: str, folder: Path | None) -> dict[str, A
         "qk_norm": family == "qwen3",
         "weights": weights,
         "max_seq_len": min(max_pos, _HF_MAX_SEQ_LEN) if isinstance(max_pos, int) else max_pos,
-    }
+    } | _hf_quantization(hf.get("quantization_config"), fail)
 
 
 def _hf_name(hf: dict[str, Any], folder: Path | None, family: str) -> str:
@@ -145,3 +147,139 @@ def _hf_rope(hf: dict[str, Any], max_pos: Any, fail: Any) -> dict[str, Any]:
         "original_max_position": params.get("original_max_position_embeddings", max_pos),
     }
     return {"theta": theta, "scaling": scaling}
+
+
+# quantization_config formats read (checked against transformers' FineGrainedFP8Config and
+# compressed-tensors' QuantizationConfig / QuantizationArgs, see docs/fp8-checkpoints.md)
+_QUANT_METHODS = ("fp8", "compressed-tensors")
+_CT_STRATEGIES = ("channel", "tensor", "block")
+
+
+def _hf_quantization(qc: Any, fail: Any) -> dict[str, Any]:
+    """`quantization_config` as our `quantization` field ({} when absent): the FP8 weight
+    format and which modules keep their stored dtype. What only the W8A8 numerics use
+    (`activation_scheme`, `input_activations`, `kv_cache_scheme`) is not read: the kernel
+    dequantizes the weights and keeps its activations in float32."""
+    if qc is None:
+        return {}
+    key = "quantization_config"
+    if not isinstance(qc, dict):
+        raise fail(key, f"must be a mapping (got {show_value(qc)})")
+    method = qc.get("quant_method")
+    if method == "fp8":
+        return {"quantization": _hf_fp8(qc, fail)}
+    if method == "compressed-tensors":
+        return {"quantization": _hf_compressed_tensors(qc, fail)}
+    raise fail(
+        f"{key}.quant_method",
+        f"must be one of {', '.join(_QUANT_METHODS)}: FP8 checkpoints only "
+        f"(got {show_value(method)})",
+    )
+
+
+def _hf_fp8(qc: dict[str, Any], fail: Any) -> dict[str, Any]:
+    """transformers' fine-grained FP8 (Qwen3-*-FP8, DeepSeek-V3): `X.weight` e4m3 and
+    `X.weight_scale_inv` per `weight_block_size` block (null: one scale per tensor)."""
+    key = "quantization_config"
+    fmt = qc.get("fmt", "e4m3")
+    if fmt != "e4m3":
+        raise fail(
+            f"{key}.fmt", f"must be 'e4m3': the only FP8 format read (got {show_value(fmt)})"
+        )
+    if qc.get("scale_fmt", "float") != "float":
+        raise fail(
+            f"{key}.scale_fmt",
+            "must be 'float': power-of-two ue8m0 scales are not read "
+            f"(got {show_value(qc['scale_fmt'])})",
+        )
+    if qc.get("modules_to_convert"):
+        raise fail(
+            f"{key}.modules_to_convert",
+            "must be empty: only the linear projections are read as FP8 "
+            f"(got {show_value(qc['modules_to_convert'])})",
+        )
+    ignore = qc.get("modules_to_not_convert", qc.get("ignored_layers")) or []
+    block = qc.get("weight_block_size", [128, 128])  # FineGrainedFP8Config's default
+    return {
+        "method": "fp8",
+        "format": "e4m3",
+        "block": block,
+        "ignore": _hf_ignore(ignore, f"{key}.modules_to_not_convert", fail),
+        "source": "fp8",
+    }
+
+
+def _hf_compressed_tensors(qc: dict[str, Any], fail: Any) -> dict[str, Any]:
+    """compressed-tensors `float-quantized` (llm-compressor's FP8 checkpoints): `X.weight`
+    e4m3 and `X.weight_scale` per channel, per tensor or per block, one weight scheme."""
+    key = "quantization_config"
+    groups = qc.get("config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise fail(
+            f"{key}.config_groups", f"must be a mapping of schemes (got {show_value(groups)})"
+        )
+    schemes = []
+    for name, group in groups.items():
+        where = f"{key}.config_groups.{shorten(str(name), 40)}"
+        if not isinstance(group, dict):
+            raise fail(where, f"must be a mapping (got {show_value(group)})")
+        fmt = group.get("format") or qc.get("format")
+        if fmt != "float-quantized":
+            raise fail(
+                f"{key}.format",
+                f"must be 'float-quantized': FP8 weights only (got {show_value(fmt)})",
+            )
+        targets = group.get("targets")
+        if targets != ["Linear"]:
+            raise fail(
+                f"{where}.targets",
+                f"must be ['Linear']: per-module targets are not read (got {show_value(targets)})",
+            )
+        w = group.get("weights")
+        if not isinstance(w, dict):
+            raise fail(
+                f"{where}.weights", f"must be a mapping: weight-only FP8 (got {show_value(w)})"
+            )
+        if (w.get("num_bits"), w.get("type")) != (8, "float"):
+            raise fail(
+                f"{where}.weights",
+                "must have num_bits 8 and type 'float' (FP8 e4m3) "
+                f"(got num_bits {show_value(w.get('num_bits'))}, type {show_value(w.get('type'))})",
+            )
+        if w.get("symmetric", True) is not True:
+            raise fail(f"{where}.weights.symmetric", "must be true: zero points are not read")
+        strategy = w.get("strategy")
+        if strategy not in _CT_STRATEGIES:
+            raise fail(
+                f"{where}.weights.strategy",
+                f"must be one of {', '.join(_CT_STRATEGIES)} (got {show_value(strategy)})",
+            )
+        block = w.get("block_structure") if strategy == "block" else None
+        if strategy == "block" and block is None:
+            raise fail(
+                f"{where}.weights.block_structure", "is missing (needed by strategy 'block')"
+            )
+        schemes.append(block)
+    if len(schemes) > 1:
+        raise fail(f"{key}.config_groups", f"must hold one scheme (got {len(schemes)})")
+    ignore = qc.get("ignore") or []
+    return {
+        "method": "fp8",
+        "format": "e4m3",
+        "block": schemes[0],
+        "ignore": _hf_ignore(ignore, f"{key}.ignore", fail),
+        "source": "compressed-tensors",
+    }
+
+
+def _hf_ignore(ignore: Any, key: str, fail: Any) -> list[str]:
+    if not isinstance(ignore, list) or not all(isinstance(i, str) for i in ignore):
+        raise fail(key, f"must be a list of module names (got {show_value(ignore)})")
+    for i in ignore:
+        if i.startswith("re:"):
+            raise fail(
+                key,
+                f"must list module names: the pattern {show_value(i)} is not read "
+                "(write the modules it matches)",
+            )
+    return ignore

@@ -11,6 +11,23 @@ Per-tensor is the grid [1, 1] with block (N, K); per output channel [N, 1] with 
 block-wise [ceil(N/128), ceil(K/128)] with (128, 128). The activations stay in the
 kernel's own precision (float32 in registers): only the weights are dequantized, the
 kernel and the interpreter alike (`dequantize` is the rule both follow).
+
+`Quantization.block` says what the checkpoint promises for the whole model; each
+`QuantWeight` carries the block it actually has. `block=None` promises scales that do not
+change along K: one per output channel ([N, 1], block (1, K)) or one per tensor ([1, 1],
+block (N, K), which compressed-tensors' `strategy: "tensor"` and an HF fp8 config with
+`weight_block_size: null` ship). Both arrive as they are stored; `per_channel` turns a
+per-tensor weight into the per-channel form without loss for a consumer that wants one.
+
+Both checkpoint formats multiply: W ~= fp8 * scale. For the HF format this holds despite
+the name `weight_scale_inv` (checked in transformers 5.25,
+`transformers/integrations/finegrained_fp8.py`: `_dequantize_fp8_weight` does
+`weight.mul_(weight_scale_inv)`, `Fp8Dequantize._dequantize_one` returns `q * s` per block,
+and `Fp8Quantize` stores `weight_scale_inv = 1 / (448 / amax) = amax / 448`). For
+compressed-tensors (`compressors/quantized_compressors/naive_quantized.py`, whose
+`FloatQuantizationCompressor` is the `float-quantized` format, decompresses with
+`quantization/lifecycle/forward.py` `dequantize`: `x_q * scale`, after `quantize` divided
+by it) `weight_scale` is the same kind of factor.
 """
 
 from __future__ import annotations
@@ -86,3 +103,54 @@ def quantize(w: torch.Tensor, block: tuple[int, int] | None = None) -> QuantWeig
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     data = (w / expand_scale(QuantWeight(w, scale, (bn, bk)))).to(torch.float8_e4m3fn)
     return QuantWeight(data, scale, (bn, bk))
+
+
+# The scale tensor stored beside each FP8 `X.weight`, by `Quantization.source`.
+SCALE_SUFFIX = {"fp8": "weight_scale_inv", "compressed-tensors": "weight_scale"}
+# Tensors a checkpoint may store for the W8A8 numerics it was made for (a static activation
+# scale per linear): read past, never used; only the weights are quantized here.
+ACTIVATION_SUFFIXES = (".input_scale", ".activation_scale")
+
+
+def scale_name(q: Quantization, name: str) -> str | None:
+    """The checkpoint tensor holding the scales of the FP8 weight `name`; None when the
+    weight is not stored as FP8 (not quantized, or `source` "quantize": bf16 on disk)."""
+    suffix = SCALE_SUFFIX.get(q.source)
+    if suffix is None or not q.quantizes(name):
+        return None
+    return name.removesuffix("weight") + suffix
+
+
+def scale_grid(
+    shape: tuple[int, int], block: tuple[int, int] | None
+) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The (grid, block) pairs a stored scale of weight `shape` [N, K] may have under the
+    promise `block`: the one grid of that block, or for None per channel then per tensor."""
+    n, k = shape
+    if block is not None:
+        bn, bk = block
+        return [((-(-n // bn), -(-k // bk)), (bn, bk))]
+    return [((n, 1), (1, k)), ((1, 1), (n, k))]
+
+
+def from_checkpoint(
+    data: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None
+) -> QuantWeight | None:
+    """A stored FP8 weight and its scale tensor as a QuantWeight (the scale as a float32
+    grid), or None when the scale's shape fits none of `scale_grid`'s. A per-channel scale
+    may be stored [N, 1] or [N], a per-tensor one as a scalar, [1] or [1, 1]."""
+    numel = scale.numel()
+    for (gn, gk), blk in scale_grid(tuple(data.shape), block):
+        flat_ok = scale.dim() <= 1 and gk == 1 and numel == gn
+        if tuple(scale.shape) == (gn, gk) or flat_ok or (numel == 1 == gn * gk):
+            return QuantWeight(data, scale.float().reshape(gn, gk), blk)
+    return None
+
+
+def per_channel(q: QuantWeight) -> QuantWeight:
+    """A weight whose scales do not change along K (per tensor or per channel) as one
+    scale per output channel: grid [N, 1], block (1, K). The same values."""
+    n, k = q.shape
+    if q.block[1] < k:
+        raise ValueError(f"a block of {q.block} changes scale along K={k}: not per channel")
+    return QuantWeight(q.data, expand_scale(q)[:, :1].contiguous(), (1, k))

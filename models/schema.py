@@ -91,6 +91,16 @@ class ModelConfig:
                 "original_max_position": s.original_max_position,
             }
         w = self.weights
+        q = self.quantization
+        quant = {}
+        if q is not None:  # written only when set: bf16 descriptions read as before
+            quant["quantization"] = {
+                "method": q.method,
+                "format": q.fmt,
+                "block": list(q.block) if q.block is not None else None,
+                "ignore": list(q.ignore),
+                "source": q.source,
+            }
         return {
             "name": self.name,
             "family": self.family,
@@ -115,4 +125,4 @@ class ModelConfig:
             ),
             "max_seq_len": self.max_seq_len,
             "target": dataclasses.asdict(self.target),
-        }
+        } | quant

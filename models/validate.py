@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tilert_compiler.ir.target import KNOWN_ARCHS, Target
+from tilert_compiler.models.quant import Quantization
 from tilert_compiler.models.schema import DTYPES, FAMILIES, ModelConfig, RopeScaling, WeightsSpec
 from tilert_compiler.models.text import (
     SHOWN_CHARS,
@@ -70,7 +71,10 @@ _FIELDS = {
     "weights": False,
     "max_seq_len": False,
     "target": False,
+    "quantization": False,
 }
+_QUANT_FIELDS = ("method", "format", "block", "ignore", "source")
+QUANT_SOURCES = ("fp8", "compressed-tensors", "quantize")
 _SCALING_FIELDS = ("type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position")
 _TARGET_FIELDS = tuple(f.name for f in dataclasses.fields(Target))
 
@@ -216,6 +220,7 @@ class _Validator:
                 d.get("max_seq_len", 1024), "max_seq_len", high=MAX_SEQ_LEN_LIMIT
             ),
             target=self.target(d.get("target", {})),
+            quantization=self.quantization(d.get("quantization")),
         )
 
     def rope(self, d: Any) -> tuple[float, RopeScaling | None]:
@@ -272,6 +277,39 @@ class _Validator:
         if instead:
             raise self.fail("weights.path", f"must hold *.safetensors files ({instead})")
         return WeightsSpec(path=str(path))
+
+    def quantization(self, d: Any) -> Quantization | None:
+        """FP8 weights (models/quant.py): `method` fp8, `format` e4m3, `block` [bn, bk] or
+        null (one scale per output channel or per tensor), `ignore` module names kept as
+        stored, `source` where the FP8 values come from (the checkpoint's format, or
+        "quantize": made from bf16)."""
+        if d is None:
+            return None
+        self.fields(d, "quantization", _QUANT_FIELDS, ())
+        self.choice(d.get("method", "fp8"), "quantization.method", ("fp8",))
+        fmt = d.get("format", "e4m3")
+        if fmt != "e4m3":
+            raise self.fail(
+                "quantization.format",
+                f"must be e4m3: the kernel reads e4m3 FP8 only (got {show_value(fmt)})",
+            )
+        block = d.get("block")
+        if block is not None:
+            if not isinstance(block, list) or len(block) != 2:
+                raise self.fail(
+                    "quantization.block",
+                    "must be [rows, cols] (e.g. [128, 128]) or null for one scale per output "
+                    f"channel (got {show_value(block)})",
+                )
+            block = tuple(self.int_(b, "quantization.block", high=1 << 16) for b in block)
+        ignore = d.get("ignore", [])
+        if not isinstance(ignore, list) or not all(isinstance(i, str) and i for i in ignore):
+            raise self.fail(
+                "quantization.ignore",
+                f"must be a list of module names, e.g. [lm_head] (got {show_value(ignore)})",
+            )
+        source = self.choice(d.get("source", "quantize"), "quantization.source", QUANT_SOURCES)
+        return Quantization(block=block, ignore=tuple(ignore), source=source)
 
     def target(self, d: Any) -> Target:
         self.fields(d, "target", _TARGET_FIELDS, ())

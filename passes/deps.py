@@ -1,14 +1,14 @@
 """deps: tile program -> tile program with dependencies and counters.
 
 1. A task depends on every earlier task that writes a region overlapping one it reads
-   (and on every task of that writer's arrival group, see passes.tile.ARRIVE).
+   (and on every task of that writer's arrival group, see ir/kinds.py ARRIVE).
 2. Dependencies implied by others (an ancestor of another dependency) are dropped.
 3. Each op's tasks are grouped into counters: the coarsest partition such that every
    consumer's dependency set is a union of groups. A consumer that needs every tile of an
    op waits on one counter; attention for one head waits only on that head's q and kv
    tasks. Counters are monotonic across steps: a wait is `count >= step * producers`.
 4. With `flags`, activations carry their step: the kernel writes each float with the
-   step's parity in its lowest mantissa bit, and the task kinds in POLLING_KINDS read
+   step's parity in its lowest mantissa bit, and the task kinds that poll (ir/kinds.py `polls`) read
    their inputs until every element has this step's parity. Their dependencies need no
    counter: the data is the signal, so the producer skips the release (a fence that waits
    for its writes to reach L2) and the consumer skips the poll of a counter before its
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tilert_compiler.ir.tile import POLLING_KINDS, Counter, Task, TileProgram
+from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.tile import Counter, Task, TileProgram
 
 
 def _direct_deps(tasks: tuple[Task, ...]) -> list[set[int]]:
@@ -76,11 +77,11 @@ def _partition(members: list[int], needs: list[frozenset[int]]) -> list[list[int
 
 
 def deps(program: TileProgram, *, flags: bool) -> TileProgram:
-    """`flags`: consumers of POLLING_KINDS read their inputs until they carry the step's
+    """`flags`: consumers of polling kinds read their inputs until they carry the step's
     parity, and wait on no counter; a producer whose every consumer polls signals none."""
     tasks = program.tasks
     reduced = _reduce(_direct_deps(tasks))
-    polls = [flags and t.kind in POLLING_KINDS for t in tasks]
+    polls = [flags and KINDS[t.kind].polls for t in tasks]
     waited = {x for t, d in zip(tasks, reduced, strict=True) if not polls[t.id] for x in d}
     consumed = {x for d in reduced for x in d}
     by_op: dict[str, list[int]] = {}

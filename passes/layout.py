@@ -1,6 +1,7 @@
 """layout: schedule -> schedule with every tensor placed in an arena.
 
-Two arenas: `weights` (bf16 on the GPU) and `act` (f32: activations, KV cache, logits).
+Two arenas: `weights` (2-byte units: bf16 values, FP8 rows as ir/precision.py lays
+them out) and `act` (f32: activations, KV cache, logits).
 Offsets are in elements, aligned to 128 bytes so every row block starts on a boundary
 that 16-byte vector loads and bulk copies accept. Weights are laid out in the order the
 schedule first streams them.
@@ -33,7 +34,7 @@ def layout(sched: Schedule) -> Schedule:
         arena = "weights" if decl.storage == Storage.WEIGHT else "act"
         off = _align(sizes[arena], ALIGN_BYTES // (2 if arena == "weights" else 4))
         placed.append((name, arena, off))
-        sizes[arena] = off + decl.numel
+        sizes[arena] = off + decl.arena_units  # FP8 rows: bytes and scales, in 2-byte units
     return replace(sched, layout=tuple(placed), arena_sizes=tuple(sizes.items()))
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.plan import (
     PART_BATCH_LEAST,
     PART_BATCH_ONE,
     STAGE_BYTES,
     STATIC_SMEM_RESERVE,
     KernelPlan,
-    scratch_floats,
+    variant_row_bytes,
     x_part_floats,
 )
 from tilert_compiler.ir.target import Target
@@ -73,18 +74,18 @@ def plan_kernel(
     llama-3.2-1b (0.9 MB) even at 5 and 6 (bench/NOTES.md runs S9-5, S9-6)."""
     threads = target.threads_per_block
     consumers = threads - 32 if ring else threads
-    ks = [v.get("K") for v in table.variants if "K" in dict(v.static)]
-    kmax = max(ks, default=8)
-    row_bytes = -(-2 * kmax // 1024) * 1024
+    rows = [(variant_row_bytes(v), v.get("K")) for v in table.variants if "K" in dict(v.static)]
+    widest, kmax = max(rows, default=(16, 8))
+    row_bytes = -(-widest // 1024) * 1024
     if stage_kb is not None and stage_kb * 1024 < row_bytes:
         raise PlanError(
             f"a ring stage of {stage_kb} KiB cannot hold a weight row of K = {kmax} "
-            f"({2 * kmax} bytes); use a stage of {row_bytes // 1024} KiB or more"
+            f"({widest} bytes); use a stage of {row_bytes // 1024} KiB or more"
         )
     stage = stage_kb * 1024 if stage_kb is not None else max(STAGE_BYTES, row_bytes)
 
     def need(v: Variant) -> int:
-        return scratch_floats(v, consumers // 32, stage)
+        return KINDS[v.kind].scratch(v, consumers // 32, stage)
 
     scratch = max(need(v) for v in table.variants)
     room = target.smem_per_block - STATIC_SMEM_RESERVE - 4 * scratch
@@ -132,10 +133,7 @@ def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, s
         return replace(plan, lean_dispatch=True), "task-list bounds held in shared memory"
     consumers = plan.consumers
     batched = [
-        v
-        for v in table.variants
-        if v.kind == "attention_decode"
-        and -(-v.get("NSPLIT") * v.get("G") * (v.get("HD") + 2) // consumers) > PART_BATCH_ONE
+        v for v in table.variants if -(-KINDS[v.kind].partials(v) // consumers) > PART_BATCH_ONE
     ]
     if batched and plan.part_batch > PART_BATCH_LEAST:
         batch = max(PART_BATCH_LEAST, plan.part_batch - 4)

@@ -8,12 +8,14 @@ layout (the layout pass places a task's weights in first-use order); that is che
 
 from __future__ import annotations
 
+from tilert_compiler.ir.precision import kernel_block
 from tilert_compiler.ir.prefill import Buffer, Kernel, Launch, PrefillProgram
 from tilert_compiler.ir.tile import Schedule
 
 ROW_TILE = 128  # chunk rows a GEMM block takes; the chunk is a multiple of it
 ATTN_ROWS = 128  # query rows an attention block takes: tokens x q heads of one kv head
 DEFAULT_CHUNK = 1024  # tokens per chunk when the cache allows it
+GEMM_BK = 64  # the reduction columns a GEMM tile takes a step (tile_programs.gemm's block_k)
 
 
 class PrefillPlanError(ValueError):
@@ -55,11 +57,15 @@ def gemm_tile(m: int, n: int, sms: int) -> int:
     return min(fits, key=cost)
 
 
-def gemm_kernel(name: str, kind: str, m: int, n: int, k: int, sms: int) -> Kernel:
+def gemm_kernel(
+    name: str, kind: str, m: int, n: int, k: int, sms: int, fp8: tuple[int, int] | None = None
+) -> Kernel:
     """A GEMM's kernel: its tile (gemm_tile; gate/up's two accumulators at most 128 wide),
     pipeline stages (four for 128-wide blocks, three for 256: the shared memory of four
     would not leave room) and an L2 swizzle of 8 row blocks (blocks that share B run
-    together; gate/up 1.9x faster with it at 4096 rows, run P3)."""
+    together; gate/up 1.9x faster with it at 4096 rows, run P3). `fp8`: the weight is
+    FP8 rows, (QBK, RB): its scales' k-block and row bytes (ir/precision.py), statics of
+    the kernel (tile_programs.gemm_fp8); the tiles and stages are the bf16 GEMM's."""
     bn = gemm_tile(m, n, sms)
     if kind == "gemm_silu":
         bn = min(bn, 128)
@@ -67,7 +73,47 @@ def gemm_kernel(name: str, kind: str, m: int, n: int, k: int, sms: int) -> Kerne
     if kind == "gemm_silu":
         stages = 3  # three [128 x 64] tiles a stage
     st = (("M", m), ("N", n), ("K", k), ("block_n", bn), ("stages", stages), ("swizzle", 8))
+    if fp8 is not None:
+        st += (("QBK", fp8[0]), ("RB", fp8[1]))
     return Kernel(name, kind, st, ROW_TILE)
+
+
+def weight_formats(
+    decode: Schedule, layers: int, group: tuple[str, ...]
+) -> list[tuple[int, int] | None]:
+    """How a GEMM's weight (the `group` of projections it reads as one matrix) is stored,
+    layer by layer: None for bf16, else (QBK, RB) of its FP8 rows. The projections of one
+    layer's group must agree (one matrix); an FP8 tile takes GEMM_BK columns a step, so
+    its k-blocks must hold whole steps. Layers may differ (an ignore list that keeps a
+    whole module bf16): each format gets its own kernel."""
+    decls = {t.name: t for t in decode.program.tensors}
+    out: list[tuple[int, int] | None] = []
+    for i in range(layers):
+        names = [f"model.layers.{i}.{g}.weight" for g in group]
+        forms = {(decls[n].fp8_block, decls[n].row_units) for n in names}
+        if len(forms) > 1:
+            raise PrefillPlanError(
+                f"prefill: layer {i}'s {', '.join(group)} mix bf16 and FP8 or FP8 scale "
+                "blocks; one GEMM reads them as one matrix"
+            )
+        ((block, row_units),) = forms
+        if block is None:
+            out.append(None)
+            continue
+        k = decls[names[0]].shape[-1]
+        qbk = kernel_block(k, block[1])
+        if qbk < k and qbk % GEMM_BK:
+            raise PrefillPlanError(
+                f"prefill: FP8 scale blocks of {qbk} columns ({group[0]}); the prefill GEMM "
+                f"needs multiples of {GEMM_BK} or one scale per row"
+            )
+        out.append((qbk, 2 * row_units))
+    return out
+
+
+def kernel_name(name: str, fp8: tuple[int, int] | None) -> str:
+    """A GEMM kernel's name: an FP8 weight's kernel (gemm_fp8) is the bf16 one's + _fp8."""
+    return name if fp8 is None else f"{name}_fp8"
 
 
 def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
@@ -101,15 +147,31 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         Buffer("mlp", "bf16", (C, F)),
     )
 
-    def gemm(name: str, n: int, k: int) -> Kernel:
-        return gemm_kernel(name, "gemm", C, n, k, sms)
+    # each GEMM's weight format by layer, and a kernel per format (bf16 builds: one each)
+    fmt = {
+        "gemm_qkv": weight_formats(
+            decode, L, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        ),
+        "gemm_o": weight_formats(decode, L, ("self_attn.o_proj",)),
+        "gemm_silu": weight_formats(decode, L, ("mlp.gate_proj", "mlp.up_proj")),
+        "gemm_down": weight_formats(decode, L, ("mlp.down_proj",)),
+    }
+
+    def gemm(name: str, kind: str, n: int, k: int) -> list[Kernel]:
+        return [
+            gemm_kernel(kernel_name(name, f), kind, C, n, k, sms, f)
+            for f in dict.fromkeys(fmt[name])
+        ]
+
+    def at(name: str, i: int) -> str:
+        return kernel_name(name, fmt[name][i])
 
     kernels = (
         Kernel("embed", "embed", (("M", C), ("D", D), ("V", cfg.vocab)), ROW_TILE),
         Kernel(
             "add_norm", "add_norm", (("M", C), ("D", D), ("eps", float(cfg.norm_eps))), ROW_TILE
         ),
-        gemm("gemm_qkv", nqkv, D),
+        *gemm("gemm_qkv", "gemm", nqkv, D),
         Kernel(
             "qk_cache",
             "qk_cache",
@@ -139,9 +201,9 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
             ),
             ATTN_ROWS // pack,
         ),
-        gemm("gemm_o", D, H * hd),
-        gemm_kernel("gemm_silu", "gemm_silu", C, F, D, sms),
-        gemm("gemm_down", D, F),
+        *gemm("gemm_o", "gemm", D, H * hd),
+        *gemm("gemm_silu", "gemm_silu", F, D),
+        *gemm("gemm_down", "gemm", D, F),
     )
 
     def lw(i: int, name: str) -> str:
@@ -173,7 +235,9 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
     for i in range(L):
         la.append(
             Launch(
-                "gemm_qkv", i, (("A", "buf:xn"), ("B", lw(i, "self_attn.q_proj")), ("C", "buf:qkv"))
+                at("gemm_qkv", i),
+                i,
+                (("A", "buf:xn"), ("B", lw(i, "self_attn.q_proj")), ("C", "buf:qkv")),
             )
         )
         norms = (("qn", lw(i, "self_attn.q_norm")), ("kn", lw(i, "self_attn.k_norm")))
@@ -211,7 +275,9 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         )
         la.append(
             Launch(
-                "gemm_o", i, (("A", "buf:att"), ("B", lw(i, "self_attn.o_proj")), ("C", "buf:y"))
+                at("gemm_o", i),
+                i,
+                (("A", "buf:att"), ("B", lw(i, "self_attn.o_proj")), ("C", "buf:y")),
             )
         )
         la.append(
@@ -229,12 +295,16 @@ def plan_prefill(cfg, decode: Schedule, chunk: int) -> PrefillProgram:
         )
         la.append(
             Launch(
-                "gemm_silu", i, (("A", "buf:xn"), ("B", lw(i, "mlp.gate_proj")), ("C", "buf:mlp"))
+                at("gemm_silu", i),
+                i,
+                (("A", "buf:xn"), ("B", lw(i, "mlp.gate_proj")), ("C", "buf:mlp")),
             )
         )
         la.append(
             Launch(
-                "gemm_down", i, (("A", "buf:mlp"), ("B", lw(i, "mlp.down_proj")), ("C", "buf:y"))
+                at("gemm_down", i),
+                i,
+                (("A", "buf:mlp"), ("B", lw(i, "mlp.down_proj")), ("C", "buf:y")),
             )
         )
         la.append(
@@ -275,7 +345,7 @@ def _check_adjacent(decode: Schedule, layers: int) -> None:
         ):
             names = [f"{p}{g}.weight" for g in group]
             for a, b in zip(names, names[1:], strict=False):
-                if where[a] + decls[a].numel != where[b]:
+                if where[a] + decls[a].arena_units != where[b]:
                     raise PrefillPlanError(
                         f"prefill: '{b}' does not follow '{a}' in the weight layout"
                     )

@@ -1,47 +1,22 @@
 """tile: fused graph -> tile program. Cuts every op into tasks sized from the target.
 
-Row-parallel ops (QKV, projections, LM head) are cut into contiguous row blocks, about
-one block per SM per op, so one op can fill the chip. Attention is cut per kv head and
-per split of the cache (flash-decoding), so it fills the chip too; the last split of a
-kv head to finish combines the partials. Each task records the regions it reads,
+Each op's task kind (ir/kinds.py) holds its tiling rule: row-parallel ops (QKV,
+projections, LM head) are cut into contiguous row blocks, about one block per SM per op,
+so one op can fill the chip; attention per kv head and per split of the cache
+(flash-decoding), so it fills the chip too. Each task records the regions it reads,
 streams and writes, and its cost in bytes moved.
 """
 
 from __future__ import annotations
 
-from tilert_compiler.ir.graph import Graph, OpKind, Storage, TensorDecl
-from tilert_compiler.ir.lm_parts import part_floats
+from tilert_compiler.ir.graph import Graph
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.target import Target
-from tilert_compiler.ir.tile import Counter, Region, Task, TileProgram, region
-
-W_BYTES = 2  # bf16 weights
-# Split attention: each (kv head, split) task writes a partial (o, max, sum) per q head;
-# the split of a kv head that arrives last (counted on its ARRIVE counter) combines them.
-ARRIVE = "arrive:"
-ARRIVE_PART = "attn_part."
-# Per LM-head task: its partial (ir/lm_parts.py: the largest logit and its index, which
-# greedy decoding reads instead of every logit, and the candidates a sampled draw merges).
-LM_PART = "lm_part"
-A_BYTES = 4  # f32 activations and cache
+from tilert_compiler.ir.tile import TileProgram, Tiling
 
 
 class TileError(ValueError):
     """The graph holds an op no task kind implements."""
-
-
-def _row_blocks(n: int, target: Target, align: int = 8) -> list[tuple[int, int]]:
-    """Split [0, n) into at most `target.sms` blocks of a multiple of `align` rows."""
-    per = -(-n // target.sms)
-    per = -(-per // align) * align
-    return [(r, min(r + per, n)) for r in range(0, n, per)]
-
-
-def _vec(name: str, lo: int, hi: int) -> Region:
-    return region(name, (lo, hi))
-
-
-def _rows(name: str, lo: int, hi: int, k: int) -> Region:
-    return region(name, (lo, hi), (0, k))
 
 
 def tile(
@@ -52,150 +27,17 @@ def tile(
     keeps for a sampled draw."""
     if candidates < 1:
         raise TileError(f"sample_candidates must be at least 1 (got {candidates})")
-    lm_part = part_floats(candidates)  # floats of one LM-head task's partial
-    tasks: list[Task] = []
-    counters: list[Counter] = []  # arrival counters of split attention (see ARRIVE)
-    part_decls: list[TensorDecl] = []  # split-attention partials, one tensor per layer
-    shape = {t.name: t.shape for t in graph.tensors}
-    storage = {t.name: t.storage for t in graph.tensors}
-    lm_tasks: list[int] = []  # LM-head tasks, in partial order
-
-    def add(kind, op, reads, weights, writes, cost_extra=0, cost=None, **args) -> None:
-        if cost is None:
-            cost = sum(r.numel() for r in weights) * W_BYTES
-            cost += sum(r.numel() for r in reads + writes) * A_BYTES + cost_extra
-        tasks.append(
-            Task(
-                len(tasks),
-                kind,
-                op.name,
-                op.layer,
-                tuple(reads),
-                tuple(weights),
-                tuple(writes),
-                tuple(args.items()),
-                cost,
-            )
-        )
-
+    b = Tiling(graph.tensors, target, context=context, splits=splits, candidates=candidates)
     for op in graph.ops:
-        if op.kind == OpKind.EMBED:
-            (table,), (out,) = op.inputs, op.outputs
-            d = shape[out][0]
-            for lo, hi in _row_blocks(d, target, align=256):
-                tok_row = (("tok", 0), ("tok", 1))
-                add(op.kind, op, [], [region(table, tok_row, (lo, hi))], [_vec(out, lo, hi)])
-        elif op.kind == OpKind.ATTENTION_DECODE:
-            qkv, kc, vc, *head_norms = op.inputs
-            out = op.outputs[0]
-            kv_heads, _, hd = shape[kc]
-            heads = shape[out][0] // hd
-            group = heads // kv_heads
-            n_split = splits or attention_splits(target, kv_heads, context)
-            arrive0 = len(counters)
-            for g in range(kv_heads):
-                counters.append(Counter(f"{ARRIVE}{op.name}#{g}", n_split))
-                for sp in range(n_split):
-                    last = sp == n_split - 1
-                    q_rows = _vec(qkv, g * group * hd, (g + 1) * group * hd)
-                    k_row = _vec(qkv, (heads + g) * hd, (heads + g + 1) * hd)
-                    v_row = _vec(qkv, (heads + kv_heads + g) * hd, (heads + kv_heads + g + 1) * hd)
-                    earlier = (0, ("pos", 0))  # rows of previous steps; this step's rows: k_row
-                    reads = [q_rows, k_row, v_row]
-                    reads += [region(c, (g, g + 1), earlier, (0, hd)) for c in (kc, vc)]
-                    w = [_vec(n, 0, hd) for n in head_norms]
-                    part = region(
-                        f"{ARRIVE_PART}{op.layer}",
-                        (g, g + 1),
-                        (sp, sp + 1),
-                        (0, group),
-                        (0, hd + 2),
-                    )
-                    writes = [part]
-                    if last:  # the static home of this step's cache rows and the combine
-                        row = (("pos", 0), ("pos", 1))
-                        writes += [region(c, (g, g + 1), row, (0, hd)) for c in (kc, vc)]
-                        writes.append(_vec(out, g * group * hd, (g + 1) * group * hd))
-                    add(
-                        op.kind,
-                        op,
-                        reads,
-                        w,
-                        writes,
-                        cost_extra=2 * (context // n_split) * hd * A_BYTES,
-                        head=g,
-                        split=sp,
-                        arrive=arrive0 + g,
-                    )
-            part_decls.append(
-                TensorDecl(
-                    f"{ARRIVE_PART}{op.layer}",
-                    (kv_heads, n_split, group, hd + 2),
-                    Storage.ACT,
-                    op.layer,
-                )
-            )
-        elif op.kind in (OpKind.LINEAR_RESIDUAL, OpKind.NORM_LINEAR, OpKind.GATE_UP_SILU):
-            x = op.inputs[0]
-            (out,) = op.outputs
-            k = shape[x][0]
-            n = shape[out][0]
-            for lo, hi in _row_blocks(n, target):
-                reads = [_vec(x, 0, k)]
-                if op.kind == OpKind.LINEAR_RESIDUAL:
-                    reads.append(_vec(op.inputs[2], lo, hi))
-                    weights = [_rows(op.inputs[1], lo, hi, k)]
-                elif op.kind == OpKind.NORM_LINEAR:  # rows of the stacked weights
-                    weights = [_vec(op.inputs[1], 0, k)] + _stacked_rows(
-                        op.inputs[2:], lo, hi, k, shape
-                    )
-                else:
-                    weights = [
-                        _vec(op.inputs[1], 0, k),
-                        _rows(op.inputs[2], lo, hi, k),
-                        _rows(op.inputs[3], lo, hi, k),
-                    ]
-                writes = [_vec(out, lo, hi)]
-                if storage[out] == Storage.OUT:  # the LM head: each task's partial too
-                    j = len(lm_tasks)
-                    lm_tasks.append(len(tasks))
-                    writes.append(region(LM_PART, (j, j + 1), (0, lm_part)))
-                add(op.kind, op, reads, weights, writes, row0=lo, rows=hi - lo)
-        elif op.kind == OpKind.SAMPLE:  # one task: the LM head's partials, and logits
-            (logits,), (token,) = op.inputs, op.outputs  # when the partials do not settle it
-            v, n = shape[logits][0], len(lm_tasks)
-            reads = [_vec(logits, 0, v), region(LM_PART, (0, n), (0, lm_part))]
-            # Costed as greedy decoding runs it (the partials' maxima); a sampled draw merges
-            # the candidates, or passes over every logit, which the prediction leaves out.
-            add(op.kind, op, reads, [], [_vec(token, 0, 1)], cost=2 * n * A_BYTES, vocab=v, parts=n)
-            part_decls.append(TensorDecl(LM_PART, (n, lm_part), Storage.ACT))
-        else:
-            raise TileError(
-                f"op {op.name}: kind '{op.kind.value}' has no task kind; run fuse first"
-            )
-    live = {r.tensor for t in tasks for r in t.reads + t.weights + t.writes}
+        kind = KINDS.get(str(op.kind))
+        if kind is None:
+            raise TileError(f"op {op.name}: kind '{op.kind}' has no task kind; run fuse first")
+        kind.tile(op, b)
+    live = {r.tensor for t in b.tasks for r in t.reads + t.weights + t.writes}
     return TileProgram(
         model=graph.model,
-        tasks=tuple(tasks),
-        counters=tuple(counters),
+        tasks=tuple(b.tasks),
+        counters=tuple(b.counters),
         consts=graph.consts,
-        tensors=tuple(t for t in graph.tensors + tuple(part_decls) if t.name in live),
+        tensors=tuple(t for t in graph.tensors + tuple(b.tensors) if t.name in live),
     )
-
-
-def attention_splits(target: Target, kv_heads: int, context: int) -> int:
-    """Split-KV factor: enough (kv head, split) tasks to cover the SMs, at least 16 cache
-    rows per split at the expected context."""
-    return max(1, min(target.sms // kv_heads, -(-context // 16)))
-
-
-def _stacked_rows(ws, lo: int, hi: int, k: int, shape) -> list[Region]:
-    """Rows [lo, hi) of the row-wise concatenation of the weight matrices `ws`."""
-    out, base = [], 0
-    for w in ws:
-        n = shape[w][0]
-        a, b = max(lo, base), min(hi, base + n)
-        if a < b:
-            out.append(_rows(w, a - base, b - base, k))
-        base += n
-    return out

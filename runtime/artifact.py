@@ -28,16 +28,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tilert_compiler.ir.lm_parts import part_floats
+from tilert_compiler.ir.kinds import KINDS, NO_OFFSET
+from tilert_compiler.ir.precision import FP8
 from tilert_compiler.ir.target import KNOWN_ARCHS
 from tilert_compiler.ir.tasktable import (
-    ARGS,
     F_ARG0,
     F_KIND,
     F_NWAIT,
     F_SIGNAL,
     F_WAIT,
-    NO_OFFSET,
     RECORD,
     TaskTable,
     Variant,
@@ -50,7 +49,10 @@ from tilert_compiler.runtime.prefill import PrefillError, read_spec
 # 3: Params.n_rows.
 # 4: no L2 prefetch plan: the records lose n_prefetch and prefetch_at, tasks.npz its
 # prefetch table, Params its prefetch pointer and n_rows (Params: ir/tasktable.py PARAMS).
-FORMAT_VERSION = 4
+# 5: FP8 weights: a manifest tensor may say dtype fp8e4m3, its scale block, row_bytes and
+# its arena elements (2-byte units: e4m3 rows with their scales, ir/precision.py); GEMV
+# variants may have a QBK static.
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
 TASKS = "tasks.npz"
 SOURCE = "kernel.cu"
@@ -83,6 +85,21 @@ class Artifact:
             if t["name"] == name:
                 return t
         raise KeyError(name)
+
+    @property
+    def fp8(self) -> bool:
+        """Whether some weights are FP8 (the arena then holds raw 2-byte units)."""
+        return any(t.get("dtype") == FP8 for t in self.manifest["tensors"])
+
+
+def tensor_elements(t: dict) -> int:
+    """Units a manifest tensor takes in its arena: its elements, or an FP8 weight's rows."""
+    if "elements" in t:
+        return t["elements"]
+    n = 1
+    for d in t["shape"]:
+        n *= d
+    return n
 
 
 def variants_to_json(vs: list[Variant]) -> list[dict]:
@@ -574,14 +591,14 @@ def _check_manifest(mf: Path, m: dict) -> None:
     variants = m["variants"]
     if not isinstance(variants, list) or not all(
         isinstance(v, dict)
-        and v.get("kind") in ARGS
+        and v.get("kind") in KINDS
         and isinstance(v.get("static"), dict)
         and all(isinstance(k, str) and _is_count(x) for k, x in v["static"].items())
         for v in variants
     ):
         raise fail(
             "'variants' must be a list of {kind, static} with kinds "
-            f"{', '.join(ARGS)} and integer statics"
+            f"{', '.join(KINDS)} and integer statics"
         )
     arenas = m["arenas"]
     if not isinstance(arenas, dict) or set(arenas) != set(_ARENAS):
@@ -609,9 +626,11 @@ def _check_manifest(mf: Path, m: dict) -> None:
             raise fail(f"tensor {name}: a {t['storage']} tensor in the {arena} arena")
         if not _is_count(off):
             raise fail(f"tensor {name}: 'offset' must be a count (got {off!r:.40})")
-        n = 1
-        for d in shape:
-            n *= d
+        if "dtype" in t and (t["dtype"] != FP8 or arena != "weights" or len(shape) != 2):
+            raise fail(f"tensor {name}: only 2-D weights may have a dtype, {FP8}")
+        n = tensor_elements(t)
+        if not _is_count(n):
+            raise fail(f"tensor {name}: 'elements' must be a count (got {n!r:.40})")
         if off + n > arenas[arena]:
             raise fail(
                 f"tensor {name} ({arena} @{off}, {n} elements) runs past the {arena} arena's "
@@ -639,12 +658,13 @@ def _check_manifest(mf: Path, m: dict) -> None:
                 f"'config.max_seq_len' is {steps}, but the KV cache tensor {t['name']} has "
                 f"shape {t['shape']} (rows in dimension 1)"
             )
-    for v in variants:
-        if v["kind"] == "attention_decode" and v["static"].get("S", steps) != steps:
-            raise fail(
-                f"'config.max_seq_len' is {steps}, but attention is compiled for "
-                f"S={v['static']['S']} cache rows"
-            )
+    for v in variants:  # statics bound to the config (attention's S: max_seq_len)
+        for name, key in KINDS[v["kind"]].config:
+            if name in v["static"] and v["static"][name] != cfg[key]:
+                raise fail(
+                    f"'config.{key}' is {cfg[key]}, but {v['kind']} is compiled for "
+                    f"{name}={v['static'][name]}"
+                )
     if shapes.get("logits") != (vocab,):
         raise fail(
             f"'config.vocab' is {vocab}, but the logits tensor has shape "
@@ -665,10 +685,7 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
 
     spans: dict[str, list[tuple[int, int]]] = {a: [] for a in _ARENAS}
     for x in m["tensors"]:
-        n = 1
-        for d in x["shape"]:
-            n *= d
-        spans[x["arena"]].append((x["offset"], x["offset"] + n))
+        spans[x["arena"]].append((x["offset"], x["offset"] + tensor_elements(x)))
     starts = {a: sorted(ss) for a, ss in spans.items()}  # disjoint (_check_manifest)
 
     def inside(arena: str, off: int, n: int = 1) -> bool:
@@ -676,12 +693,12 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
         k = bisect.bisect_right(ss, (off, float("inf"))) - 1
         return k >= 0 and ss[k][0] <= off and off + n <= ss[k][1]
 
-    counts = {"rows", "head", "split", "arrive", "vocab", "parts", "n_parts", "row0"}
     for i in range(len(t.records)):
         v = t.variants[int(t.records[i, F_KIND])]
-        for j, name in enumerate(ARGS[v.kind]):
+        kind = KINDS[v.kind]
+        for j, name in enumerate(kind.args):
             value = int(t.records[i, F_ARG0 + j])
-            if name in counts:
+            if name in kind.counts:
                 ok = value >= 0
             else:
                 ok = value == NO_OFFSET or inside(
@@ -690,21 +707,13 @@ def _check_records(where: Path, m: dict, t: TaskTable) -> None:
             if not ok:
                 raise fail(f"task {i} ({v.kind}): argument {name}={value} is out of bounds")
         a = t.args(i)
-        if v.kind == "sample":
-            if a["vocab"] != m["config"]["vocab"] or not inside("act", a["logits"], a["vocab"]):
-                raise fail(f"task {i} (sample): reads {a['vocab']} logits, not config.vocab's")
-            if not inside("act", a["parts"], part_floats(v.get("C")) * a["n_parts"]):
-                raise fail(
-                    f"task {i} (sample): its {a['n_parts']} LM-head partials run past a tensor"
-                )
-        if v.kind == "norm_linear" and v.get("CANDS"):
-            if not inside("act", a["part_out"], part_floats(v.get("CANDS"))):
-                raise fail(f"task {i} (norm_linear): its LM-head partial runs past a tensor")
-        # Whole vectors the code reads or writes from an offset: the input of a GEMV (K),
-        # the embedding's slice of the output row (rows).
-        extents = {"x": dict(v.static).get("K"), "out": a["rows"] if v.kind == "embed" else None}
-        for name, n in extents.items():
-            if n is not None and name in a and not inside("act", a[name], n):
+        for name, key in kind.config:  # arguments bound to the config (sample's vocab)
+            if name in a and a[name] != m["config"][key]:
+                raise fail(f"task {i} ({v.kind}): {name}={a[name]}, not config.{key}'s")
+        # Whole vectors the code reads or writes from an offset (ir/kinds.py `extents`):
+        # the input of a GEMV (K), the embedding's slice of the output row, the logits.
+        for name, n in kind.extents(a, dict(v.static)).items():
+            if not inside("act", a[name], n):
                 raise fail(
                     f"task {i} ({v.kind}): {name}={a[name]} with {n} elements runs past its tensor"
                 )

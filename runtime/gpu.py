@@ -11,11 +11,13 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.tasktable import (
     ERR_BAD_KIND,
     ERR_INPUT_TIMEOUT,
@@ -162,9 +164,12 @@ class _Program:
         n_prof = len(t.records) if profiled else 0  # profiled builds: the last launch's stamps
         self.profile = torch.zeros((n_prof, PROFILE_WORDS), dtype=torch.int64, device=dev)
         # The largest per-step increment any counter sees: dependency waits and the split
-        # attention's arrival counters (one arrival per split).
-        splits = [v.get("NSPLIT") for v in t.variants if v.kind == "attention_decode"]
-        self.max_producers = max([int(t.waits[:, 1].max()) if len(t.waits) else 1, *splits])
+        # attention's arrival counters (one arrival per task with that `arrive` argument).
+        arrive = [t.args(i).get("arrive") for i in range(len(t.records))]
+        arrivals = Tally(a for a in arrive if a is not None)
+        self.max_producers = max(
+            [int(t.waits[:, 1].max()) if len(t.waits) else 1, *arrivals.values()]
+        )
         self.module, self.fn = _load_kernel(art)
         p = self.params = _Params()
         self.argv = (ctypes.c_void_p * 1)(ctypes.addressof(p))
@@ -254,8 +259,8 @@ class GpuModel:
         n = self.max_seq_len + 1
         self.tokens = torch.zeros(n, dtype=torch.int32, device=dev)
         self.stop_ids = torch.zeros(MAX_STOP_IDS, dtype=torch.int32, device=dev)
-        kinds = [t.variants[int(k)].kind for k in t.records[:, F_KIND]]
-        (sample_task,) = [i for i, k in enumerate(kinds) if k == "sample"]
+        kinds = [KINDS[t.variants[int(k)].kind] for k in t.records[:, F_KIND]]
+        (sample_task,) = [i for i, k in enumerate(kinds) if k.ends_step]
         self._sample_counter = int(t.records[sample_task, F_SIGNAL])
         self._sample_producers = int((t.records[:, F_SIGNAL] == self._sample_counter).sum())
         # Sampled tokens reach the host through mapped pinned memory as they are drawn.

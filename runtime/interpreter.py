@@ -15,6 +15,7 @@ import torch
 
 from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.ir.lm_parts import AT, BEST, part_floats
+from tilert_compiler.ir.precision import scale_cols
 from tilert_compiler.ir.tasktable import (
     F_KIND,
     F_NSTREAM,
@@ -22,7 +23,6 @@ from tilert_compiler.ir.tasktable import (
     F_STREAM,
     TaskTable,
 )
-from tilert_compiler.ir.tile import POLLING_KINDS
 from tilert_compiler.runtime.arena import act_arena, weights_arena
 from tilert_compiler.runtime.artifact import Artifact
 from tilert_compiler.runtime.generate import generate_on
@@ -38,12 +38,20 @@ class Interpreter:
     """A Decoder (runtime/decoder.py) on the CPU: the artifact's task table run in float32."""
 
     def __init__(self, art: Artifact, weights: dict[str, torch.Tensor] | torch.Tensor):
+        """`weights`: a dict or (name, tensor) pairs, packed here into a float32 arena; or a
+        packed arena, float32 or bf16 (the kernel's own values at half the host memory:
+        each weight is read as float32 where a task uses it). An artifact with FP8 weights
+        always packs a bf16 arena (raw 2-byte units)."""
         self.art = art
         self.table: TaskTable = art.table
         m = art.manifest
         self.eps = float(m["norm_eps"])
         self.inv_freq = torch.tensor(m["rope_inv_freq"], dtype=torch.float32)
-        self.W = weights_arena(art, weights, torch.float32)  # a dict, pairs or an arena
+        # With FP8 weights the arena is packed raw (2-byte units, bf16 where a weight is
+        # bf16): self.B its bytes, the FP8 rows decoded where a GEMV streams them.
+        bf16 = art.fp8 or (isinstance(weights, torch.Tensor) and weights.dtype == torch.bfloat16)
+        self.W = weights_arena(art, weights, torch.bfloat16 if bf16 else torch.float32)
+        self.B: torch.Tensor | None = self.W.view(torch.uint8) if art.fp8 else None
         self.A = act_arena(art)
         self.counters = [0] * m["counters"]
         self.epoch = 0
@@ -51,10 +59,9 @@ class Interpreter:
         # With flags the GEMV and attention tasks poll their inputs' data (passes.deps); the
         # task table does not say whose outputs those are, so such a task runs here once
         # every task before it in the global order has run: a valid order, the same values.
-        kinds = {k.value for k in POLLING_KINDS}
         flags = bool(m.get("options", {}).get("flags"))
         self._polls = [
-            flags and self.table.variants[int(k)].kind in kinds
+            flags and KINDS[self.table.variants[int(k)].kind].polls
             for k in self.table.records[:, F_KIND]
         ]
         self._next = 0  # this step: the lowest task id not run yet
@@ -63,8 +70,9 @@ class Interpreter:
         # The prefill program's reference (runtime/prefill.py), rounding where its kernels
         # round; tiles_bf16=False keeps it float32 (a check of the program itself).
         self._tiles = None
-        if art.tiles is not None:
-            self._tiles = PrefillReference(m, art.tiles[0], self.W, self.A)
+        if art.tiles is not None:  # FP8 GEMMs read the raw arena's rows
+            w = self.W if self.B is None else self.B.view(torch.bfloat16)
+            self._tiles = PrefillReference(m, art.tiles[0], w, self.A)
         self.trace: list[int] = []  # task ids in execution order, last step
         self._mode: Sampling | None = None  # the sample task's rules (None: logits only)
         self._n_forced, self._step_i, self._sampled = 1, 0, -1
@@ -194,10 +202,10 @@ class Interpreter:
         return self.A[at : at + n]
 
     def _mat(self, at: int, rows: int, k: int) -> torch.Tensor:
-        return self.W[at : at + rows * k].view(rows, k)
+        return self.W[at : at + rows * k].view(rows, k).float()
 
     def _rmsnorm(self, x: torch.Tensor, gamma_at: int) -> torch.Tensor:
-        g = self.W[gamma_at : gamma_at + x.numel()]
+        g = self.W[gamma_at : gamma_at + x.numel()].float()
         return x * torch.rsqrt(x.pow(2).mean() + self.eps) * g
 
     def _rope(self, y: torch.Tensor, pos: int) -> torch.Tensor:
@@ -255,15 +263,31 @@ class Interpreter:
         o = (parts[:, :, :HD] * w[:, :, None]).sum(0) / (parts[:, :, HD + 1] * w).sum(0)[:, None]
         self._act(a["out"] + g * G * HD, G * HD)[:] = o.reshape(-1)
 
-    def _stream_dot(self, k: int, rows: int, x: torch.Tensor) -> torch.Tensor:
+    def _fp8_mat(self, at: int, units: int, row_units: int, k: int, qbk: int) -> torch.Tensor:
+        """FP8 rows at arena unit `at` (ir/precision.py: e4m3 values, then one float32
+        scale per k-block of qbk columns) dequantized as models.quant.dequantize does:
+        float(e4m3) * scale, in float32. [rows, k]."""
+        rows = self.B[2 * at : 2 * (at + units)].view(units // row_units, 2 * row_units)
+        g = scale_cols(k, qbk)
+        data = rows[:, :k].contiguous().view(torch.float8_e4m3fn).float()
+        scale = rows[:, k : k + 4 * g].contiguous().view(torch.float32)
+        return data * scale.repeat_interleave(qbk, 1)[:, :k]
+
+    def _stream_dot(self, k: int, rows: int, x: torch.Tensor, qbk: int = 0) -> torch.Tensor:
         """[rows] dot products of the task's weight rows with x, the rows taken as the kernel
-        gets them: its stream entries, in order (the ring producer copies exactly these)."""
+        gets them: its stream entries, in order (the ring producer copies exactly these).
+        qbk: FP8 rows with scales per k-block of qbk columns (0: bf16)."""
         at = int(self.table.records[self._task, F_STREAM])
         n = int(self.table.records[self._task, F_NSTREAM])
         y = torch.cat(
             [
-                self._mat(int(off), int(el) // k, k) @ x
-                for off, el, _ in self.table.stream[at : at + n]
+                (
+                    self._fp8_mat(int(off), int(el), int(ru), k, qbk)
+                    if qbk
+                    else self._mat(int(off), int(el) // k, k)
+                )
+                @ x
+                for off, el, ru in self.table.stream[at : at + n]
             ]
         )
         if y.numel() != rows:
@@ -272,13 +296,13 @@ class Interpreter:
 
     def _linear_residual(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
-        y = self._stream_dot(K, rows, self._act(a["x"], K))
+        y = self._stream_dot(K, rows, self._act(a["x"], K), s.get("QBK", 0))
         self._act(a["out"], rows)[:] = self._act(a["residual"], rows) + y
 
     def _gate_up_silu(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        y = self._stream_dot(K, 2 * rows, xn)  # gate rows, then up rows
+        y = self._stream_dot(K, 2 * rows, xn, s.get("QBK", 0))  # gate rows, then up rows
         self._act(a["out"], rows)[:] = torch.nn.functional.silu(y[:rows]) * y[rows:]
 
     def _draws(self) -> bool:
@@ -303,7 +327,7 @@ class Interpreter:
     def _norm_linear(self, a: dict, s: dict) -> None:
         K, rows = s["K"], a["rows"]
         xn = self._rmsnorm(self._act(a["x"], K), a["w_gamma"])
-        y = self._stream_dot(K, rows, xn)
+        y = self._stream_dot(K, rows, xn, s.get("QBK", 0))
         self._act(a["out"], rows)[:] = y
         if s["CANDS"]:  # the LM head: the task's partial (ir/lm_parts.py)
             part = self._act(a["part_out"], part_floats(s["CANDS"]))

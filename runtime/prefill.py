@@ -11,6 +11,8 @@ that list the same way, binding each argument to a place:
 `PrefillReference` runs each kernel kind as torch code on any device: with `bf16=True`
 it rounds where the kernels round (a GEMM's bf16 operands, P in attention), without it
 everything stays float32, which checks the program itself against transformers to 1e-4.
+A GEMM whose statics have QBK reads FP8 rows (e4m3 values, then scales) from a weights
+arena of raw 2-byte units, as an FP8 build packs it.
 `GpuPrefill` launches the cubin's kernels; TMA descriptors are encoded once per bound
 tensor at load, so a chunk is a fixed list of launches.
 """
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
+from tilert_compiler.ir.precision import scale_cols
 from tilert_compiler.ir.prefill import RUNTIME_BUFFERS
 from tilert_compiler.runtime.cuda_driver import checked
 
@@ -147,12 +150,32 @@ class _Places:
         off = int(t["offset"])
         return arena[off : off + math.prod(shape)].view(*shape)
 
+    def raw(self, place: str, nbytes: int) -> torch.Tensor:
+        """`nbytes` bytes of the weights arena from a weight place's offset (uint8): an FP8
+        weight's rows. The arena must hold raw 2-byte units (bf16), as an FP8 build's does."""
+        kind, name = place.split(":", 1)
+        if kind != "w" or self.w.element_size() != 2:
+            raise PrefillError(
+                f"{place}: FP8 rows are read from a weights arena of raw 2-byte units, not "
+                f"{self.w.dtype}"
+            )
+        at = 2 * int(self._tensor(name, kind)["offset"])
+        return self.w.view(torch.uint8)[at : at + nbytes]
+
     def _tensor(self, name: str, kind: str) -> dict:
         t = self.tensors.get(name)
         want = "weights" if kind == "w" else "act"
         if t is None or t["arena"] != want:
             raise PrefillError(f"prefill.json: no {want} tensor '{name}' in the manifest")
         return t
+
+
+def read_fp8_rows(rows: torch.Tensor, k: int, qbk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 rows (uint8 [N, row bytes], ir/precision.py) as float32 (e4m3 values [N, K],
+    scales [N, ceil(K / qbk)])."""
+    g = scale_cols(k, qbk)
+    q = rows[:, :k].contiguous().view(torch.float8_e4m3fn).float()
+    return q, rows[:, k : k + 4 * g].contiguous().view(torch.float32)
 
 
 def _chunks(n_tokens: int, chunk: int):
@@ -230,15 +253,30 @@ class PrefillReference:
         # the GPU's arena holds bf16; the interpreter's float32 (bf16 values, as loaded)
         return self._r(self.places.view(place, (rows, cols)))
 
+    def _times(self, A: torch.Tensor, st: dict, place: str, rows: int) -> torch.Tensor:
+        """A @ b.T for b the `rows` weight rows at `place` [rows, K]: bf16, or FP8 rows
+        (statics QBK, RB) as tile_programs.gemm_fp8 multiplies them: with one scale per
+        row, the e4m3 values (exact in bf16) and the product's columns times the scales;
+        with k-blocks, bf16(float(e4m3) * scale) (models.quant.dequantize, then the
+        tile's rounding)."""
+        K = st["K"]
+        if "QBK" not in st:
+            return A @ self._weight(place, rows, K).T
+        q, s = read_fp8_rows(
+            self.places.raw(place, rows * st["RB"]).view(rows, st["RB"]), K, st["QBK"]
+        )
+        if st["QBK"] >= K:
+            return (A @ q.T) * s[:, 0]
+        return A @ self._r(q * s.repeat_interleave(st["QBK"], 1)[:, :K]).T
+
     def _gemm(self, st, a, n):
         A = self._in(a["A"], n)
-        B = self._weight(a["B"], st["N"], st["K"])
-        self._out(a["C"], n, A @ B.T)
+        self._out(a["C"], n, self._times(A, st, a["B"], st["N"]))
 
     def _gemm_silu(self, st, a, n):
         A = self._in(a["A"], n)
-        B = self._weight(a["B"], 2 * st["N"], st["K"])
-        g, u = A @ B[: st["N"]].T, A @ B[st["N"] :].T
+        gu = self._times(A, st, a["B"], 2 * st["N"])
+        g, u = gu[:, : st["N"]], gu[:, st["N"] :]
         self._out(a["C"], n, torch.nn.functional.silu(g) * u)
 
     def _qk_cache(self, st, a, n):

@@ -27,6 +27,25 @@ BUILDS = {
     ),
     # the whole cache in 32 chunks of the default 1024 tokens
     "tiny-llama-32k": ("tiny-llama", {"max_seq_len": 32768}, {}),
+    # FP8 weights (issue 21): one scale per output channel (--quantize fp8), and block-wise
+    # (128, 128) scales over K of 256 and 384 (fp8_block: the config's quantization)
+    "tiny-llama-fp8": (
+        "tiny-llama",
+        {"max_seq_len": 320},
+        {"prefill_chunk": 128, "quantize": "fp8"},
+    ),
+    "tiny-qwen3-fp8-block": (
+        "tiny-qwen3",
+        {
+            "max_seq_len": 320,
+            "hidden": 256,
+            "intermediate": 384,
+            "heads": 4,
+            "kv_heads": 2,
+            "head_dim": 64,
+        },
+        {"prefill_chunk": 128, "fp8_block": (128, 128)},
+    ),  # fmt: skip
 }
 
 
@@ -35,11 +54,20 @@ def folder() -> Path:
 
 
 def build(out: Path, names=None) -> None:
+    import dataclasses
+
     import tilert_compiler as tc
+    from tilert_compiler.models.config import load_config
+    from tilert_compiler.models.quant import Quantization
 
     for name in names or BUILDS:
         model, overrides, options = BUILDS[name]
-        cm = tc.compile(model, overrides=overrides, **options)
+        options = dict(options)
+        cfg = load_config(model, overrides=overrides)
+        if "fp8_block" in options:
+            block = options.pop("fp8_block")
+            cfg = dataclasses.replace(cfg, quantization=Quantization(block=block))
+        cm = tc.compile(cfg, **options)
         cm.save(out / name)
 
 

@@ -124,7 +124,8 @@ DESCRIPTIONS = {
     "hf_weights_index_shard_escapes": "shard '../model.safetensors' must be a file name",
     "hf_weights_int8": "'model.layers.0.mlp.up_proj.weight' is I8; weights must be floating",
     "hf_weights_bool": "'model.layers.0.mlp.up_proj.weight' is BOOL; weights must be floating",
-    "hf_weights_fp8": "'model.layers.0.mlp.up_proj.weight' is F8_E4M3; weights must be",
+    "hf_weights_fp8": "'model.layers.0.mlp.up_proj.weight' is F8_E4M3, but the config has no "
+    "quantization",
     "weights_path_only_pytorch_bin": "field 'weights.path' must hold *.safetensors files",
 }
 
@@ -217,7 +218,7 @@ def _truncate_cubin(a: Path) -> None:
 ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "format_version": (
         _edit_manifest(lambda m: m.update(format=99)),
-        "artifact format 99, this runtime reads format 4",
+        "artifact format 99, this runtime reads format 5",
     ),
     "built_for_another_arch": (
         _edit_manifest(lambda m: m.update(arch="sm_80")),

@@ -12,7 +12,6 @@ import tilert_compiler as tc
 from tilert_compiler.codegen.cuda import HEADERS
 from tilert_compiler.codegen.nvcc import compile_cubin, find_nvcc
 from tilert_compiler.ir import tasktable as tt
-from tilert_compiler.ir.graph import OpKind
 from tilert_compiler.ir.kinds import KINDS
 from tilert_compiler.runtime.gpu import _Params
 from tilert_compiler.runtime.interpreter import Interpreter
@@ -62,12 +61,17 @@ def test_the_sample_modes_are_the_runtimes(source):
 
 @pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
 def test_each_task_kind_record_names_code_that_exists(kind):
-    """A kind's record (ir/kinds.py) names an op kind, a header whose device function takes
-    the record's statics as its template parameters, and an interpreter method."""
-    assert OpKind(kind.name)
+    """A kind's record (ir/kinds.py) names a header whose device function takes the
+    record's statics as its template parameters, and an interpreter method."""
     header = (HEADERS / kind.header).read_text()
     params = re.search(rf"template <([^>]*)>\s*__device__ void {kind.device}\(", header)
     assert params is not None, kind.header
-    assert tuple(p.removeprefix("int ") for p in params[1].split(", ")) == kind.statics
+    names = tuple(p.removeprefix("int ") for p in params[1].split(", "))
+    # a GEMV's bf16 function leaves out QBK; its FP8 overload (tasks/fp8.cuh) has them all
+    assert names == kind.statics[: len(names)]
+    if "QBK" in kind.statics:
+        fp8 = (HEADERS / "tasks/fp8.cuh").read_text()
+        assert re.search(
+            rf"template <int {', int '.join(kind.statics)}>\s*__device__ void {kind.device}\(", fp8
+        )
     assert callable(getattr(Interpreter, kind.interpreter))
-    assert tt.ARGS[kind.name] == kind.args

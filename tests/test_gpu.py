@@ -270,3 +270,59 @@ def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
     cut = m.generate(prompt, 12, stop_ids=[stop])
     assert cut == full[: full.index(stop) + 1]
     assert m.generate(prompt, 12) == full  # counters and cache are consistent afterwards
+
+
+# ---- FP8 weights (issue 21): the kernel dequantizes in registers what the interpreter
+# dequantizes in float32 (models.quant.dequantize); both against transformers in float32
+# running the weights the artifact holds (tests/test_fp8.py `held`). Builds: per output
+# channel; block-wise 128x128 on dims that are not multiples of 128; a wide MLP (K = 8192:
+# K-split rows, x read from shared memory); per channel without the weight ring; a build
+# mixing bf16 and FP8 GEMVs.
+FP8_BUILDS = {
+    "llama-per-channel": ("tiny-llama", None, None, {}),
+    "qwen3-block-uneven": ("tiny-qwen3", {"hidden": 192, "intermediate": 320}, (128, 128), {}),
+    "llama-block-wide": ("tiny-llama", {"intermediate": 8192}, (128, 128), {}),
+    "qwen3-per-channel-no-ring": ("tiny-qwen3", None, None, {"weight_ring": False}),
+    # an ignore list: layer 0's MLP stays bf16 beside FP8 GEMVs (both overloads in one build)
+    "llama-mixed": ("tiny-llama", None, None, {}, ("model.layers.0.mlp",)),
+}
+
+
+@pytest.fixture(scope="module", params=list(FP8_BUILDS))
+def fp8_loaded(request, tmp_path_factory):
+    from test_fp8 import fp8_config
+
+    from tilert_compiler.models.weights import random_weights
+    from tilert_compiler.runtime.gpu import GpuModel
+
+    model, overrides, block, opts, *ignore = FP8_BUILDS[request.param]
+    cfg = fp8_config(model, overrides, block, *ignore)
+    cm = tc.compile(cfg, **{"prefill_chunk": 0, **opts})  # decode only: no tilelang there
+    w = random_weights(cfg, seed=int(torch.randint(0, 2**31 - 1, ())))
+    return cm, GpuModel(cm.save(tmp_path_factory.mktemp(request.param)), weights=w), w
+
+
+def test_fp8_kernel_matches_transformers_on_the_dequantized_weights(fp8_loaded):
+    from test_fp8 import held
+
+    from tilert_compiler.models.reference import hf_model, reference_logits
+
+    cm, m, w = fp8_loaded
+    m.reset()
+    toks = torch.randint(0, cm.config.vocab, (24,))
+    ours = torch.stack([m.step(int(t), p).cpu() for p, t in enumerate(toks)])
+    ref = reference_logits(hf_model(cm.config, held(cm.config, w)), toks)
+    err = (ours - ref).norm(dim=-1) / ref.norm(dim=-1)
+    # the same weights, float32 both sides: sum order and the kernel's fast intrinsics
+    # differ (~1e-6 expected); a wrong scale or byte is > 1e-2
+    assert err.max() < 1e-3, err
+
+
+def test_fp8_kernel_matches_the_interpreter(fp8_loaded):
+    cm, m, w = fp8_loaded
+    m.reset()
+    toks = torch.randint(0, cm.config.vocab, (12,))
+    ours = torch.stack([m.step(int(t), p).cpu() for p, t in enumerate(toks)])
+    ref = cm.interpret(toks.tolist(), weights=w)
+    err = (ours - ref).norm(dim=-1) / ref.norm(dim=-1)
+    assert err.max() < 1e-3, err

@@ -1,5 +1,6 @@
 """The prefill program's kernels (TileLang GEMMs and attention) on a GPU, against
-transformers float32 by the decode rule, and against its own reference on the same card.
+transformers float32 by the decode rule, and against its own reference on the same card;
+FP8 builds (gemm_fp8) too, against transformers on their dequantized weights.
 
 Artifacts come from tests/gpu_artifacts.py (prebuilt where tilelang is; the device
 machines have none): `python tests/gpu_artifacts.py .art/gpu-tests` before the run."""
@@ -12,20 +13,26 @@ from tilert_compiler.models.config import load_config
 
 pytestmark = pytest.mark.gpu
 
-NAMES = ["tiny-llama", "tiny-qwen3", "tiny-qwen3-gqa4"]
+NAMES = ["tiny-llama", "tiny-qwen3", "tiny-qwen3-gqa4", "tiny-llama-fp8", "tiny-qwen3-fp8-block"]
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def loaded(request):
+    """(config, the model on the GPU, the weights it holds for transformers: an FP8
+    build's FP8 tensors dequantized as it quantized them)."""
     import gpu_artifacts
 
+    from tilert_compiler.runtime.arena import held_values
     from tilert_compiler.runtime.artifact import load_artifact
     from tilert_compiler.runtime.gpu import GpuModel
 
     path = gpu_artifacts.artifact(request.param)
-    cfg = load_config(load_artifact(path).manifest["config"])
+    art = load_artifact(path)
+    cfg = load_config(art.manifest["config"])
     w = load_weights(cfg)
-    return cfg, GpuModel(path, weights=w), w
+    m = GpuModel(path, weights=w)
+    assert (m._tiles is not None) and art.fp8 == request.param.endswith(("fp8", "fp8-block"))
+    return cfg, m, held_values(art.manifest, dict(w))
 
 
 def _rel(a, b):

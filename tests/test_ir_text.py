@@ -234,7 +234,7 @@ def test_resuming_from_the_tile_dump_reschedules_for_other_sms(tiny):
 def test_an_edit_that_drops_a_wait_fails_verification_with_one_line_exit_2(tiny, capsys):
     cm, folder = tiny
     deps_ir = cm.stages["deps"]
-    victim = next(t for t in deps_ir.tasks if t.kind.value == "linear_residual")
+    victim = next(t for t in deps_ir.tasks if t.kind == "linear_residual")
     text = (folder / "03-deps.tir").read_text()
     line = next(x for x in text.splitlines() if x.startswith(f"  t{victim.id} = "))
     # its deps and (without flags) its waits: with flags it polls the data of its deps

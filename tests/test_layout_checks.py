@@ -21,7 +21,8 @@ import pytest
 
 import tilert_compiler as tc
 from tilert_compiler.cli import main as compile_main
-from tilert_compiler.ir.tasktable import ARGS, F_ARG0, F_KIND
+from tilert_compiler.ir.kinds import KINDS
+from tilert_compiler.ir.tasktable import F_ARG0, F_KIND
 from tilert_compiler.ir.verify import VerifyError, verify_layout
 from tilert_compiler.runtime.cli import main as run_main
 
@@ -215,7 +216,7 @@ def _record_arg(kind: str, arg: str, value: int | str) -> Callable[[Path], None]
             arrays = {k: z[k].copy() for k in z.files}
         rec = arrays["records"]
         i = next(i for i in range(len(rec)) if kinds[rec[i, F_KIND]] == kind)
-        rec[i, F_ARG0 + ARGS[kind].index(arg)] = at
+        rec[i, F_ARG0 + KINDS[kind].args.index(arg)] = at
         np.savez(a / "tasks.npz", **arrays)
 
     return damage
@@ -243,7 +244,7 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
                 v["static"].update(S=128) for v in m["variants"] if v["kind"] == "attention_decode"
             ]
         ),
-        "attention is compiled for S=128 cache rows",
+        "attention_decode is compiled for S=128",
     ),
     "vocab_past_the_logits": (
         _manifest(lambda m: m["config"].update(vocab=300)),
@@ -311,7 +312,7 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "record_sample_vocab": (
         _record_arg("sample", "vocab", 4096),
-        "(sample): reads 4096 logits, not config.vocab's",
+        "(sample): vocab=4096, not config.vocab's",
     ),
     "record_gemv_input_past_its_tensor": (
         _record_arg("linear_residual", "x", "token"),
@@ -319,7 +320,7 @@ ARTIFACTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "record_sample_parts": (
         _record_arg("sample", "n_parts", 4096),
-        "(sample): its 4096 LM-head partials run past a tensor",
+        "(sample): parts=9984 with 557056 elements runs past its tensor",
     ),
     "stream_past_the_weights": (
         _stream_past_the_weights,

@@ -81,7 +81,7 @@ def test_attention_waits_only_for_the_qkv_rows_of_its_own_heads():
     cm = tc.compile("tiny-llama", nvcc=False)
     tasks = cm.schedule.program.tasks
     qkv_tasks = [t for t in tasks if t.op == "L0.qkv_proj"]
-    att = next(t for t in tasks if t.kind.value == "attention_decode" and t.arg("head") == 1)
+    att = next(t for t in tasks if t.kind == "attention_decode" and t.arg("head") == 1)
     deps = [tasks[d] for d in att.deps]
     assert {d.op for d in deps} == {"L0.qkv_proj"}
     # q heads 2-3 and kv head 1 live in 4 of the 8 QKV row blocks; it waits for those only.
@@ -233,14 +233,14 @@ def test_with_flags_only_the_sample_task_waits_on_a_counter():
     producers signal none; the sample task still waits on the LM head's counter and the
     step gate on the sample task's."""
     from tilert_compiler.ir.graph import OpKind
-    from tilert_compiler.ir.tile import POLLING_KINDS
+    from tilert_compiler.ir.kinds import KINDS
 
     cm = tc.compile("tiny-qwen3", nvcc=False, flags=True)
     tasks = cm.schedule.program.tasks
     assert dict(cm.schedule.program.consts)["flags"] == 1
     waiting = {t.kind for t in tasks if t.waits}
     assert waiting == {OpKind.SAMPLE}
-    assert all(not t.waits and t.deps for t in tasks if t.kind in POLLING_KINDS)
+    assert all(not t.waits and t.deps for t in tasks if KINDS[t.kind].polls)
     lm_head = {d for t in tasks if t.kind == OpKind.SAMPLE for d in t.deps}
     signalling = {t.id for t in tasks if t.signal >= 0}
     sample = {t.id for t in tasks if t.kind == OpKind.SAMPLE}
@@ -251,13 +251,13 @@ def test_with_flags_only_the_sample_task_waits_on_a_counter():
 def test_verify_counts_polled_inputs_as_ordering_and_catches_a_missing_one():
     from dataclasses import replace
 
-    from tilert_compiler.ir.tile import POLLING_KINDS
+    from tilert_compiler.ir.kinds import KINDS
     from tilert_compiler.ir.verify import VerifyError
 
     sched = tc.compile("tiny-llama", nvcc=False, flags=True).schedule
     verify_schedule(sched)  # the reads of polling tasks are ordered by their deps alone
     prog = sched.program
-    victim = next(t for t in prog.tasks if t.kind in POLLING_KINDS and t.layer == 1)
+    victim = next(t for t in prog.tasks if KINDS[t.kind].polls and t.layer == 1)
     tasks = list(prog.tasks)
     tasks[victim.id] = replace(victim, deps=())
     with pytest.raises(VerifyError, match=f"t{victim.id} reads"):
@@ -288,7 +288,7 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
     """Decode attention holds a block of a split's cache rows, not all of them: its shared
     memory, and so the room for the weight ring, is the same at any max_seq_len.
     ring_stages sets the depth and refuses more stages than fit."""
-    from tilert_compiler.ir.plan import scratch_floats
+    from tilert_compiler.ir.kinds import KINDS
     from tilert_compiler.ir.tasktable import Variant
     from tilert_compiler.passes.plan import PlanError
 
@@ -298,8 +298,9 @@ def test_attention_scratch_does_not_grow_with_max_seq_len_and_ring_stages_are_a_
             (("HD", 128), ("G", 2), ("H", 16), ("KV", 8), ("S", cap), ("NSPLIT", 16), ("QKN", 1)),
         )
 
-    small, big = (scratch_floats(attention(c), 7, 32768) for c in (64, 1024))
-    assert small < big == scratch_floats(attention(65536), 7, 32768)
+    scratch = KINDS["attention_decode"].scratch
+    small, big = (scratch(attention(c), 7, 32768) for c in (64, 1024))
+    assert small < big == scratch(attention(65536), 7, 32768)
     assert tc.compile("tiny-llama", nvcc=False, ring_stages=3).schedule.plan.stages == 3
     with pytest.raises(PlanError, match="stages of 32768 bytes fit"):
         tc.compile("tiny-llama", nvcc=False, ring_stages=1000)

@@ -3,7 +3,9 @@ register spill: where the kernel would spill, the compiler picks a variant that 
 says so in resources.txt (issue 18, item 9).
 
 tests/real_configs/<model>/config.json are the configs as published on the Hugging Face
-hub (copied by hand: no hub is reachable here). Llama-3.1-8B's failed with an 8-byte ptxas
+hub (copied by hand: no hub is reachable here). The two FP8 ones (issue 21) are their bf16
+siblings' configs with the `quantization_config` of the published FP8 checkpoint; where
+that was verified is said in tests/test_fp8_formats.py. Llama-3.1-8B's failed with an 8-byte ptxas
 spill and a traceback before the choice existed, Qwen3-32B's with 28 bytes.
 """
 
@@ -27,6 +29,7 @@ needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed"
 def test_every_supported_size_is_here():
     assert MODELS == [
         "llama-3.1-8b",
+        "llama-3.1-8b-instruct-fp8",
         "llama-3.2-1b",
         "llama-3.2-3b",
         "qwen3-0.6b",
@@ -35,6 +38,7 @@ def test_every_supported_size_is_here():
         "qwen3-32b",
         "qwen3-4b",
         "qwen3-8b",
+        "qwen3-8b-fp8",
     ]
 
 

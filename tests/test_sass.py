@@ -74,3 +74,15 @@ def test_no_local_memory_outside_the_trig_slow_path(llama, tmp_path):
     local = [line for line in sass.splitlines() if " STL" in line or " LDL" in line]
     assert len(local) <= 12, local
     assert llama.resources.spill_stores == 0 and llama.resources.spill_loads == 0
+
+
+def test_fp8_weights_use_the_packed_hardware_convert(tmp_path):
+    """FP8 rows (tiny-qwen3, --quantize fp8): e4m3 pairs become halves with one F2FP
+    instruction each (cvt.rn.f16x2.e4m3x2), then floats; the bf16 build has none."""
+    fp8 = tc.compile("tiny-qwen3", quantize="fp8")
+    sass = _sass(fp8.cubin, tmp_path)
+    assert sass.count("F2FP.F16.E4M3.UNPACK_B") >= 12  # 4 per 8 weights, 3 GEMV kinds
+    assert "LDS.64" in sass  # 8 e4m3 weights a lane reads from the ring at a time
+    assert fp8.resources.spill_stores == 0 and fp8.resources.spill_loads == 0
+    bf16 = tc.compile("tiny-qwen3", prefill_chunk=0)
+    assert "E4M3" not in _sass(bf16.cubin, tmp_path)

@@ -108,7 +108,7 @@ def test_dropping_a_needed_wait_is_rejected_for_every_task_kind(cm):
     tasks = s.program.tasks
     dropped: dict[str, int] = {}
     for t in tasks:
-        if t.kind.value in dropped or not t.waits:
+        if t.kind in dropped or not t.waits:
             continue
         mutated = with_task(s, replace(t, waits=t.waits[1:]))
         before = ordered_before(mutated, mutated.program.tasks)[t.id]
@@ -117,8 +117,8 @@ def test_dropping_a_needed_wait_is_rejected_for_every_task_kind(cm):
             continue  # the wait is implied by another path; dropping it is harmless
         with pytest.raises(VerifyError, match=rf"\bt{t.id} reads "):
             verify_schedule(mutated)
-        dropped[t.kind.value] = t.id
-    waiting_kinds = {t.kind.value for t in tasks if t.waits}
+        dropped[t.kind] = t.id
+    waiting_kinds = {t.kind for t in tasks if t.waits}
     assert set(dropped) == waiting_kinds, f"no needed wait found for {waiting_kinds - set(dropped)}"
 
 
@@ -248,13 +248,13 @@ def test_the_combining_split_must_come_last_in_its_group():
 def test_dropping_what_a_polling_task_polls_for_is_rejected(case):
     """With flags the GEMV and attention tasks order their reads by polling the data of
     their `deps`: a task that opens its SM's list and loses its deps reads unordered."""
-    from tilert_compiler.ir.tile import POLLING_KINDS
+    from tilert_compiler.ir.kinds import KINDS
 
     name, sms = CASES[case]
     s = tc.compile(name, overrides={"target": {"sms": sms}}, nvcc=False).schedule
     verify_schedule(s)
     tasks = s.program.tasks
     first = [tasks[ids[0]] for ids in s.sm_lists if ids]
-    victim = next(t for t in first if t.kind in POLLING_KINDS and t.deps and not t.waits)
+    victim = next(t for t in first if KINDS[t.kind].polls and t.deps and not t.waits)
     with pytest.raises(VerifyError, match=rf"\bt{victim.id} reads "):
         verify_schedule(with_task(s, replace(victim, deps=())))
