@@ -212,6 +212,7 @@ def kernel_constants(
         x_regs=plan.x_regs,
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,
+        error_copy=plan.error_copy,
         attn_block=ATTN_BLOCK_ROWS,
     )
 

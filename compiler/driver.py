@@ -318,9 +318,9 @@ def build_decode(cfg, opts, sched: Schedule, timings: dict, say) -> DecodeBuild:
 
 def _compile_without_spills(cfg, table, plan, source, emit, say):
     """nvcc, and while ptxas spills registers, the next variant choice (relieve_registers:
-    the dispatch state in shared memory, fewer attention partials at a time, then x from
-    shared memory). The choices made are kept in the resources (resources.txt). Any other
-    nvcc warning is a compiler bug, said on one line."""
+    the dispatch state in shared memory, fewer attention partials at a time, the error word
+    copied to shared memory, then x from shared memory). The choices made are kept in the
+    resources (resources.txt). Any other nvcc warning is a compiler bug, said on one line."""
     choices: list[str] = []
     while True:
         cubin, resources, warnings = compile_cubin(source, cfg.target.arch, KERNEL_NAME)

@@ -59,6 +59,9 @@ class KernelPlan:
     # The dispatch loop keeps the SM's task-list bounds in shared memory (a register pair
     # less for the whole launch)
     lean_dispatch: bool = False
+    # Thread 0 copies the error word into shared memory by cp.async at each task's start,
+    # rather than holding its load in a register across the task
+    error_copy: bool = False
 
     @property
     def smem_bytes(self) -> int:

@@ -123,12 +123,16 @@ def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, s
     """The next variant choice after `plan` spilled registers, and what it changes; None
     when none is left. Cheapest first: the dispatch loop's task-list bounds move to shared
     memory (a shared load per task); then the attention combine loads fewer partials at a
-    time (4 fewer, down to PART_BATCH_LEAST; a round trip more per layer); then the GEMV
-    whose x part in registers is largest reads x from shared memory instead.
+    time (4 fewer, down to PART_BATCH_LEAST; a round trip more per layer); then thread 0
+    copies the error word to shared memory by cp.async (an issue and a wait that finds the
+    copy landed, per task; after the batch, since it does not remove Qwen3-32B's spill
+    alone); then the GEMV whose x part in registers is largest reads x from shared memory
+    instead.
 
     The spills these relieve are the dispatch loop's long-lived values, evicted where the
     heaviest task (the attention of a large head group) peaks at the 255-register cap:
-    Llama-3.1-8B and Qwen3-32B's configs (bench/NOTES.md)."""
+    Llama-3.1-8B and Qwen3-32B's configs (bench/NOTES.md; Qwen3-32B's last spill is thread
+    0's error word, live across the task switch)."""
     if not plan.lean_dispatch:
         return replace(plan, lean_dispatch=True), "task-list bounds held in shared memory"
     consumers = plan.consumers
@@ -140,6 +144,8 @@ def relieve_registers(table: TaskTable, plan: KernelPlan) -> tuple[KernelPlan, s
         return replace(plan, part_batch=batch), (
             f"attention partials loaded {batch} at a time, not {plan.part_batch}"
         )
+    if not plan.error_copy:
+        return replace(plan, error_copy=True), "error word copied to shared memory by cp.async"
     held = {
         f
         for v in table.variants

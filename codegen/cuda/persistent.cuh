@@ -3,7 +3,7 @@
 // generated dispatch `Tasks` (kernel.cu: Tasks::run, Tasks::cache_inputs). With the ring
 // the last warp is the producer (producer.cuh); the others, the consumers, run the tasks.
 // From kernel.cu: kThreads, kConsumers, kRecord, kStages, kStageBytes, kRing,
-// kLeanDispatch, kFaultSkipTask, kErrTimeout, kErrBadKind, F_*, Params.
+// kLeanDispatch, kErrorCopy, kFaultSkipTask, kErrTimeout, kErrBadKind, F_*, Params.
 #pragma once
 #include "memory.cuh"
 #include "producer.cuh"
@@ -110,9 +110,14 @@ __device__ __forceinline__ void persistent_kernel(const Params& p) {
   // start and its first input load. (Kept in a register from one task to the next, the
   // new value was copied at once, which waits for the load: bench/NOTES.md item 53.) An
   // error still stops the SM within one task, and every wait in a task is bounded.
+  // kErrorCopy (codegen's choice where the kernel spilled, KernelPlan.error_copy): thread 0
+  // copies the word (with the next three: 16 bytes) into s_err_copy by cp.async instead,
+  // so no register holds the load across the task; it waits for the copy at the next
+  // task's start, long after it landed.
   __shared__ int s_err;
-  if (threadIdx.x == 0) s_err = 0;
-  int err_now = 0;  // thread 0: this task's load of the error word
+  __shared__ alignas(16) int s_err_copy[4];
+  if (threadIdx.x == 0) (kErrorCopy ? s_err_copy[0] : s_err) = 0;
+  int err_now = 0;  // thread 0: this task's load of the error word (without kErrorCopy)
   for (int i = 0; i < p.n_steps; ++i) {
     // The step gate: step i starts once step i - 1's sample task has signalled. Every task
     // of step i - 1 is its ancestor, so nothing of step i overwrites what a slower SM still
@@ -147,8 +152,12 @@ __device__ __forceinline__ void persistent_kernel(const Params& p) {
       if constexpr (kProfile)
         if (threadIdx.x == 0) s_t_wait = global_timer();
       if (threadIdx.x == 0) {
-        bool ok = s_err == 0;
-        err_now = ld_error(p);  // in flight during this task, stored after it
+        if constexpr (kErrorCopy) cp_async_wait_all();
+        bool ok = (kErrorCopy ? s_err_copy[0] : s_err) == 0;
+        if constexpr (kErrorCopy)
+          cp_async16(s_err_copy, p.error);  // in flight during this task
+        else
+          err_now = ld_error(p);  // in flight during this task, stored after it
         const long long* wt = p.waits + 2 * rec[F_WAIT];
         for (int k = 0; k < rec[F_NWAIT] && ok; ++k)
           ok = wait_counter(p, task, (int)wt[2 * k], (unsigned)(st.epoch * wt[2 * k + 1]));
@@ -172,7 +181,7 @@ __device__ __forceinline__ void persistent_kernel(const Params& p) {
       sync_consumers();
       if (threadIdx.x == 0) {
         profile_write(p, task);
-        s_err = err_now;
+        if constexpr (!kErrorCopy) s_err = err_now;
         // The barrier orders the CTA's writes before this release (cumulative at gpu scope).
         // A task read only by polling consumers (flags) has no counter.
         if (rec[F_SIGNAL] >= 0 && !skipped(task)) red_release(p.counters + rec[F_SIGNAL], 1u);
@@ -180,7 +189,10 @@ __device__ __forceinline__ void persistent_kernel(const Params& p) {
     }
     if (failed) break;
   }
-  if (threadIdx.x == 0) halt = 1;
+  if (threadIdx.x == 0) {
+    if constexpr (kErrorCopy) cp_async_wait_all();  // no copy outlives the kernel
+    halt = 1;
+  }
 }
 
 }  // namespace tilert
