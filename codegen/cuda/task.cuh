@@ -1,8 +1,8 @@
 // What every task function receives. The generated dispatch (kernel.cu) calls
 // task_<kind><statics>(p, st, args, rec, task, smem, red, ring): Params, the step, the
-// record's arguments as the kind's struct (kernel.cu: <Kind>Args, from ir/tasktable.py
-// ARGS), the record, the task id, the task's dynamic shared memory (after the ring),
-// kCWarps floats for reductions, the weight ring.
+// record's arguments as the kind's struct (kernel.cu: <Kind>Args, from the kind's record
+// in ir/kinds.py), the record, the task id, the task's dynamic shared memory (after the
+// ring), kCWarps floats for reductions, the weight ring.
 // From kernel.cu: kArg0.
 #pragma once
 #include "memory.cuh"
