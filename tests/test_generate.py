@@ -83,6 +83,22 @@ def _hf_kept(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return torch.isfinite(scores[0])
 
 
+def _rounding_ambiguous(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Tokens whose top-p verdict depends on rounding: transformers' float32 running mass
+    and the exact (float64) one fall on opposite sides of 1 - top_p. Only such a token may
+    be judged differently by keep_threshold, which sums in float64."""
+    if top_p >= 1:
+        return torch.zeros_like(z, dtype=torch.bool)
+    kept = _hf_kept(z, top_k, 1.0)
+    s = torch.where(kept, z, torch.full_like(z, float("-inf")))
+    order = torch.argsort(s, stable=True)
+    c32 = s[order].softmax(-1).cumsum(-1) <= 1 - top_p
+    c64 = s[order].double().softmax(-1).cumsum(-1) <= 1 - top_p
+    out = torch.zeros_like(z, dtype=torch.bool)
+    out[order] = c32 != c64
+    return out
+
+
 @pytest.mark.parametrize(
     "top_k,top_p", [(0, 0.9), (0, 0.5), (40, 1.0), (40, 0.8), (1, 1.0), (0, 0.999)]
 )
@@ -93,7 +109,9 @@ def test_kept_tokens_are_the_ones_transformers_warpers_keep(top_k, top_p):
         z = scaled(logits, t)
         ref = _hf_kept(z, top_k, top_p)
         ours = z >= keep_threshold(z, top_k, top_p)
-        assert torch.equal(ours, ref), (top_k, top_p, int((ours != ref).sum()))
+        differ = ours != ref
+        assert not (differ & ~_rounding_ambiguous(z, top_k, top_p)).any(), (top_k, top_p)
+        assert int(differ.sum()) <= 1, (top_k, top_p, int(differ.sum()))
 
 
 def test_draws_follow_the_kept_softmax():
