@@ -213,6 +213,7 @@ def kernel_constants(
         part_batch=plan.part_batch,
         lean_dispatch=plan.lean_dispatch,
         error_copy=plan.error_copy,
+        fp8_mma=plan.fp8_mma,
         attn_block=ATTN_BLOCK_ROWS,
     )
 

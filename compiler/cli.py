@@ -149,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
         " step's parity (ablation)",
     )
     tune.add_argument(
+        "--fp8-gemv",
+        choices=["ffma", "mma"],
+        help="how FP8 decode GEMVs dot a weight row with x: dequantize and FFMA (default,"
+        " measured) or mma.sync on tensor cores with x as two f16 parts (not yet measured)",
+    )
+    tune.add_argument(
         "--prefill-chunk",
         type=int,
         metavar="N",
@@ -237,7 +243,15 @@ def _option_flags(args, only_set: bool = False) -> dict:
         "flags": not args.no_flags,
         "profile": args.profile,
     }
-    names = ("stage_kb", "in_flight_kb", "ring_stages", "attn_splits", "prefill_chunk", "quantize")
+    names = (
+        "stage_kb",
+        "in_flight_kb",
+        "ring_stages",
+        "attn_splits",
+        "prefill_chunk",
+        "quantize",
+        "fp8_gemv",
+    )
     for name in names:
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)

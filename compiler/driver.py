@@ -250,6 +250,8 @@ def _check_options(opts: Options) -> None:
         raise ConfigError(f"option in_flight_kb must be 0 or more (got {opts.in_flight_kb})")
     if opts.quantize not in (None, "fp8"):
         raise ConfigError(f"option quantize must be fp8 or None (got {opts.quantize!r:.40})")
+    if opts.fp8_gemv not in ("ffma", "mma"):
+        raise ConfigError(f"option fp8_gemv must be ffma or mma (got {opts.fp8_gemv!r:.40})")
 
 
 def quantized(cfg: ModelConfig, opts: Options) -> tuple[ModelConfig, Options]:

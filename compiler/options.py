@@ -54,6 +54,11 @@ class Options:
     # output channel (weight-only; a checkpoint's own FP8 quantization is kept as it is).
     # The prefill program's GEMMs read the FP8 rows too (tile_programs.gemm_fp8).
     quantize: str | None = None
+    # passes.plan: how the decode program's FP8 GEMVs dot a row with x: "ffma" (dequantize
+    # to float32 in registers, FFMA; measured on H100, bench/NOTES.md item 138) or "mma"
+    # (mma.sync on tensor cores, x as two f16 parts; built for fewer instructions per
+    # weight byte, item 145, not yet run on a GPU)
+    fp8_gemv: str = "ffma"
 
     def __post_init__(self) -> None:
         # Every field against its annotation, so `stage_kb="32"` is one line here rather

@@ -135,6 +135,7 @@ def _plan(s: Schedule, c: Context) -> Schedule:
         stage_kb=o.stage_kb,
         in_flight_kb=o.in_flight_kb,
         ring_stages=o.ring_stages,
+        fp8_mma=o.fp8_gemv == "mma",
     )
 
 

@@ -416,10 +416,12 @@ def _most_rows(tasks: list[Task]) -> int:
 
 
 def _gemv_scratch(v: Variant, warps: int, stage_bytes: int) -> int:
-    k = v.get("K")
-    groups = rows_per_chunk(k, stage_bytes, dict(v.static).get("QBK", 0))  # a row per item
-    split = 1 if groups >= warps else warps // groups
-    return k + split * v.get("R")  # the input row + per-K-slice row results
+    """The input row, then per K-slice row results. FP8 rows keep a slice per warp, the
+    most either of their loops writes (the tensor-core one, plan fp8_mma, always does)."""
+    k, qbk = v.get("K"), dict(v.static).get("QBK", 0)
+    groups = rows_per_chunk(k, stage_bytes, qbk)  # a row per item
+    split = warps if qbk else 1 if groups >= warps else warps // groups
+    return k + split * v.get("R")
 
 
 def _gemv_extents(a: dict, s: dict) -> dict[str, int]:

@@ -62,6 +62,9 @@ class KernelPlan:
     # Thread 0 copies the error word into shared memory by cp.async at each task's start,
     # rather than holding its load in a register across the task
     error_copy: bool = False
+    # FP8 GEMVs dot their rows on tensor cores (mma.sync, x as two f16 parts), not by FFMA
+    # (Options.fp8_gemv; codegen/cuda/gemv_fp8.cuh)
+    fp8_mma: bool = False
 
     @property
     def smem_bytes(self) -> int:

@@ -167,9 +167,11 @@ def plan(
     stage_kb: int | None,
     in_flight_kb: int | None,
     ring_stages: int | None,
+    fp8_mma: bool = False,
 ) -> Schedule:
     """`sched` with its kernel plan; `table` is `sched` serialized. Whether there is a
-    ring is the prefetch stage's choice (the schedule's `weight_ring` option)."""
+    ring is the prefetch stage's choice (the schedule's `weight_ring` option). `fp8_mma`:
+    FP8 GEMVs on tensor cores (the plan's field of that name)."""
     ring = bool(dict(sched.options).get("weight_ring"))
     kernel = plan_kernel(
         table,
@@ -179,4 +181,4 @@ def plan(
         in_flight_kb=in_flight_kb,
         ring_stages=ring_stages,
     )
-    return replace(sched, plan=kernel)
+    return replace(sched, plan=replace(kernel, fp8_mma=fp8_mma))

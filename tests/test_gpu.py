@@ -285,6 +285,17 @@ FP8_BUILDS = {
     "qwen3-per-channel-no-ring": ("tiny-qwen3", None, None, {"weight_ring": False}),
     # an ignore list: layer 0's MLP stays bf16 beside FP8 GEMVs (both overloads in one build)
     "llama-mixed": ("tiny-llama", None, None, {}, ("model.layers.0.mlp",)),
+    # fp8_gemv "mma" (tensor cores): per channel; k-blocks that straddle warps' K-slices and
+    # a last block of 64 columns (K = 192, 320); K = 8192; straight from global memory
+    "llama-per-channel-mma": ("tiny-llama", None, None, {"fp8_gemv": "mma"}),
+    "qwen3-block-uneven-mma": (
+        "tiny-qwen3",
+        {"hidden": 192, "intermediate": 320},
+        (128, 128),
+        {"fp8_gemv": "mma"},
+    ),
+    "llama-block-wide-mma": ("tiny-llama", {"intermediate": 8192}, (128, 128), {"fp8_gemv": "mma"}),
+    "qwen3-no-ring-mma": ("tiny-qwen3", None, None, {"weight_ring": False, "fp8_gemv": "mma"}),
 }
 
 

@@ -299,6 +299,13 @@ def test_options_of_the_wrong_type_are_one_config_type_error(kw, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+def test_an_unknown_fp8_gemv_is_one_line_naming_the_choices():
+    with pytest.raises(ConfigError) as e:
+        tc.compile("tiny-llama", nvcc=False, quantize="fp8", fp8_gemv="wgmma")
+    assert "option fp8_gemv must be ffma or mma (got 'wgmma')" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_options_take_numpy_integers():
     assert Options(stage_kb=np.int64(16)).stage_kb == 16
     assert type(Options(stage_kb=np.int64(16)).stage_kb) is int

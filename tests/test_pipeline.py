@@ -126,6 +126,7 @@ OPTION_EFFECTS = [
     ({"ring_stages": 3}, lambda src: "kStages = 3;" in src),
     ({"fault_skip_task": 0}, lambda src: "kFaultSkipTask = 0;" in src),
     ({"flags": False}, lambda src: "kFlags = false;" in src),
+    ({"quantize": "fp8", "fp8_gemv": "mma"}, lambda src: "kFp8Mma = true;" in src),
 ]
 
 

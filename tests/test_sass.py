@@ -86,3 +86,26 @@ def test_fp8_weights_use_the_packed_hardware_convert(tmp_path):
     assert fp8.resources.spill_stores == 0 and fp8.resources.spill_loads == 0
     bf16 = tc.compile("tiny-qwen3", prefill_chunk=0)
     assert "E4M3" not in _sass(bf16.cubin, tmp_path)
+
+
+@pytest.mark.parametrize("block", [None, (128, 128)], ids=["per-channel", "block"])
+def test_fp8_mma_gemvs_are_tensor_core_tiles_fed_by_16_byte_loads(block, tmp_path):
+    """fp8_gemv "mma": the FP8 GEMVs take mma.sync m16n8k16 with f16 inputs and float32
+    accumulators (HMMA.16816.F32), their weights converted a pair per F2FP reading either
+    half of a 16-byte load's words (no shift before it); the FFMA build has no HMMA."""
+    from test_fp8 import fp8_config
+
+    cfg = fp8_config("tiny-qwen3", {"hidden": 256, "intermediate": 384}, block)
+    mma = tc.compile(cfg, prefill_chunk=0, fp8_gemv="mma")
+    assert mma.schedule.plan.fp8_mma
+    sass = _sass(mma.cubin, tmp_path)
+    lines = sass.splitlines()
+    hmma = [i for i, line in enumerate(lines) if "HMMA.16816.F32 " in line]
+    assert len(hmma) >= 3 * 4  # 4 k-steps a 64-column span, 3 GEMV kinds
+    assert "HMMA.16816.F32.BF16" not in sass  # f16 inputs: e4m3 is exact in f16
+    # around each mma: converts that read the high half in place, and 16-byte weight loads
+    near = "\n".join(lines[min(hmma) - 40 : max(hmma) + 8])
+    assert "F2FP.F16.E4M3.UNPACK_B" in near and ".H1" in near and "LDS.128" in near
+    assert mma.resources.spill_stores == 0 and mma.resources.spill_loads == 0
+    ffma = tc.compile(cfg, prefill_chunk=0)
+    assert not ffma.schedule.plan.fp8_mma and "HMMA" not in _sass(ffma.cubin, tmp_path)

@@ -22,7 +22,10 @@ struct Fp8Chunking {
   static constexpr int kScales = (K + QBK - 1) / QBK;
   static constexpr int kRowBytes = (K + 4 * kScales + 15) / 16 * 16;
   static constexpr int kRows = kStageBytes / kRowBytes > 0 ? kStageBytes / kRowBytes : 1;
-  static constexpr int kSplit = kRows >= kCWarps ? 1 : kCWarps / kRows;
+  // The tensor-core loop (the plan's fp8_mma, below) takes whole 64-column spans and
+  // k-blocks; every consumer warp then takes a K-slice of every row.
+  static constexpr bool kMma = kFp8Mma && K % 64 == 0 && (QBK >= K || QBK % 64 == 0);
+  static constexpr int kSplit = kMma ? kCWarps : kRows >= kCWarps ? 1 : kCWarps / kRows;
   static_assert(kRowBytes <= kStageBytes, "one weight row must fit a ring stage");
 };
 
@@ -55,17 +58,201 @@ __device__ __forceinline__ uint2 ld_weight8(const uint2* w) {
   }
 }
 
+// ---------------------------------------------------------------- tensor-core FP8 rows
+// The plan's fp8_mma (Options.fp8_gemv "mma"; not the default until measured). The FFMA
+// loop above issues ~23 instructions per 8 weight bytes (bench/NOTES.md item 139), which
+// leaves an SM issue-bound at the copy rate. Here one mma.sync m16n8k16 (f16 inputs,
+// float32 accumulators) takes 8 weight rows x 16 columns: the weights are its B operand
+// (n: the row), x its A operand, row 0 x_hi and row 8 x_lo (x scaled by a power of two so
+// that |x| < 2^15, then split into two f16 parts: ~22 significant bits), the other rows
+// copies of those (never read). Per 16 weight bytes a lane issues one 16-byte load, 8
+// converts and 4 mma, plus 4 loads of x (broadcasts) shared by the row groups it takes:
+// ~14-17 instructions, against ~46 in the FFMA loop (bf16's: ~19).
+//
+// Column order: the dot product is a sum, so any order of the columns serves when x and
+// the weights take the same. Within a 64-column span s, lane (g, q) (g = lane / 4, q =
+// lane % 4) takes in k-step j = 0..3 the columns c = 64 s + 16 q + 4 j + {0, 1, 2, 3}:
+// one 16-byte load gives a weight row's 4 k-steps. They are the mma's k positions 2q, 2q+1
+// (a0 a1 / a2 a3, b0 b1) and 2q+8, 2q+9 (a4 a5 / a6 a7, b2 b3): the PTX ISA's m16n8k16
+// fragments. A lane's B holds row n = g of its 8-row group; lanes 0-3 get the group's rows
+// 2q, 2q + 1 times x_hi in c0 c1 and times x_lo in c2 c3.
+template <int K, int QBK>
+struct Fp8Mma {
+  static constexpr int kGroups = (Fp8Chunking<K, QBK>::kRows + 7) / 8;  // 8-row groups a chunk
+  static constexpr int kG = kGroups < 4 ? kGroups : 4;                  // groups a pass
+  static constexpr int kC = kG == 1 ? 4 : kG == 2 ? 2 : 1;  // accumulators a group
+};
+
+__device__ __forceinline__ unsigned half2_bits(__half2 h) {
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// The two e4m3 values of v's low (HI false) or high 16 bits -> their f16x2 bits (exact);
+// the hardware convert reads either half of a register.
+template <bool HI>
+__device__ __forceinline__ unsigned e4m3x2_half2(unsigned v) {
+  unsigned r;
+  if constexpr (HI)
+    asm("{ .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;\n}"
+        : "=r"(r) : "r"(v));
+  else
+    asm("{ .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}"
+        : "=r"(r) : "r"(v));
+  return r;
+}
+
+// d += a * b for one m16n8k16 tile, f16 inputs and float32 accumulators; b: the 4 e4m3
+// weights of `w` (b0 b1 from its low bytes).
+__device__ __forceinline__ void mma_e4m3(float (&d)[4], uint4 a, unsigned w) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7},"
+      " {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(e4m3x2_half2<false>(w)),
+        "r"(e4m3x2_half2<true>(w)));
+}
+
+// x (floats in x_slot order, all K of them in shared memory) -> lanes 0-3's A registers,
+// in place: uint4 slot s * 16 + q * 4 + j holds lane q's {x_hi, x_lo of columns c, c + 1;
+// x_hi, x_lo of c + 2, c + 3} for span s, k-step j (c above). Returns the factor 2^-e
+// every product carries. Every thread reads its floats before block_max's barrier and
+// writes after it.
+template <int K>
+__device__ __forceinline__ float x_to_mma_frags(float* x, float* red) {
+  constexpr int kIt = (K / 4 + kConsumers - 1) / kConsumers;
+  float4 v[kIt];
+  float m = 0.f;
+#pragma unroll
+  for (int it = 0; it < kIt; ++it) {
+    const int i = (threadIdx.x + it * kConsumers) * 4;
+    if (i < K) {
+      v[it] = reinterpret_cast<const float4*>(x)[x_slot(i, K)];
+      m = fmaxf(m, fmaxf(fmaxf(fabsf(v[it].x), fabsf(v[it].y)),
+                         fmaxf(fabsf(v[it].z), fabsf(v[it].w))));
+    }
+  }
+  m = block_max(m, red);
+  int e = 0;
+  if (m > 0.f && m <= 3.4e38f) {
+    frexpf(m, &e);         // m < 2^e
+    e = min(15 - e, 126);  // m * 2^(15 - e) < 2^15
+  }
+  const float scale = ldexpf(1.f, e);
+  uint4* f = reinterpret_cast<uint4*>(x);
+#pragma unroll
+  for (int it = 0; it < kIt; ++it) {
+    const int i = (threadIdx.x + it * kConsumers) * 4;
+    if (i < K) {
+      const float a0 = v[it].x * scale, a1 = v[it].y * scale, a2 = v[it].z * scale,
+                  a3 = v[it].w * scale;
+      const __half2 h01 = __floats2half2_rn(a0, a1), h23 = __floats2half2_rn(a2, a3);
+      const float2 b01 = __half22float2(h01), b23 = __half22float2(h23);
+      const __half2 l01 = __floats2half2_rn(a0 - b01.x, a1 - b01.y);
+      const __half2 l23 = __floats2half2_rn(a2 - b23.x, a3 - b23.y);
+      f[(i >> 6) * 16 + ((i >> 4) & 3) * 4 + ((i >> 2) & 3)] =
+          make_uint4(half2_bits(h01), half2_bits(l01), half2_bits(h23), half2_bits(l23));
+    }
+  }
+  sync_consumers();
+  return 1.f / scale;
+}
+
+// The rows of a chunk (n of them, at `chunk`, kRowBytes apart) dotted with x on tensor
+// cores: every warp takes its K-slice (whole 64-column spans) of every row, and writes
+// the row's partial to ypart[warp * R + y0 + row]. With k-blocks (QBK < K) it scales its
+// sums at each block's end and at its slice's end (a block may straddle two slices). A warp keeps four accumulators
+// going (kG groups x kC chains): the bf16 decode GEMV on tensor cores (option mma_gemv,
+// retired) lost 1.1-1.9x on H100, partly to one dependent mma chain per warp
+// (bench/NOTES.md items 43-44).
+template <int K, int R, int QBK>
+__device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const uint4* xf,
+                                               float xinv, float* ypart, int y0) {
+  using C = Fp8Chunking<K, QBK>;
+  using M = Fp8Mma<K, QBK>;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int s0 = warp * (K / 64) / kCWarps, s1 = (warp + 1) * (K / 64) / kCWarps;
+  const auto scale_at = [&](int row, int b) {  // row's scale of k-block b (its tail)
+    return reinterpret_cast<const float*>(chunk + (long long)row * C::kRowBytes + K)[b];
+  };
+  for (int g0 = 0; g0 < n; g0 += 8 * M::kG) {
+    float d[M::kG][M::kC][4], tot[M::kG][2];
+#pragma unroll
+    for (int G = 0; G < M::kG; ++G) {
+      tot[G][0] = tot[G][1] = 0.f;
+#pragma unroll
+      for (int c = 0; c < M::kC; ++c) d[G][c][0] = d[G][c][1] = d[G][c][2] = d[G][c][3] = 0.f;
+    }
+    // Lanes 0-3: group G's row 2q + h times x (x_hi in c0 c1, x_lo in c2 c3), so far.
+    const auto take = [&](int G, int h) {
+      float v = 0.f;
+#pragma unroll
+      for (int c = 0; c < M::kC; ++c) v += d[G][c][h] + d[G][c][h + 2], d[G][c][h] = d[G][c][h + 2] = 0.f;
+      return v;
+    };
+#pragma unroll 2
+    for (int s = s0; s < s1; ++s) {
+      // Lane q's A registers; the other lanes load lane q % 4's too (a broadcast): A rows
+      // 1-7 and 9-15 then repeat x, and the D rows they give are never read.
+      uint4 a[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) a[j] = xf[s * 16 + q * 4 + j];
+      uint4 w[M::kG];
+#pragma unroll
+      for (int G = 0; G < M::kG; ++G) {
+        const int row = g0 + 8 * G + g;
+        const char* at = chunk + (long long)row * C::kRowBytes + 64 * s + 16 * q;
+        w[G] = row < n ? ld_weight(reinterpret_cast<const uint4*>(at)) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int G = 0; G < M::kG; ++G)
+          mma_e4m3(d[G][j % M::kC], a[j],
+                   j == 0 ? w[G].x : j == 1 ? w[G].y : j == 2 ? w[G].z : w[G].w);
+      }
+      if constexpr (QBK < K) {
+        if ((s + 1) * 64 % QBK == 0 || s + 1 == s1) {  // block b's end: sums times scales
+          const int b = s * 64 / QBK;
+#pragma unroll
+          for (int G = 0; G < M::kG; ++G) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int row = g0 + 8 * G + 2 * q + h;
+              const float v = take(G, h);
+              if (lane < 4 && row < n) tot[G][h] += v * scale_at(row, b);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int G = 0; G < M::kG; ++G) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = g0 + 8 * G + 2 * q + h;
+        if (lane < 4 && row < n) {
+          float v = QBK < K ? tot[G][h] : take(G, h);
+          if constexpr (QBK >= K) v *= scale_at(row, 0);
+          ypart[warp * R + y0 + row] = v * xinv;
+        }
+      }
+    }
+  }
+}
+
 // stream_rows (gemv.cuh) for FP8 rows: the same chunk walk, warp items and ypart slots.
 template <int K, int R, int QBK>
-__device__ void stream_rows_fp8(const Params& p, const long long* rec, int task, const float* x,
-                                float* ypart, Ring& ring, int total) {
+__device__ void stream_rows_fp8(const Params& p, const long long* rec, int task, float* x,
+                                float* ypart, float* red, Ring& ring, int total) {
   using C = Fp8Chunking<K, QBK>;
+  float xinv = 1.f;
+  if constexpr (C::kMma) xinv = x_to_mma_frags<K>(x, red);  // x is then A fragments
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float4* xv = reinterpret_cast<const float4*>(x);
   constexpr int kSlice = (K / 8 + C::kSplit - 1) / C::kSplit, kJ = (kSlice + 31) / 32;
-  constexpr bool kXRegs = 8 * kJ <= kXRegFloats;
+  constexpr bool kXRegs = !C::kMma && 8 * kJ <= kXRegFloats;
   constexpr bool kPerRow = QBK >= K;  // one scale per row: applied to the row's sum
-  static_assert(C::kSplit == 1 || C::kRows * C::kSplit <= kCWarps, "a warp's slice must not change");
+  static_assert(C::kMma || C::kSplit == 1 || C::kRows * C::kSplit <= kCWarps,
+                "a warp's slice must not change");
   static_assert(K + C::kSplit * R <= kScratchFloats, "x and ypart are codegen's scratch_floats");
   const int c0 = warp % C::kSplit * kSlice + lane;
   const int c_end = min(K / 8, (warp % C::kSplit + 1) * kSlice);
@@ -100,7 +287,11 @@ __device__ void stream_rows_fp8(const Params& p, const long long* rec, int task,
       } else {
         chunk = reinterpret_cast<const char*>(p.w + off) + (long long)r0 * C::kRowBytes;
       }
-      if (ok) {
+      if constexpr (C::kMma) {
+        if (ok)
+          chunk_rows_mma<K, R, QBK>(chunk, n, reinterpret_cast<const uint4*>(x), xinv, ypart,
+                                    ybase + r0);
+      } else if (ok) {
         for (int item = warp; item < n * C::kSplit; item += kCWarps) {
           const int rr = item / C::kSplit, s = item % C::kSplit;
           const char* rowp = chunk + rr * C::kRowBytes;

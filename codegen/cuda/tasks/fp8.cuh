@@ -22,7 +22,7 @@ __device__ void task_norm_linear(const Params& p, const Step& st, const NormLine
   float* ypart = smem + K;
   const int rows = (int)a.rows;
   load_rows<K, true>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
-  stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, ring, rows);
+  stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, red, ring, rows);
   float* out = p.act + a.out;
   for (int r = threadIdx.x; r < rows; r += kConsumers)
     out[r] = flagged(row_result_fp8<K, R, QBK>(ypart, r), st.epoch & 1u);
@@ -31,7 +31,7 @@ __device__ void task_norm_linear(const Params& p, const Step& st, const NormLine
 // out[r] = residual[r] + W[r, :] . x   (o-proj, down-proj)
 template <int K, int R, int QBK>
 __device__ void task_linear_residual(const Params& p, const Step& st, const LinearResidualArgs& a,
-                                     const long long* rec, int task, float* smem, float*,
+                                     const long long* rec, int task, float* smem, float* red,
                                      Ring& ring) {
   float* x = smem;
   float* ypart = smem + K;
@@ -40,7 +40,7 @@ __device__ void task_linear_residual(const Params& p, const Step& st, const Line
   const unsigned par = st.epoch & 1u;
   const float res0 = threadIdx.x < rows ? ld_act(res + threadIdx.x) : 0.f;  // in flight early
   load_rows<K, false>(p, st, task, p.act + a.x, nullptr, x, nullptr);
-  stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, ring, rows);
+  stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, red, ring, rows);
   float* out = p.act + a.out;
 #pragma unroll 1
   for (int r = threadIdx.x; r < rows; r += kConsumers) {
@@ -59,7 +59,7 @@ __device__ void task_gate_up_silu(const Params& p, const Step& st, const GateUpS
   float* ypart = smem + K;
   const int rows = (int)a.rows;
   load_rows<K, true>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
-  stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, ring, 2 * rows);  // gate, then up rows
+  stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, red, ring, 2 * rows);  // gate, then up rows
   float* out = p.act + a.out;
   for (int r = threadIdx.x; r < rows; r += kConsumers) {
     const float g = row_result_fp8<K, R, QBK>(ypart, r);
