@@ -398,7 +398,7 @@ def _decode(model: Model, where: str, plan: Plan, out: TextIO) -> None:
 
 def _report(model: Model, where: str, plan: Plan, done: Completion, t0: float, stamps) -> None:
     dt = time.perf_counter() - t0
-    steps = done.prompt_tokens + len(done.ids) - 1
+    steps = done.prompt_tokens - done.cached_tokens + len(done.ids) - 1
     how = "one launch per token" if plan.per_token else "one launch"
     if not plan.per_token and model.prefill_chunk > 1 and done.prompt_tokens > 1:
         how = f"prompt in chunks of {model.prefill_chunk} tokens, then one launch"
@@ -407,7 +407,8 @@ def _report(model: Model, where: str, plan: Plan, done: Completion, t0: float, s
     log.info(f"{len(done.ids)} new tokens after {done.prompt_tokens}, ended by {ended}")
     if stamps:
         ms = (stamps[0] - t0) * 1e3
-        log.info(f"first token after {ms:.1f} ms ({done.prompt_tokens} prompt tokens)")
+        cached = f", {done.cached_tokens} of them cached" if done.cached_tokens else ""
+        log.info(f"first token after {ms:.1f} ms ({done.prompt_tokens} prompt tokens{cached})")
     if len(stamps) > 1:  # new tokens after the first, as they reached the host
         log.info(f"decode: {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s")
 
@@ -454,7 +455,10 @@ def _chat(model: Model, plan: Plan, inp: TextIO, out: TextIO) -> None:
             n = min(n, plan.new_tokens)
         done, _ = _complete(model, plan, prompt, out, n)
         messages.append({"role": "assistant", "content": done.text})
-        log.debug(f"{len(done.ids)} tokens, ended by {done.finish_reason}")
+        log.debug(
+            f"{len(done.ids)} tokens, ended by {done.finish_reason}; the prompt's first "
+            f"{done.cached_tokens} of {done.prompt_tokens} tokens were in the cache"
+        )
 
 
 if __name__ == "__main__":

@@ -40,24 +40,30 @@ def generate_on(
     stop_ids: Sequence[int] = (),
     seed: int = 0,
     stream: Callable[[int], None] | None = None,
+    keep: int = 0,
 ) -> list[int]:
-    """Generation on the GPU model or the interpreter, from a fresh cache. By default the
-    prompt but its last token goes through the prefill program (`model.prefill`, when the
-    artifact has one), then the rest of the request is one multi-step run, sampled by the
-    kernel's sample task (`model.run`); `per_token` runs one step per token and samples on
-    the host."""
-    model.reset()
+    """Generation on the GPU model or the interpreter, from a fresh cache, or with `keep`
+    > 0 from the cache rows 0 .. keep - 1 the caller vouches hold prompt_ids[:keep] (an
+    earlier request's: runtime.model.Model's prefix reuse), which are not run again. By
+    default the prompt but its last token goes through the prefill program
+    (`model.prefill`, when the artifact has one), then the rest of the request is one
+    multi-step run, sampled by the kernel's sample task (`model.run`); `per_token` runs one
+    step per token and samples on the host."""
+    if not keep:
+        model.reset()
     rules = Sampling(temperature, top_k, top_p, seed)
     stop_ids = check_tokens(stop_ids, model.vocab, "stop_ids", empty=True)
     prompt = check_request(
         prompt_ids, max_new_tokens, max_seq_len=model.max_seq_len, vocab=model.vocab
     )
+    if not 0 <= keep < len(prompt):
+        raise ValueError(f"keep {keep}: the prompt's last token must run (it has {len(prompt)})")
     if per_token:
         # The prompt takes the same path as in one run (the prefill program's rounding is
         # not a decode step's), so a seed draws the same tokens either way.
-        start = 0
-        if len(prompt) > 1 and model.prefill_chunk > 1:
-            model.prefill(prompt[:-1], 0)
+        start = keep
+        if len(prompt) - keep > 1 and model.prefill_chunk > 1:
+            model.prefill(prompt[keep:-1], keep)
             start = len(prompt) - 1
         return generate(
             model.step,
@@ -70,12 +76,12 @@ def generate_on(
             stream=stream,
             start=start,
         )
-    if len(prompt) > 1 and model.prefill_chunk > 1:
-        model.prefill(prompt[:-1], 0)
+    if len(prompt) - keep > 1 and model.prefill_chunk > 1:
+        model.prefill(prompt[keep:-1], keep)
         pos = len(prompt) - 1
         return model.run(prompt[-1:], pos, max_new_tokens, rules, stop_ids, stream)
-    steps = len(prompt) + max_new_tokens - 1
-    return model.run(prompt, 0, steps, rules, stop_ids, stream)
+    steps = len(prompt) - keep + max_new_tokens - 1
+    return model.run(prompt[keep:], keep, steps, rules, stop_ids, stream)
 
 
 def generate(

@@ -147,12 +147,21 @@ class Completion:
     text: str  # their text, cut before a stop string ("" without a tokenizer)
     finish_reason: str  # "stop": a stop id or string; "length": max_new_tokens ran out
     prompt_tokens: int
+    cached_tokens: int = 0  # the prompt's first tokens whose cache rows were reused
 
 
 class Model:
     """A Decoder with text: `generate` takes a prompt's text or ids (and answers in kind),
     `chat` a conversation. The Decoder's own methods (step, prefill, run, reset) and the GPU
-    model's others (timeline, ...) pass through."""
+    model's others (timeline, ...) pass through.
+
+    Prefix reuse (`reuse`, on by default): a request whose prompt begins with the tokens
+    the cache already holds from the last request (its prompt and reply: a chat's next
+    turn) runs only the rest. Those rows may have been written by decode steps where a
+    fresh request would take the prefill program, so the logits equal a fresh run's up to
+    that rounding (bit for bit without a prefill program). Anything else that touches the
+    decoder (a failed or cancelled request, a stop string, step, prefill, run, reset, any
+    method of the decoder's own) forgets what the cache holds."""
 
     def __init__(
         self,
@@ -161,9 +170,12 @@ class Model:
         codec: TextCodec | None = None,
         defaults: GenerationDefaults | None = None,
         device: str = "cpu",
+        reuse: bool = True,
     ):
         self.decoder, self.codec, self.device = decoder, codec, device
         self.defaults = defaults or GenerationDefaults.read(None, codec, decoder.vocab)
+        self.reuse = reuse
+        self._rows: list[int] = []  # the tokens whose rows 0, 1, ... the cache holds
 
     # ------------------------------------------------------------ the Decoder surface
     @property
@@ -179,22 +191,39 @@ class Model:
         return self.decoder.prefill_chunk
 
     def reset(self) -> None:
+        self._rows = []
         self.decoder.reset()
 
     def step(self, token: int, pos: int):
+        self._rows = []
         return self.decoder.step(token, pos)
 
     def prefill(self, tokens: Sequence[int], pos: int = 0) -> None:
+        self._rows = []
         self.decoder.prefill(tokens, pos)
 
     def run(self, tokens, pos, n_steps, sampling, stop_ids=(), on_token=None) -> list[int]:
+        self._rows = []
         return self.decoder.run(tokens, pos, n_steps, sampling, stop_ids, on_token)
 
     def __getattr__(self, name: str) -> Any:
         decoder = self.__dict__.get("decoder")
         if decoder is None or name.startswith("__"):
             raise AttributeError(name)
+        self.__dict__["_rows"] = []  # the caller may write the cache through it
         return getattr(decoder, name)
+
+    def _reusable(self, prompt: list[int]) -> int:
+        """How many of the prompt's first tokens the cache holds (its last token always
+        runs: its logits draw the first new token)."""
+        if not self.reuse:
+            return 0
+        n = 0
+        for a, b in zip(self._rows, prompt[:-1], strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
 
     # ------------------------------------------------------------ text
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -278,6 +307,7 @@ class Model:
         if cancelled is not None and cancelled():
             raise Cancelled(0)
         reason = "length"
+        keep, self._rows = self._reusable(prompt), []
         try:
             self.decoder.generate(
                 prompt,
@@ -289,10 +319,12 @@ class Model:
                 seed=rules.seed,
                 stop_ids=ends,
                 stream=take,
+                keep=keep,
             )
-        except _StopText:
+        except _StopText:  # the launch was stopped mid-way: what it wrote is not known
             reason = "stop"
         else:
+            self._rows = prompt + ids[:-1]  # the last new token was never fed
             if ids and ids[-1] in ends:
                 reason = "stop"
             if detok is not None:
@@ -302,7 +334,7 @@ class Model:
                     reason = "stop"
                 else:
                     show(stops.flush())
-        return Completion(ids, "".join(pieces), reason, len(prompt))
+        return Completion(ids, "".join(pieces), reason, len(prompt), keep)
 
     def generate(
         self,

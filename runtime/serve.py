@@ -439,6 +439,8 @@ def _usage(done: Completion) -> dict:
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": n,
         "total_tokens": done.prompt_tokens + n,
+        # the prompt's first tokens whose cache rows the last request left (prefix reuse)
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
     }
 
 

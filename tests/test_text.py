@@ -57,6 +57,14 @@ def art(tmp_path_factory) -> tuple[Path, int]:
 
 
 @pytest.fixture(scope="module")
+def art_steps(tmp_path_factory) -> Path:
+    """Without a prefill program: every cache row comes from a decode step, so a chat turn
+    that reuses the last turn's rows computes what a fresh run computes, bit for bit."""
+    seed = random.randrange(2**31)
+    return text_artifact(tmp_path_factory.mktemp("art") / "steps", seed, prefill_chunk=0)
+
+
+@pytest.fixture(scope="module")
 def model(art, tok):
     return tc.runtime.load(art[0], "cpu", tokenizer=tok)
 
@@ -394,16 +402,17 @@ def test_load_config_takes_a_cached_hub_id(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ tilert-run
 
 
-def test_tilert_run_chats(art, tok, hf_tok, monkeypatch, capsys):
+def test_tilert_run_chats(art_steps, tok, hf_tok, monkeypatch, capsys):
     turns = [_words(3), _words(2)]
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(t + "\n" for t in turns)))
     rc = run_main(
-        [str(art[0]), "--tokenizer", str(tok), "--chat", "-n", "8", "-q", "--system", "be brief"]
+        [str(art_steps), "--tokenizer", str(tok), "--chat", "-n", "8", "-q", "--system", "be brief"]
     )
     out = capsys.readouterr().out
     assert rc == 0
-    # the oracle: each turn's template through transformers, the interpreter's tokens
-    it = _interpreter(art[0])
+    # the oracle: each turn's template through transformers, the interpreter's tokens from
+    # a fresh cache (the chat loop reuses the last turn's rows: the same values here)
+    it = _interpreter(art_steps)
     messages = [{"role": "system", "content": "be brief"}]
     want = ""
     for t in turns:
@@ -414,6 +423,41 @@ def test_tilert_run_chats(art, tok, hf_tok, monkeypatch, capsys):
         messages.append({"role": "assistant", "content": reply})
         want += reply + "\n"
     assert out == want
+
+
+def test_a_chat_turn_runs_only_what_the_cache_does_not_hold(art_steps, tok, hf_tok):
+    """Prefix reuse: the second turn's prompt starts with the first turn's prompt and
+    reply, whose cache rows the first request left; only the rest runs, and the reply is
+    a fresh run's (sampled, so the draws' positions count too)."""
+    model = tc.runtime.load(art_steps, "cpu", tokenizer=tok)
+    fresh = tc.runtime.load(art_steps, "cpu", tokenizer=tok)
+    fresh.reuse = False
+    runs: list[int] = []
+    real = model.decoder.run
+    model.decoder.run = lambda toks, pos, *a: runs.append(pos) or real(toks, pos, *a)
+    rules = {"temperature": 0.9, "top_k": 20, "seed": random.randrange(2**31)}
+
+    def ids_of(messages: list[dict]) -> list[int]:
+        text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return hf_tok.encode(text, add_special_tokens=False)
+
+    messages = [{"role": "user", "content": _words(4)}]
+    first_ids = ids_of(messages)
+    first = model.complete(first_ids, 6, stop_ids=[], **rules)
+    assert first.cached_tokens == 0 and runs == [0]
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "ok"}]
+    second_ids = ids_of(messages)
+    assert second_ids[: len(first_ids)] == first_ids  # the template keeps the first turn
+    second = model.complete(second_ids, 6, stop_ids=[], **rules)
+    assert len(first_ids) <= second.cached_tokens < len(second_ids)
+    assert runs[-1] == second.cached_tokens  # the launch starts after the reused rows
+    assert second.ids == fresh.complete(second_ids, 6, stop_ids=[], **rules).ids
+    # a prompt that shares nothing reuses nothing; step() forgets what the cache holds
+    third = model.complete([t ^ 1 for t in second_ids], 2, stop_ids=[])
+    assert third.cached_tokens == 0
+    model.complete(second_ids, 2, stop_ids=[])
+    model.step(second_ids[0], 0)
+    assert model.complete(second_ids, 2, stop_ids=[]).cached_tokens == 0
 
 
 def test_tilert_run_refuses_chat_without_a_template_and_stop_without_text(art, tmp_path, capsys):

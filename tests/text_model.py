@@ -50,14 +50,14 @@ def byte_tokenizer(folder: Path, generation: dict | None = None) -> Path:
     return folder
 
 
-def text_artifact(folder: Path, seed: int, max_seq_len: int = 128) -> Path:
+def text_artifact(folder: Path, seed: int, max_seq_len: int = 128, **options) -> Path:
     """tiny-llama with VOCAB tokens and random weights `seed`, saved (no cubin: the
-    interpreter runs it)."""
+    interpreter runs it); `options`: compile options."""
     overrides = {
         "vocab": VOCAB,
         "max_seq_len": max_seq_len,
         "tie_embeddings": False,  # a tied head repeats the last token: less to check
         "weights": {"random": seed},
     }
-    tc.compile("tiny-llama", nvcc=False, overrides=overrides).save(folder)
+    tc.compile("tiny-llama", nvcc=False, overrides=overrides, **options).save(folder)
     return folder

@@ -192,9 +192,9 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
     for (int s = s0; s < s1; ++s) {
       // Lane q's A registers; the other lanes load lane q % 4's too (a broadcast): A rows
       // 1-7 and 9-15 then repeat x, and the D rows they give are never read.
-      uint4 a[4];
+      uint4 xfrag[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) a[j] = xf[s * 16 + q * 4 + j];
+      for (int j = 0; j < 4; ++j) xfrag[j] = xf[s * 16 + q * 4 + j];
       uint4 w[M::kG];
 #pragma unroll
       for (int G = 0; G < M::kG; ++G) {
@@ -206,7 +206,7 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
       for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int G = 0; G < M::kG; ++G)
-          mma_e4m3(d[G][j % M::kC], a[j],
+          mma_e4m3(d[G][j % M::kC], xfrag[j],
                    j == 0 ? w[G].x : j == 1 ? w[G].y : j == 2 ? w[G].z : w[G].w);
       }
       if constexpr (QBK < K) {
