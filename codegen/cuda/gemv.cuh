@@ -20,12 +20,13 @@ __device__ __forceinline__ int x_slot(int i, int K) {
   return ((i >> 2) & 1) * (K / 8) + (i >> 3);
 }
 
-// x[0:K) <- act[src : src + K)   (K a multiple of 4; offsets 16-byte aligned). The loads
+// x[0:K) <- act[src : src + K)   (K a multiple of 4; offsets 16-byte aligned), in x_slot
+// order, or in plain order with PLAIN (the FP8 tensor-core GEMV's input). The loads
 // go into registers, at most 10 float4 per thread at a time (K = 8192 in one batch), each
 // batch made fresh together and then stored (a load written straight to shared memory in
 // a loop waits for the previous iteration's store: the compiler cannot rule out that they
 // alias; and every 12288-wide vector in registers at once spilled on qwen3-8b).
-template <int K>
+template <int K, bool PLAIN = false>
 __device__ __forceinline__ void load_vec(const Params& p, const float* src, float* x, unsigned par,
                                          int task) {
   constexpr int kIt = (K / 4 + kConsumers - 1) / kConsumers;
@@ -36,15 +37,16 @@ __device__ __forceinline__ void load_vec(const Params& p, const float* src, floa
         return i < K ? src + i : nullptr;
       },
       [&](int it, float4 v) {
-        reinterpret_cast<float4*>(x)[x_slot((threadIdx.x + it * kConsumers) * 4, K)] = v;
+        const int i = (threadIdx.x + it * kConsumers) * 4;
+        reinterpret_cast<float4*>(x)[PLAIN ? i / 4 : x_slot(i, K)] = v;
       },
       par, task);
   sync_consumers();
 }
 
 // x[0:K) <- rmsnorm(act[src : src + K)) * gamma: the vector and its weights are loaded in
-// one phase (one L2 round trip), kept in registers across the reduction.
-template <int K>
+// one phase (one L2 round trip), kept in registers across the reduction (PLAIN: load_vec).
+template <int K, bool PLAIN = false>
 __device__ __forceinline__ void load_norm(const Params& p, const float* src,
                                           const __nv_bfloat16* gamma, float* x, float* red,
                                           unsigned par, int task) {
@@ -76,7 +78,7 @@ __device__ __forceinline__ void load_norm(const Params& p, const float* src,
     if (i < K) {
       const float2 g01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&gm[it].x));
       const float2 g23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&gm[it].y));
-      reinterpret_cast<float4*>(x)[x_slot(i, K)] = make_float4(
+      reinterpret_cast<float4*>(x)[PLAIN ? i / 4 : x_slot(i, K)] = make_float4(
           v[it].x * r * g01.x, v[it].y * r * g01.y, v[it].z * r * g23.x, v[it].w * r * g23.y);
     }
   }
@@ -101,16 +103,16 @@ struct Chunking {
   static_assert(2 * K <= kStageBytes, "one weight row must fit a ring stage");
 };
 
-// x <- act row at src (+ rmsnorm and gamma with NORM).
-template <int K, bool NORM>
+// x <- act row at src (+ rmsnorm and gamma with NORM; PLAIN: load_vec).
+template <int K, bool NORM, bool PLAIN = false>
 __device__ __forceinline__ void load_rows(const Params& p, const Step& st, int task,
                                           const float* src, const __nv_bfloat16* gamma, float* x,
                                           float* red) {
   const unsigned par = st.epoch & 1u;
   if (NORM)
-    load_norm<K>(p, src, gamma, x, red, par, task);
+    load_norm<K, PLAIN>(p, src, gamma, x, red, par, task);
   else
-    load_vec<K>(p, src, x, par, task);
+    load_vec<K, PLAIN>(p, src, x, par, task);
   mark_loaded();
 }
 

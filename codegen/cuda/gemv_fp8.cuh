@@ -111,46 +111,36 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], uint4 a, unsigned w) {
         "r"(e4m3x2_half2<true>(w)));
 }
 
-// x (floats in x_slot order, all K of them in shared memory) -> lanes 0-3's A registers,
-// in place: uint4 slot s * 16 + q * 4 + j holds lane q's {x_hi, x_lo of columns c, c + 1;
-// x_hi, x_lo of c + 2, c + 3} for span s, k-step j (c above). Returns the factor 2^-e
-// every product carries. Every thread reads its floats before block_max's barrier and
-// writes after it.
+// x (K floats in plain order in shared memory: load_rows with PLAIN) -> lanes 0-3's A
+// registers, in place: uint4 slot s * 16 + q * 4 + j holds lane q's {x_hi, x_lo of columns
+// c, c + 1; x_hi, x_lo of c + 2, c + 3} for span s, k-step j (c above), so a span's
+// fragments take the span's own 64 floats: a warp converts a span alone, reading it
+// before __syncwarp and writing after. Returns the factor 2^-e every product carries.
 template <int K>
 __device__ __forceinline__ float x_to_mma_frags(float* x, float* red) {
-  constexpr int kIt = (K / 4 + kConsumers - 1) / kConsumers;
-  float4 v[kIt];
   float m = 0.f;
-#pragma unroll
-  for (int it = 0; it < kIt; ++it) {
-    const int i = (threadIdx.x + it * kConsumers) * 4;
-    if (i < K) {
-      v[it] = reinterpret_cast<const float4*>(x)[x_slot(i, K)];
-      m = fmaxf(m, fmaxf(fmaxf(fabsf(v[it].x), fabsf(v[it].y)),
-                         fmaxf(fabsf(v[it].z), fabsf(v[it].w))));
-    }
+  for (int i = threadIdx.x * 4; i < K; i += kConsumers * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(x + i);
+    m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
   }
-  m = block_max(m, red);
+  m = block_max(m, red);  // its barriers also end every read above
   int e = 0;
   if (m > 0.f && m <= 3.4e38f) {
     frexpf(m, &e);         // m < 2^e
     e = min(15 - e, 126);  // m * 2^(15 - e) < 2^15
   }
   const float scale = ldexpf(1.f, e);
-  uint4* f = reinterpret_cast<uint4*>(x);
-#pragma unroll
-  for (int it = 0; it < kIt; ++it) {
-    const int i = (threadIdx.x + it * kConsumers) * 4;
-    if (i < K) {
-      const float a0 = v[it].x * scale, a1 = v[it].y * scale, a2 = v[it].z * scale,
-                  a3 = v[it].w * scale;
-      const __half2 h01 = __floats2half2_rn(a0, a1), h23 = __floats2half2_rn(a2, a3);
-      const float2 b01 = __half22float2(h01), b23 = __half22float2(h23);
-      const __half2 l01 = __floats2half2_rn(a0 - b01.x, a1 - b01.y);
-      const __half2 l23 = __floats2half2_rn(a2 - b23.x, a3 - b23.y);
-      f[(i >> 6) * 16 + ((i >> 4) & 3) * 4 + ((i >> 2) & 3)] =
-          make_uint4(half2_bits(h01), half2_bits(l01), half2_bits(h23), half2_bits(l23));
-    }
+  const int warp = threadIdx.x >> 5, c = 2 * (threadIdx.x & 31);  // c: the lane's 2 columns
+  for (int s = warp; s < K / 64; s += kCWarps) {
+    const float2 v = reinterpret_cast<const float2*>(x + 64 * s)[c / 2];
+    __syncwarp();
+    const float a0 = v.x * scale, a1 = v.y * scale;
+    const __half2 hi = __floats2half2_rn(a0, a1);
+    const float2 back = __half22float2(hi);
+    const __half2 lo = __floats2half2_rn(a0 - back.x, a1 - back.y);
+    const int slot = s * 16 + (c >> 4) * 4 + ((c >> 2) & 3);  // q = c / 16, j = c / 4 % 4
+    reinterpret_cast<uint2*>(x)[2 * slot + ((c >> 1) & 1)] =
+        make_uint2(half2_bits(hi), half2_bits(lo));
   }
   sync_consumers();
   return 1.f / scale;

@@ -21,7 +21,7 @@ __device__ void task_norm_linear(const Params& p, const Step& st, const NormLine
   float* x = smem;
   float* ypart = smem + K;
   const int rows = (int)a.rows;
-  load_rows<K, true>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
+  load_rows<K, true, Fp8Chunking<K, QBK>::kMma>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
   stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, red, ring, rows);
   float* out = p.act + a.out;
   for (int r = threadIdx.x; r < rows; r += kConsumers)
@@ -39,7 +39,7 @@ __device__ void task_linear_residual(const Params& p, const Step& st, const Line
   const int rows = (int)a.rows;
   const unsigned par = st.epoch & 1u;
   const float res0 = threadIdx.x < rows ? ld_act(res + threadIdx.x) : 0.f;  // in flight early
-  load_rows<K, false>(p, st, task, p.act + a.x, nullptr, x, nullptr);
+  load_rows<K, false, Fp8Chunking<K, QBK>::kMma>(p, st, task, p.act + a.x, nullptr, x, nullptr);
   stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, red, ring, rows);
   float* out = p.act + a.out;
 #pragma unroll 1
@@ -58,7 +58,7 @@ __device__ void task_gate_up_silu(const Params& p, const Step& st, const GateUpS
   float* x = smem;
   float* ypart = smem + K;
   const int rows = (int)a.rows;
-  load_rows<K, true>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
+  load_rows<K, true, Fp8Chunking<K, QBK>::kMma>(p, st, task, p.act + a.x, p.w + a.w_gamma, x, red);
   stream_rows_fp8<K, R, QBK>(p, rec, task, x, ypart, red, ring, 2 * rows);  // gate, then up rows
   float* out = p.act + a.out;
   for (int r = threadIdx.x; r < rows; r += kConsumers) {
