@@ -272,6 +272,25 @@ def test_a_stop_id_ends_the_launch_and_the_next_one_runs(loaded):
     assert m.generate(prompt, 12) == full  # counters and cache are consistent afterwards
 
 
+def test_a_request_after_a_request_reuses_its_rows_and_draws_what_a_fresh_one_draws(loaded):
+    """Prefix reuse on the kernel (runtime.model.Model): the second request's prompt is the
+    first's prompt, reply and more; its launch starts after the rows the first left, with
+    the epochs carried on, and (no prefill program: every row a decode step's, in a fixed
+    sum order) draws bit for bit what a fresh cache draws."""
+    from tilert_compiler.runtime.model import Model
+
+    cm, m, _ = loaded
+    m.reset()
+    model, fresh = Model(m), Model(m, reuse=False)
+    rules = {"temperature": 0.8, "top_k": 20, "seed": int(torch.randint(0, 2**31 - 1, ()))}
+    first = torch.randint(0, cm.config.vocab, (7,)).tolist()
+    a = model.complete(first, 6, stop_ids=[], **rules)
+    second = first + a.ids + torch.randint(0, cm.config.vocab, (3,)).tolist()
+    b = model.complete(second, 6, stop_ids=[], **rules)
+    assert a.cached_tokens == 0 and b.cached_tokens == len(first) + len(a.ids) - 1
+    assert b.ids == fresh.complete(second, 6, stop_ids=[], **rules).ids
+
+
 # ---- FP8 weights (issue 21): the kernel dequantizes in registers what the interpreter
 # dequantizes in float32 (models.quant.dequantize); both against transformers in float32
 # running the weights the artifact holds (tests/test_fp8.py `held`). Builds: per output
