@@ -23,8 +23,11 @@ struct Fp8Chunking {
   static constexpr int kRowBytes = (K + 4 * kScales + 15) / 16 * 16;
   static constexpr int kRows = kStageBytes / kRowBytes > 0 ? kStageBytes / kRowBytes : 1;
   // The tensor-core loop (the plan's fp8_mma, below) takes whole 64-column spans and
-  // k-blocks; every consumer warp then takes a K-slice of every row.
-  static constexpr bool kMma = kFp8Mma && K % 64 == 0 && (QBK >= K || QBK % 64 == 0);
+  // k-blocks, and 8 rows an mma: a chunk of fewer than 4 rows (K of 8192 and more) leaves
+  // it more instructions per weight byte than FFMA, which those keep. Every consumer warp
+  // takes a K-slice of every row.
+  static constexpr bool kMma =
+      kFp8Mma && K % 64 == 0 && (QBK >= K || QBK % 64 == 0) && kRows >= 4;
   static constexpr int kSplit = kMma ? kCWarps : kRows >= kCWarps ? 1 : kCWarps / kRows;
   static_assert(kRowBytes <= kStageBytes, "one weight row must fit a ring stage");
 };
@@ -74,13 +77,26 @@ __device__ __forceinline__ uint2 ld_weight8(const uint2* w) {
 // lane % 4) takes in k-step j = 0..3 the columns c = 64 s + 16 q + 4 j + {0, 1, 2, 3}:
 // one 16-byte load gives a weight row's 4 k-steps. They are the mma's k positions 2q, 2q+1
 // (a0 a1 / a2 a3, b0 b1) and 2q+8, 2q+9 (a4 a5 / a6 a7, b2 b3): the PTX ISA's m16n8k16
-// fragments. A lane's B holds row n = g of its 8-row group; lanes 0-3 get the group's rows
-// 2q, 2q + 1 times x_hi in c0 c1 and times x_lo in c2 c3.
+// fragments. A lane's B holds column n = g of its 8-row group (row kRowOf(n), below);
+// lanes 0-3 get columns 2q, 2q + 1 times x_hi in c0 c1 and times x_lo in c2 c3.
 template <int K, int QBK>
 struct Fp8Mma {
-  static constexpr int kGroups = (Fp8Chunking<K, QBK>::kRows + 7) / 8;  // 8-row groups a chunk
-  static constexpr int kG = kGroups < 4 ? kGroups : 4;                  // groups a pass
+  using C = Fp8Chunking<K, QBK>;
+  static constexpr int kGroups = (C::kRows + 7) / 8;    // 8-row groups a chunk
+  static constexpr int kG = kGroups < 4 ? kGroups : 4;  // groups a pass
   static constexpr int kC = kG == 1 ? 4 : kG == 2 ? 2 : 1;  // accumulators a group
+  // A 16-byte load is served 8 lanes at a time: lanes 8p .. 8p + 7 read B columns n = 2p,
+  // 2p + 1 at the same 64 bytes of two rows, which share no bank when the rows lie 64
+  // bytes apart modulo 128. Column n takes row kRowOf[n] of the group: rows kD apart in
+  // each such pair (kD = 0: rows are a multiple of 128 bytes apart, two wavefronts a
+  // quarter-warp whatever the order; 128x128-block rows of K = 4096 are).
+  static constexpr int kMod = C::kRowBytes % 128;
+  static constexpr int kD = kMod == 64 ? 1 : kMod % 64 == 32 ? 2 : kMod % 32 == 16 ? 4 : 0;
+  __host__ __device__ static constexpr int kRowOf(int n) {
+    return kD == 2 ? (n >> 1 & 1) + 4 * (n >> 2) + 2 * (n & 1)
+           : kD == 4 ? (n >> 1) + 4 * (n & 1)
+                     : n;
+  }
 };
 
 __device__ __forceinline__ unsigned half2_bits(__half2 h) {
@@ -112,35 +128,40 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], uint4 a, unsigned w) {
 }
 
 // x (K floats in plain order in shared memory: load_rows with PLAIN) -> lanes 0-3's A
-// registers, in place: uint4 slot s * 16 + q * 4 + j holds lane q's {x_hi, x_lo of columns
-// c, c + 1; x_hi, x_lo of c + 2, c + 3} for span s, k-step j (c above), so a span's
-// fragments take the span's own 64 floats: a warp converts a span alone, reading it
-// before __syncwarp and writing after. Returns the factor 2^-e every product carries.
+// registers, in place: uint4 slot s * 16 + 4 j + q holds lane q's {x_hi, x_lo of columns
+// c, c + 1; x_hi, x_lo of c + 2, c + 3} for span s, k-step j (c above): a k-step's 4
+// slots are 64 contiguous bytes (one wavefront), and a span's slots take the span's own
+// 64 floats, so a warp converts a span alone (reads, __syncwarp, writes). The scale
+// comes from the largest finite |x|; an infinite x gives x_hi = inf, x_lo = 0 (its rows
+// come out infinite, as from FFMA). Returns the factor 2^-e every product carries.
 template <int K>
 __device__ __forceinline__ float x_to_mma_frags(float* x, float* red) {
+  const auto fin = [](float v) { return isfinite(v) ? fabsf(v) : 0.f; };
   float m = 0.f;
   for (int i = threadIdx.x * 4; i < K; i += kConsumers * 4) {
     const float4 v = *reinterpret_cast<const float4*>(x + i);
-    m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+    m = fmaxf(m, fmaxf(fmaxf(fin(v.x), fin(v.y)), fmaxf(fin(v.z), fin(v.w))));
   }
   m = block_max(m, red);  // its barriers also end every read above
   int e = 0;
-  if (m > 0.f && m <= 3.4e38f) {
+  if (m > 0.f) {
     frexpf(m, &e);         // m < 2^e
     e = min(15 - e, 126);  // m * 2^(15 - e) < 2^15
   }
   const float scale = ldexpf(1.f, e);
   const int warp = threadIdx.x >> 5, c = 2 * (threadIdx.x & 31);  // c: the lane's 2 columns
+  const auto rest = [](float a, float hi) { return isinf(hi) ? 0.f : a - hi; };
   for (int s = warp; s < K / 64; s += kCWarps) {
     const float2 v = reinterpret_cast<const float2*>(x + 64 * s)[c / 2];
     __syncwarp();
     const float a0 = v.x * scale, a1 = v.y * scale;
     const __half2 hi = __floats2half2_rn(a0, a1);
     const float2 back = __half22float2(hi);
-    const __half2 lo = __floats2half2_rn(a0 - back.x, a1 - back.y);
-    const int slot = s * 16 + (c >> 4) * 4 + ((c >> 2) & 3);  // q = c / 16, j = c / 4 % 4
+    const __half2 lo = __floats2half2_rn(rest(a0, back.x), rest(a1, back.y));
+    const int slot = s * 16 + 4 * ((c >> 2) & 3) + (c >> 4);  // j = c / 4 % 4, q = c / 16
     reinterpret_cast<uint2*>(x)[2 * slot + ((c >> 1) & 1)] =
         make_uint2(half2_bits(hi), half2_bits(lo));
+    __syncwarp();  // the next span's reads come after every lane's writes of this one
   }
   sync_consumers();
   return 1.f / scale;
@@ -149,10 +170,10 @@ __device__ __forceinline__ float x_to_mma_frags(float* x, float* red) {
 // The rows of a chunk (n of them, at `chunk`, kRowBytes apart) dotted with x on tensor
 // cores: every warp takes its K-slice (whole 64-column spans) of every row, and writes
 // the row's partial to ypart[warp * R + y0 + row]. With k-blocks (QBK < K) it scales its
-// sums at each block's end and at its slice's end (a block may straddle two slices). A warp keeps four accumulators
-// going (kG groups x kC chains): the bf16 decode GEMV on tensor cores (option mma_gemv,
-// retired) lost 1.1-1.9x on H100, partly to one dependent mma chain per warp
-// (bench/NOTES.md items 43-44).
+// sums at each block's end and at its slice's end (a block may straddle two slices). A
+// warp keeps kG x kC accumulators going (four, or three when kG = 3): the bf16 decode GEMV
+// on tensor cores (option mma_gemv, retired) lost 1.1-1.9x on H100, partly to one
+// dependent mma chain per warp (bench/NOTES.md items 43-44).
 template <int K, int R, int QBK>
 __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const uint4* xf,
                                                float xinv, float* ypart, int y0) {
@@ -160,6 +181,8 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
   using M = Fp8Mma<K, QBK>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int s0 = warp * (K / 64) / kCWarps, s1 = (warp + 1) * (K / 64) / kCWarps;
+  const int rg = M::kRowOf(g);                             // the row of B column g
+  const int rq[2] = {M::kRowOf(2 * q), M::kRowOf(2 * q + 1)};  // of D columns 2q, 2q + 1
   const auto scale_at = [&](int row, int b) {  // row's scale of k-block b (its tail)
     return reinterpret_cast<const float*>(chunk + (long long)row * C::kRowBytes + K)[b];
   };
@@ -184,11 +207,11 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
       // 1-7 and 9-15 then repeat x, and the D rows they give are never read.
       uint4 xfrag[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) xfrag[j] = xf[s * 16 + q * 4 + j];
+      for (int j = 0; j < 4; ++j) xfrag[j] = xf[s * 16 + 4 * j + q];
       uint4 w[M::kG];
 #pragma unroll
       for (int G = 0; G < M::kG; ++G) {
-        const int row = g0 + 8 * G + g;
+        const int row = g0 + 8 * G + rg;
         const char* at = chunk + (long long)row * C::kRowBytes + 64 * s + 16 * q;
         w[G] = row < n ? ld_weight(reinterpret_cast<const uint4*>(at)) : make_uint4(0u, 0u, 0u, 0u);
       }
@@ -206,7 +229,7 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
           for (int G = 0; G < M::kG; ++G) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const int row = g0 + 8 * G + 2 * q + h;
+              const int row = g0 + 8 * G + rq[h];
               const float v = take(G, h);
               if (lane < 4 && row < n) tot[G][h] += v * scale_at(row, b);
             }
@@ -218,7 +241,7 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
     for (int G = 0; G < M::kG; ++G) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = g0 + 8 * G + 2 * q + h;
+        const int row = g0 + 8 * G + rq[h];
         if (lane < 4 && row < n) {
           float v = QBK < K ? tot[G][h] : take(G, h);
           if constexpr (QBK >= K) v *= scale_at(row, 0);
