@@ -88,14 +88,19 @@ def test_fp8_weights_use_the_packed_hardware_convert(tmp_path):
     assert "E4M3" not in _sass(bf16.cubin, tmp_path)
 
 
-@pytest.mark.parametrize("block", [None, (128, 128)], ids=["per-channel", "block"])
-def test_fp8_mma_gemvs_are_tensor_core_tiles_fed_by_16_byte_loads(block, tmp_path):
+@pytest.mark.parametrize(
+    "block,intermediate",
+    [(None, 384), ((128, 128), 384), ((128, 128), 8192)],
+    ids=["per-channel", "block", "block-wide"],
+)
+def test_fp8_mma_gemvs_are_tensor_core_tiles_fed_by_16_byte_loads(block, intermediate, tmp_path):
     """fp8_gemv "mma": the FP8 GEMVs take mma.sync m16n8k16 with f16 inputs and float32
     accumulators (HMMA.16816.F32), their weights converted a pair per F2FP reading either
-    half of a 16-byte load's words (no shift before it); the FFMA build has no HMMA."""
+    half of a 16-byte load's words (no shift before it); the FFMA build has no HMMA. With
+    K = 8192 (3 rows a ring stage) the down-proj takes the one-row-per-mma loop."""
     from test_fp8 import fp8_config
 
-    cfg = fp8_config("tiny-qwen3", {"hidden": 256, "intermediate": 384}, block)
+    cfg = fp8_config("tiny-qwen3", {"hidden": 256, "intermediate": intermediate}, block)
     mma = tc.compile(cfg, prefill_chunk=0, fp8_gemv="mma")
     assert mma.schedule.plan.fp8_mma
     sass = _sass(mma.cubin, tmp_path)

@@ -22,12 +22,13 @@ struct Fp8Chunking {
   static constexpr int kScales = (K + QBK - 1) / QBK;
   static constexpr int kRowBytes = (K + 4 * kScales + 15) / 16 * 16;
   static constexpr int kRows = kStageBytes / kRowBytes > 0 ? kStageBytes / kRowBytes : 1;
-  // The tensor-core loop (the plan's fp8_mma, below) takes whole 64-column spans and
-  // k-blocks, and 8 rows an mma: a chunk of fewer than 4 rows (K of 8192 and more) leaves
-  // it more instructions per weight byte than FFMA, which those keep. Every consumer warp
+  // The tensor-core loops (the plan's fp8_mma, below) take whole 64-column spans and
+  // k-blocks: 8 rows an mma (chunks of 4 rows or more), or for fewer rows (K of 8192 and
+  // more) 8 segments of 512 columns of one row (K a multiple of 512). Every consumer warp
   // takes a K-slice of every row.
-  static constexpr bool kMma =
-      kFp8Mma && K % 64 == 0 && (QBK >= K || QBK % 64 == 0) && kRows >= 4;
+  static constexpr bool kDiag = kRows < 4;
+  static constexpr bool kMma = kFp8Mma && K % 64 == 0 && (QBK >= K || QBK % 64 == 0) &&
+                               (!kDiag || K % 512 == 0);
   static constexpr int kSplit = kMma ? kCWarps : kRows >= kCWarps ? 1 : kCWarps / kRows;
   static_assert(kRowBytes <= kStageBytes, "one weight row must fit a ring stage");
 };
@@ -252,6 +253,77 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
   }
 }
 
+// chunk_rows_mma for a chunk of 1-3 rows: 8 columns of one row an mma would leave most of
+// it idle, so an mma takes one row's 8 segments instead. A warp's K-slice is whole blocks
+// of 512 columns (8 spans); in block t, lane (g, q) takes span 8t + g: B column g is the
+// row's span 8t + g and A rows g, g + 8 are x_hi, x_lo of the same span (the same slots as
+// chunk_rows_mma's), so D's diagonal D[g][g] + D[g + 8][g] is span 8t + g's dot product,
+// held by lane 4g + g / 2 (c_h, c_h+2 with h = g % 2); the other entries mix spans and are
+// never read. The x loads are no longer broadcasts, but serve every row of the chunk.
+template <int K, int R, int QBK>
+__device__ __forceinline__ void chunk_rows_mma_diag(const char* chunk, int n, const uint4* xf,
+                                                    float xinv, float* ypart, int y0) {
+  using C = Fp8Chunking<K, QBK>;
+  constexpr int kR = C::kRows;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int t0 = warp * (K / 512) / kCWarps, t1 = (warp + 1) * (K / 512) / kCWarps;
+  const bool diag = q == g >> 1;
+  const int h = g & 1;
+  const auto scale_at = [&](int row, int b) {
+    return reinterpret_cast<const float*>(chunk + (long long)row * C::kRowBytes + K)[b];
+  };
+  float d[kR][2][4], tot[kR];
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+    tot[r] = 0.f;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) d[r][c][0] = d[r][c][1] = d[r][c][2] = d[r][c][3] = 0.f;
+  }
+  const auto take = [&](int r) {  // this lane's diagonal entry (x_hi + x_lo parts), so far
+    float v = 0.f;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      v += h ? d[r][c][1] + d[r][c][3] : d[r][c][0] + d[r][c][2];
+      d[r][c][0] = d[r][c][1] = d[r][c][2] = d[r][c][3] = 0.f;
+    }
+    return diag ? v : 0.f;
+  };
+  for (int t = t0; t < t1; ++t) {
+    const int s = 8 * t + g;  // this lane's span
+    uint4 xfrag[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) xfrag[j] = xf[s * 16 + 4 * j + q];
+    uint4 w[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const char* at = chunk + (long long)r * C::kRowBytes + 64 * s + 16 * q;
+      w[r] = r < n ? ld_weight(reinterpret_cast<const uint4*>(at)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int r = 0; r < kR; ++r)
+        mma_e4m3(d[r][j & 1], xfrag[j],
+                 j == 0 ? w[r].x : j == 1 ? w[r].y : j == 2 ? w[r].z : w[r].w);
+    }
+    if constexpr (QBK < K) {  // every lane's span lies in one k-block: scale it now
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        const float v = take(r);
+        if (diag && r < n) tot[r] += v * scale_at(r, s * 64 / QBK);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+    float v = warp_sum(QBK < K ? tot[r] : take(r));  // the 8 diagonal lanes' spans
+    if (lane == 0 && r < n) {
+      if constexpr (QBK >= K) v *= scale_at(r, 0);
+      ypart[warp * R + y0 + r] = v * xinv;
+    }
+  }
+}
+
 // stream_rows (gemv.cuh) for FP8 rows: the same chunk walk, warp items and ypart slots.
 template <int K, int R, int QBK>
 __device__ void stream_rows_fp8(const Params& p, const long long* rec, int task, float* x,
@@ -300,7 +372,11 @@ __device__ void stream_rows_fp8(const Params& p, const long long* rec, int task,
       } else {
         chunk = reinterpret_cast<const char*>(p.w + off) + (long long)r0 * C::kRowBytes;
       }
-      if constexpr (C::kMma) {
+      if constexpr (C::kMma && C::kDiag) {
+        if (ok)
+          chunk_rows_mma_diag<K, R, QBK>(chunk, n, reinterpret_cast<const uint4*>(x), xinv,
+                                         ypart, ybase + r0);
+      } else if constexpr (C::kMma) {
         if (ok)
           chunk_rows_mma<K, R, QBK>(chunk, n, reinterpret_cast<const uint4*>(x), xinv, ypart,
                                     ybase + r0);
