@@ -305,7 +305,8 @@ FP8_BUILDS = {
     # an ignore list: layer 0's MLP stays bf16 beside FP8 GEMVs (both overloads in one build)
     "llama-mixed": ("tiny-llama", None, None, {}, ("model.layers.0.mlp",)),
     # fp8_gemv "mma" (tensor cores): per channel; k-blocks that straddle warps' K-slices and
-    # a last block of 64 columns (K = 192, 320); K = 8192; straight from global memory
+    # a last block of 64 columns (K = 192, 320); K = 8192 (3 rows a stage: one row an mma,
+    # chunk_rows_mma_diag) with blocks and per channel; straight from global memory
     "llama-per-channel-mma": ("tiny-llama", None, None, {"fp8_gemv": "mma"}),
     "qwen3-block-uneven-mma": (
         "tiny-qwen3",
@@ -314,6 +315,7 @@ FP8_BUILDS = {
         {"fp8_gemv": "mma"},
     ),
     "llama-block-wide-mma": ("tiny-llama", {"intermediate": 8192}, (128, 128), {"fp8_gemv": "mma"}),
+    "llama-per-channel-wide-mma": ("tiny-llama", {"intermediate": 8192}, None, {"fp8_gemv": "mma"}),
     "qwen3-no-ring-mma": ("tiny-qwen3", None, None, {"weight_ring": False, "fp8_gemv": "mma"}),
 }
 
