@@ -88,7 +88,7 @@ struct Fp8Mma {
   static constexpr int kC = kG == 1 ? 4 : kG == 2 ? 2 : 1;  // accumulators a group
   // A 16-byte load is served 8 lanes at a time: lanes 8p .. 8p + 7 read B columns n = 2p,
   // 2p + 1 at the same 64 bytes of two rows, which share no bank when the rows lie 64
-  // bytes apart modulo 128. Column n takes row kRowOf[n] of the group: rows kD apart in
+  // bytes apart modulo 128. Column n takes row kRowOf(n) of the group: rows kD apart in
   // each such pair (kD = 0: rows are a multiple of 128 bytes apart, two wavefronts a
   // quarter-warp whatever the order; 128x128-block rows of K = 4096 are).
   static constexpr int kMod = C::kRowBytes % 128;
