@@ -2,6 +2,12 @@
 
 import pytest
 
+# The suite runs on two processes a file at a time (pytest-xdist, `--dist loadfile`, in
+# the README's test command), in collection order: the files that take longest (nvcc on
+# real configs, ~7 minutes of test_real_configs.py alone) go first, so that neither
+# process is left running one of them alone at the end.
+SLOW_FIRST = ("test_real_configs.py", "test_fp8.py", "test_pipeline.py", "test_prefill_sass.py")
+
 
 def _has_gpu() -> bool:
     try:
@@ -13,6 +19,8 @@ def _has_gpu() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    n = len(SLOW_FIRST)
+    items.sort(key=lambda it: SLOW_FIRST.index(it.path.name) if it.path.name in SLOW_FIRST else n)
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run through the device tool)")
