@@ -1,4 +1,8 @@
-"""GPU tests carry @pytest.mark.gpu and skip cleanly where torch sees no CUDA device."""
+"""GPU tests carry @pytest.mark.gpu and skip cleanly where torch sees no CUDA device, and
+under pytest-xdist's worker processes: the persistent kernel takes every SM, so two
+processes' launches would share the card (run them alone: pytest -m gpu tests/)."""
+
+import os
 
 import pytest
 
@@ -21,9 +25,12 @@ def _has_gpu() -> bool:
 def pytest_collection_modifyitems(config, items):
     n = len(SLOW_FIRST)
     items.sort(key=lambda it: SLOW_FIRST.index(it.path.name) if it.path.name in SLOW_FIRST else n)
-    if _has_gpu():
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        skip = pytest.mark.skip(reason="GPU tests run in one process: pytest -m gpu tests/")
+    elif _has_gpu():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run through the device tool)")
+    else:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (run through the device tool)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
