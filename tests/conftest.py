@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-# The suite runs on two processes a file at a time (pytest-xdist, `--dist loadfile`, in
-# the README's test command), in collection order: the files that take longest (nvcc on
-# real configs, ~7 minutes of test_real_configs.py alone) go first, so that neither
-# process is left running one of them alone at the end.
+# The suite runs on two processes (pytest-xdist, `--dist worksteal`, in the README's test
+# command), each taking tests in collection order and stealing the other's when done: the
+# files that take longest (nvcc on real configs, ~7 minutes of test_real_configs.py) go
+# first, so that no process is left running one of their tests alone at the end.
 SLOW_FIRST = ("test_real_configs.py", "test_fp8.py", "test_pipeline.py", "test_prefill_sass.py")
 
 
