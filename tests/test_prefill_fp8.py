@@ -54,6 +54,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.double() - b.double()).norm(dim=-1) / b.double().norm(dim=-1)
 
 
+def _float32_program(cm, given) -> Interpreter:
+    """The interpreter with the prefill program's reference in float32 (no bf16 rounding
+    between its kernels)."""
+    it = Interpreter(cm.artifact, given)
+    it._tiles = PrefillReference(
+        cm.manifest, cm.tiles.spec, it.B.view(torch.bfloat16), it.A, bf16=False
+    )
+    return it
+
+
 def test_an_fp8_build_has_a_prefill_program_whose_gemms_read_fp8_rows(build):
     block, cm = build
     assert cm.tiles is not None
@@ -81,10 +91,7 @@ def test_the_fp8_program_in_float32_matches_transformers_on_the_dequantized_weig
     n = 300
     tokens = torch.randint(0, cm.config.vocab, (n,))
     ref = reference_logits(hf_model(cm.config, held), tokens)
-    it = Interpreter(cm.artifact, given)
-    it._tiles = PrefillReference(
-        cm.manifest, cm.tiles.spec, it.B.view(torch.bfloat16), it.A, bf16=False
-    )
+    it = _float32_program(cm, given)
     cut = 150  # two calls: the second starts mid-chunk, on cached rows
     it.prefill(tokens[:cut].tolist(), 0)
     it.prefill(tokens[cut:-1].tolist(), cut)
@@ -122,10 +129,7 @@ def test_the_prefill_writes_the_cache_the_decode_steps_write(build):
     steps = Interpreter(cm.artifact, given)
     for p, t in enumerate(tokens):
         steps.step(t, p)
-    pre = Interpreter(cm.artifact, given)
-    pre._tiles = PrefillReference(
-        cm.manifest, cm.tiles.spec, pre.B.view(torch.bfloat16), pre.A, bf16=False
-    )
+    pre = _float32_program(cm, given)
     pre.prefill(tokens, 0)
     for t in cm.manifest["tensors"]:
         if t["storage"] != "cache":
@@ -159,10 +163,7 @@ def test_layers_that_keep_a_module_bf16_launch_the_bf16_gemm_there():
     n = 200
     tokens = torch.randint(0, cm.config.vocab, (n,))
     ref = reference_logits(hf_model(cm.config, held), tokens)
-    it = Interpreter(cm.artifact, given)
-    it._tiles = PrefillReference(
-        cm.manifest, cm.tiles.spec, it.B.view(torch.bfloat16), it.A, bf16=False
-    )
+    it = _float32_program(cm, given)
     it.prefill(tokens[:-1].tolist(), 0)
     err = float(_rel(it.step(int(tokens[-1]), n - 1), ref[-1]))
     assert err <= 1e-4, f"seed {seed}: relative L2 {err}"

@@ -168,6 +168,13 @@ __device__ __forceinline__ float x_to_mma_frags(float* x, float* red) {
   return 1.f / scale;
 }
 
+// Row `row` of a chunk's scale of k-block b (the floats after its K e4m3 bytes).
+template <int K, int QBK>
+__device__ __forceinline__ float row_scale(const char* chunk, int row, int b) {
+  const char* r = chunk + (long long)row * Fp8Chunking<K, QBK>::kRowBytes;
+  return reinterpret_cast<const float*>(r + K)[b];
+}
+
 // The rows of a chunk (n of them, at `chunk`, kRowBytes apart) dotted with x on tensor
 // cores: every warp takes its K-slice (whole 64-column spans) of every row, and writes
 // the row's partial to ypart[warp * R + y0 + row]. With k-blocks (QBK < K) it scales its
@@ -184,9 +191,6 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
   const int s0 = warp * (K / 64) / kCWarps, s1 = (warp + 1) * (K / 64) / kCWarps;
   const int rg = M::kRowOf(g);                             // the row of B column g
   const int rq[2] = {M::kRowOf(2 * q), M::kRowOf(2 * q + 1)};  // of D columns 2q, 2q + 1
-  const auto scale_at = [&](int row, int b) {  // row's scale of k-block b (its tail)
-    return reinterpret_cast<const float*>(chunk + (long long)row * C::kRowBytes + K)[b];
-  };
   for (int g0 = 0; g0 < n; g0 += 8 * M::kG) {
     float d[M::kG][M::kC][4], tot[M::kG][2];
 #pragma unroll
@@ -232,7 +236,7 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
             for (int h = 0; h < 2; ++h) {
               const int row = g0 + 8 * G + rq[h];
               const float v = take(G, h);
-              if (lane < 4 && row < n) tot[G][h] += v * scale_at(row, b);
+              if (lane < 4 && row < n) tot[G][h] += v * row_scale<K, QBK>(chunk, row, b);
             }
           }
         }
@@ -245,7 +249,7 @@ __device__ __forceinline__ void chunk_rows_mma(const char* chunk, int n, const u
         const int row = g0 + 8 * G + rq[h];
         if (lane < 4 && row < n) {
           float v = QBK < K ? tot[G][h] : take(G, h);
-          if constexpr (QBK >= K) v *= scale_at(row, 0);
+          if constexpr (QBK >= K) v *= row_scale<K, QBK>(chunk, row, 0);
           ypart[warp * R + y0 + row] = v * xinv;
         }
       }
@@ -269,9 +273,6 @@ __device__ __forceinline__ void chunk_rows_mma_diag(const char* chunk, int n, co
   const int t0 = warp * (K / 512) / kCWarps, t1 = (warp + 1) * (K / 512) / kCWarps;
   const bool diag = q == g >> 1;
   const int h = g & 1;
-  const auto scale_at = [&](int row, int b) {
-    return reinterpret_cast<const float*>(chunk + (long long)row * C::kRowBytes + K)[b];
-  };
   float d[kR][2][4], tot[kR];
 #pragma unroll
   for (int r = 0; r < kR; ++r) {
@@ -310,7 +311,7 @@ __device__ __forceinline__ void chunk_rows_mma_diag(const char* chunk, int n, co
 #pragma unroll
       for (int r = 0; r < kR; ++r) {
         const float v = take(r);
-        if (diag && r < n) tot[r] += v * scale_at(r, s * 64 / QBK);
+        if (diag && r < n) tot[r] += v * row_scale<K, QBK>(chunk, r, s * 64 / QBK);
       }
     }
   }
@@ -318,7 +319,7 @@ __device__ __forceinline__ void chunk_rows_mma_diag(const char* chunk, int n, co
   for (int r = 0; r < kR; ++r) {
     float v = warp_sum(QBK < K ? tot[r] : take(r));  // the 8 diagonal lanes' spans
     if (lane == 0 && r < n) {
-      if constexpr (QBK >= K) v *= scale_at(r, 0);
+      if constexpr (QBK >= K) v *= row_scale<K, QBK>(chunk, r, 0);
       ypart[warp * R + y0 + r] = v * xinv;
     }
   }
